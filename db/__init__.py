@@ -1,0 +1,1 @@
+"""The data layer: schema (SQL migrations), SQLAlchemy models, triggers, seed data."""

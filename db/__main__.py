@@ -1,0 +1,3 @@
+from db.cli import app
+
+app(prog_name="python -m db")

@@ -1,0 +1,81 @@
+"""python -m db: upgrade the schema, seed demo data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+import psycopg
+import typer
+
+from db import migrate, seed
+from db.settings import DbSettings
+from pgbust.checks import require_postgres
+from pgbust.cli import run_guarded, setup_logging
+from pgbust.errors import StartupError
+from pgbust.settings import load_settings
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="pgbust database commands",
+)
+
+DatabaseUrl = Annotated[
+    str | None, typer.Option("--database-url", help="overrides DATABASE_URL", show_default=False)
+]
+
+
+def _settings(database_url: str | None) -> DbSettings:
+    settings = load_settings(DbSettings, database_url=database_url)
+    setup_logging(settings.log_level, "db")
+    require_postgres(settings.database_url)
+    return settings
+
+
+def _database_errors_in_one_line(main: Callable[[], None]) -> Callable[[], None]:
+    def guarded() -> None:
+        try:
+            main()
+        except psycopg.Error as exc:
+            first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            raise StartupError(f"database error: {first}") from None
+
+    return guarded
+
+
+@app.command()
+def upgrade(database_url: DatabaseUrl = None) -> None:
+    """Create or update the schema and (re)install the change-capture triggers. Idempotent."""
+
+    def main() -> None:
+        settings = _settings(database_url)
+        result = migrate.upgrade(settings.database_url)
+        applied = ", ".join(result.applied) or "none pending"
+        typer.echo(
+            f"migrations applied: {applied}; trigger files installed: {len(result.triggers)}"
+        )
+
+    run_guarded("db upgrade", _database_errors_in_one_line(main))
+
+
+@app.command("seed")
+def seed_command(
+    products: Annotated[int, typer.Option(min=0, help="number of products")] = 100_000,
+    categories: Annotated[int, typer.Option(min=1, help="number of categories")] = 20,
+    replace: Annotated[bool, typer.Option(help="wipe the catalogue first")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Load a deterministic demo catalogue."""
+
+    def main() -> None:
+        settings = _settings(database_url)
+        try:
+            counts = seed.seed(settings.database_url, products, categories, replace=replace)
+        except seed.CatalogueNotEmpty as exc:
+            typer.echo(f"db seed: error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"seeded {counts.products} products in {counts.categories} categories")
+
+    run_guarded("db seed", _database_errors_in_one_line(main))

@@ -1,0 +1,7 @@
+"""Settings of the db command (python -m db)."""
+
+from pgbust.settings import CommonSettings
+
+
+class DbSettings(CommonSettings):
+    pass

@@ -1,0 +1,76 @@
+"""Every cache key, tag and channel name, in one place (pure, no I/O).
+
+An *entry* is a logical cache item ("product:42"); the Redis key that holds it is
+"<ns>:v:<entry>". Entries that depend on a whole category carry that category's *tag*; a tag
+is invalidated in O(1) by bumping its generation, which is part of every tagged entry's stamp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def product_entry(product_id: int) -> str:
+    return f"product:{product_id}"
+
+
+def category_page_entry(category_id: int, limit: int, offset: int) -> str:
+    return f"category:{category_id}:products:{limit}:{offset}"
+
+
+def category_summary_entry(category_id: int) -> str:
+    return f"category:{category_id}:summary"
+
+
+def category_tag(category_id: int) -> str:
+    return f"category:{category_id}"
+
+
+def tag_of(entry: str) -> str | None:
+    """The tag an entry is filed under: category entries belong to their category's tag."""
+    if entry.startswith("category:"):
+        return ":".join(entry.split(":", 2)[:2])
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Keyspace:
+    """Redis key names of one namespace; several deployments can share one Redis."""
+
+    namespace: str
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.namespace}:epoch"
+
+    @property
+    def server_identity(self) -> str:
+        return f"{self.namespace}:server_run_id"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.namespace}:invalidations"
+
+    @property
+    def hot(self) -> str:
+        """Sorted set of sampled read counts per entry, for refresh-ahead warming."""
+        return f"{self.namespace}:hot"
+
+    def value(self, entry: str) -> str:
+        return f"{self.namespace}:v:{entry}"
+
+    def lease(self, entry: str) -> str:
+        return f"{self.namespace}:l:{entry}"
+
+    def tag_generation(self, tag: str) -> str:
+        return f"{self.namespace}:g:{tag}"
+
+    def tag_members(self, tag: str) -> str:
+        return f"{self.namespace}:t:{tag}"
+
+    def entry_of(self, value_key: str) -> str:
+        return value_key.removeprefix(f"{self.namespace}:v:")
+
+    @property
+    def value_pattern(self) -> str:
+        return f"{self.namespace}:v:*"

@@ -1,0 +1,169 @@
+"""The cache protocol's pure parts: what to invalidate, the pub/sub message, lease results.
+
+Everything here is data and (de)serialisation; the Redis adapter is pgbust/redis_cache.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+MESSAGE_VERSION = 1
+
+
+class MessageError(ValueError):
+    """An invalidation message that cannot be understood; receivers must flush everything."""
+
+
+@dataclass(frozen=True, slots=True)
+class Targets:
+    """What one change (or a batch of changes) invalidates.
+
+    keys: entry names ("product:42"); tags: tag names ("category:3"), each killing every entry
+    filed under it; flush: everything in the namespace (epoch bump).
+    """
+
+    keys: frozenset[str] = field(default_factory=frozenset)
+    tags: frozenset[str] = field(default_factory=frozenset)
+    flush: bool = False
+
+    def __or__(self, other: Targets) -> Targets:
+        return Targets(self.keys | other.keys, self.tags | other.tags, self.flush or other.flush)
+
+    def __bool__(self) -> bool:
+        return bool(self.keys or self.tags or self.flush)
+
+    @classmethod
+    def merge(cls, many: Iterable[Targets]) -> Targets:
+        keys: set[str] = set()
+        tags: set[str] = set()
+        flush = False
+        for targets in many:
+            keys |= targets.keys
+            tags |= targets.tags
+            flush = flush or targets.flush
+        return cls(frozenset(keys), frozenset(tags), flush)
+
+
+@dataclass(frozen=True, slots=True)
+class Invalidation:
+    """The message published on the invalidation channel after L2 has been cleaned.
+
+    Every API instance evicts `keys` and every entry filed under `tags` from its L1, or its
+    whole L1 when `flush` is set. `ts_us` is the oldest change time in the batch (microseconds
+    since the epoch, from the trigger), for lag measurement; `origin` says who sent it.
+    """
+
+    keys: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    flush: bool = False
+    ts_us: int | None = None
+    origin: str = "cdc"
+    reason: str = ""
+
+    @classmethod
+    def of(
+        cls, targets: Targets, *, origin: str, ts_us: int | None = None, reason: str = ""
+    ) -> Invalidation:
+        return cls(
+            keys=tuple(sorted(targets.keys)),
+            tags=tuple(sorted(targets.tags)),
+            flush=targets.flush,
+            ts_us=ts_us,
+            origin=origin,
+            reason=reason,
+        )
+
+    def encode(self) -> bytes:
+        body: dict[str, Any] = {"v": MESSAGE_VERSION, "o": self.origin}
+        if self.keys:
+            body["k"] = self.keys
+        if self.tags:
+            body["t"] = self.tags
+        if self.flush:
+            body["f"] = True
+        if self.ts_us is not None:
+            body["ts"] = self.ts_us
+        if self.reason:
+            body["r"] = self.reason
+        return orjson.dumps(body)
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Invalidation:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise MessageError(f"not JSON: {exc}") from None
+        if not isinstance(body, dict) or body.get("v") != MESSAGE_VERSION:
+            raise MessageError(f"unknown message version: {str(body)[:80]}")
+        keys, tags, ts = body.get("k", []), body.get("t", []), body.get("ts")
+        if not _strings(keys) or not _strings(tags):
+            raise MessageError("keys and tags must be lists of strings")
+        if ts is not None and not isinstance(ts, int):
+            raise MessageError("ts must be an integer")
+        return cls(
+            keys=tuple(keys),
+            tags=tuple(tags),
+            flush=bool(body.get("f", False)),
+            ts_us=ts,
+            origin=str(body.get("o", "?")),
+            reason=str(body.get("r", "")),
+        )
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def flush_message(reason: str, origin: str) -> Invalidation:
+    return Invalidation(flush=True, origin=origin, reason=reason)
+
+
+# --- lease results of GET_OR_LEASE ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """This reader may load the database and fill; `stamp` is checked again at fill time."""
+
+    token: str
+    stamp: str
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """Another reader holds the lease: wait for its fill instead of loading the database."""
+
+    stamp: str
+
+
+LeaseResult = Hit | Lease | Busy
+
+
+def parse_get_or_lease(reply: list[Any], token: str) -> LeaseResult:
+    status = int(reply[0])
+    stamp = _text(reply[1])
+    if status == 1:
+        value = reply[2]
+        raw = value if isinstance(value, bytes) else str(value).encode()
+        return Hit(raw[len(stamp.encode()) :])
+    if status == 2:
+        return Lease(token=token, stamp=stamp)
+    return Busy(stamp=stamp)
+
+
+def strip_stamp(value: bytes) -> bytes:
+    """The payload of a stored value ("<epoch>.<gen>|<payload>")."""
+    return value.split(b"|", 1)[1]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

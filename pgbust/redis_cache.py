@@ -1,0 +1,145 @@
+"""The one Redis adapter of the cache protocol (asyncio): reads with leases, guarded fills,
+invalidation + publish, epoch bumps. API, invalidator and worker all go through it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from pgbust import lua
+from pgbust.keys import Keyspace, tag_of
+from pgbust.protocol import (
+    Invalidation,
+    LeaseResult,
+    Targets,
+    flush_message,
+    parse_get_or_lease,
+    strip_stamp,
+)
+
+DEFAULT_LEASE_MS = 2_000
+# Tag members freed inside the invalidation script; the rest is handed to a worker so no
+# single Redis command runs long.
+INLINE_MEMBER_LIMIT = 256
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidateResult:
+    receivers: int
+    garbage: list[str]  # renamed tag member sets left for a worker to UNLINK in chunks
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class RedisCache:
+    def __init__(self, client: aioredis.Redis, keyspace: Keyspace) -> None:
+        self.client = client
+        self.keyspace = keyspace
+        self._get_or_lease: AsyncScript = client.register_script(lua.GET_OR_LEASE)
+        self._fill: AsyncScript = client.register_script(lua.FILL)
+        self._invalidate: AsyncScript = client.register_script(lua.INVALIDATE)
+        self._bump_epoch: AsyncScript = client.register_script(lua.BUMP_EPOCH)
+        self._ensure_server: AsyncScript = client.register_script(lua.ENSURE_SERVER)
+        self._peek: AsyncScript = client.register_script(lua.PEEK)
+
+    # --- reads and fills ------------------------------------------------------------------
+
+    def _entry_keys(self, entry: str) -> list[str]:
+        ks = self.keyspace
+        keys = [ks.epoch, ks.value(entry), ks.lease(entry)]
+        tag = tag_of(entry)
+        if tag is not None:
+            keys.append(ks.tag_generation(tag))
+        return keys
+
+    async def get_or_lease(self, entry: str, lease_ms: int = DEFAULT_LEASE_MS) -> LeaseResult:
+        token = uuid.uuid4().hex
+        reply = await self._get_or_lease(keys=self._entry_keys(entry), args=[token, lease_ms])
+        return parse_get_or_lease(reply, token)
+
+    async def fill(
+        self, entry: str, token: str, stamp: str, payload: bytes, ttl_ms: int = 0
+    ) -> int:
+        """Store payload if the lease is still ours and nothing was invalidated meanwhile.
+
+        Returns 1 when stored, 0 when the lease was lost, -1 when the epoch or tag changed.
+        """
+        keys = self._entry_keys(entry)
+        tag = tag_of(entry)
+        if tag is not None:
+            keys.append(self.keyspace.tag_members(tag))
+        return int(await self._fill(keys=keys, args=[token, stamp, payload, ttl_ms]))
+
+    async def peek(self, entry: str) -> bytes | None:
+        """The live payload of an entry, or None; takes no lease (for audits and tests)."""
+        ks = self.keyspace
+        keys = [ks.epoch, ks.value(entry)]
+        tag = tag_of(entry)
+        if tag is not None:
+            keys.append(ks.tag_generation(tag))
+        value = await self._peek(keys=keys)
+        return strip_stamp(value) if value else None
+
+    # --- invalidation ---------------------------------------------------------------------
+
+    async def invalidate(self, targets: Targets, message: Invalidation) -> InvalidateResult:
+        """Delete the targets from Redis and publish one message, atomically, in one call."""
+        if targets.flush:
+            await self.bump_epoch(message.reason or "flush", origin=message.origin)
+            return InvalidateResult(receivers=0, garbage=[])
+        ks = self.keyspace
+        keys_sorted = sorted(targets.keys)
+        tags_sorted = sorted(targets.tags)
+        suffix = uuid.uuid4().hex[:12]
+        script_keys = (
+            [ks.value(k) for k in keys_sorted]
+            + [ks.lease(k) for k in keys_sorted]
+            + [ks.tag_generation(t) for t in tags_sorted]
+            + [ks.tag_members(t) for t in tags_sorted]
+            + [f"{ks.namespace}:gc:{t}:{suffix}" for t in tags_sorted]
+        )
+        args: list[Any] = [
+            len(keys_sorted),
+            len(tags_sorted),
+            ks.channel,
+            message.encode(),
+            INLINE_MEMBER_LIMIT,
+        ]
+        receivers, garbage = await self._invalidate(keys=script_keys, args=args)
+        return InvalidateResult(
+            receivers=int(receivers),
+            garbage=[g.decode() if isinstance(g, bytes) else str(g) for g in garbage],
+        )
+
+    async def bump_epoch(self, reason: str, origin: str) -> int:
+        """Kill every entry of the namespace at once and tell every API instance to flush."""
+        message = flush_message(reason, origin).encode()
+        reply = await self._bump_epoch(
+            keys=[self.keyspace.epoch], args=[now_ms(), self.keyspace.channel, message]
+        )
+        return int(reply)
+
+    async def ensure_server_identity(self, origin: str) -> int | None:
+        """Bump the epoch if Redis restarted since the namespace last saw it (new run_id).
+
+        Returns the new epoch when it bumped, None when the server is the one already known.
+        """
+        info = await self.client.info("server")
+        run_id = str(info["run_id"])
+        message = flush_message("redis server restarted", origin).encode()
+        reply = await self._ensure_server(
+            keys=[self.keyspace.server_identity, self.keyspace.epoch],
+            args=[run_id, now_ms(), self.keyspace.channel, message],
+        )
+        return int(reply) if reply else None
+
+    async def current_epoch(self) -> int:
+        value = await self.client.get(self.keyspace.epoch)
+        return int(value) if value else 0

@@ -1,0 +1,114 @@
+"""Settings shared by every component.
+
+The four contract names of DESIGN.md (DATABASE_URL, REDIS_URL, CELERY_BROKER_URL, API_TOKEN)
+are read without a prefix; every other setting is read as PGBUST_<NAME>. CLI flags override
+the environment by being passed to the constructor.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pgbust.errors import ConfigError
+
+_NAMESPACE_RE = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+def redact_url(url: str) -> str:
+    """Return the URL with its password replaced, safe to log."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def normalize_postgres_url(value: str) -> str:
+    """Accept libpq and SQLAlchemy spellings; store the libpq one (postgresql://...)."""
+    match = re.match(r"^(postgres|postgresql)(\+[a-z0-9_]+)?://", value)
+    if not match:
+        raise ValueError(
+            "must start with postgresql:// (for example postgresql://user@host:5432/db)"
+        )
+    return "postgresql://" + value[match.end() :]
+
+
+class CommonSettings(BaseSettings):
+    """What every process needs: where Postgres and Redis are, and the cache namespace."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PGBUST_", extra="ignore", populate_by_name=True, frozen=True
+    )
+
+    database_url: str = Field(
+        default="postgresql://127.0.0.1:5432/pgbust",
+        validation_alias=AliasChoices("DATABASE_URL", "database_url"),
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "redis_url"),
+    )
+    namespace: str = Field(default="pgbust", pattern=_NAMESPACE_RE)
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        return normalize_postgres_url(value)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if not re.match(r"^(redis|rediss|unix)://", value):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return "postgresql+psycopg://" + self.database_url.removeprefix("postgresql://")
+
+
+def env_name(settings_cls: type[BaseSettings], field: str) -> str:
+    """The environment variable a user sets for a field (the loc of a validation error)."""
+    for name, info in settings_cls.model_fields.items():
+        aliases = info.validation_alias
+        choices = aliases.choices if isinstance(aliases, AliasChoices) else []
+        if field == name or field in choices:
+            if choices and isinstance(choices[0], str):
+                return choices[0]
+            field = name
+            break
+    prefix = str(settings_cls.model_config.get("env_prefix", ""))
+    return f"{prefix}{field}".upper()
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(settings_cls: type[S], **overrides: Any) -> S:
+    """Build settings from the environment plus CLI overrides (None means "not given").
+
+    Raises ConfigError with one line that names the offending environment variable.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return settings_cls(**given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        name = env_name(settings_cls, field)
+        reason = str(error["msg"]).removeprefix("Value error, ")
+        shown = error.get("input")
+        if isinstance(shown, str) and "URL" in name:
+            shown = redact_url(shown)
+        suffix = f" (got {shown!r})" if shown is not None and error["type"] != "missing" else ""
+        raise ConfigError(f"invalid setting {name}: {reason}{suffix}") from None

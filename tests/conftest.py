@@ -1,0 +1,113 @@
+"""Shared fixtures: a fresh database per test session, a private Redis, process helpers.
+
+Unit tests (tests/unit) use none of these and need no server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from psycopg import sql
+
+from db import migrate, seed
+from pgbust.devservers import choose, with_database
+from pgbust.keys import Keyspace
+from tests.support.processes import ProcessManager
+from tests.support.servers import RedisServer
+
+API_TOKEN = "test-token-0123456789"
+
+
+@pytest.fixture(scope="session")
+def server_urls() -> dict[str, str]:
+    """The servers chosen by `make services` (env), or found/started the same way."""
+    if os.environ.get("DATABASE_URL"):
+        return {"DATABASE_URL": os.environ["DATABASE_URL"]}
+    return choose()
+
+
+@pytest.fixture(scope="session")
+def database_url(server_urls: dict[str, str]) -> Iterator[str]:
+    """A database of this session's own, migrated, dropped at the end."""
+    admin = with_database(server_urls["DATABASE_URL"], "postgres")
+    name = f"pgbust_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = with_database(server_urls["DATABASE_URL"], name)
+    migrate.upgrade(url)
+    yield url
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server for the session: tests may flush, stop or inspect it freely."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop(keep_snapshot=False)
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def keyspace(namespace: str) -> Keyspace:
+    return Keyspace(namespace)
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis_server.client()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def pg(database_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """An autocommit connection to the test database, as psql would be."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def seeded(database_url: str) -> seed.Counts:
+    """A small, known catalogue: 5 categories, 100 products (product i in category 1 + i % 5)."""
+    return seed.seed(database_url, products=100, categories=5, replace=True)
+
+
+@pytest.fixture
+def stack_env(database_url: str, redis_server: RedisServer, namespace: str) -> dict[str, str]:
+    """Environment for project subprocesses of one test."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "API_TOKEN"}
+    }
+    env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_server.url,
+        CELERY_BROKER_URL=f"redis://127.0.0.1:{redis_server.port}/1",
+        API_TOKEN=API_TOKEN,
+        PGBUST_NAMESPACE=namespace,
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture
+def procs(stack_env: dict[str, str], tmp_path: Path) -> Iterator[ProcessManager]:
+    manager = ProcessManager(stack_env, tmp_path)
+    yield manager
+    manager.stop_all()

@@ -1,0 +1,114 @@
+"""The Lua cache protocol against a real Redis: leases, guarded fills, tags, epochs.
+
+Each race is forced by running the protocol's steps in the racy order by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+
+import pytest
+import redis.asyncio as aioredis
+
+from pgbust.keys import Keyspace, category_page_entry, category_summary_entry, product_entry
+from pgbust.protocol import Busy, Hit, Invalidation, Lease, Targets
+from pgbust.redis_cache import RedisCache
+from tests.support.servers import RedisServer
+
+
+@pytest.fixture
+async def cache(redis_server: RedisServer, keyspace: Keyspace) -> AsyncIterator[RedisCache]:
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield RedisCache(client, keyspace)
+    await client.aclose()
+
+
+def _invalidate(keys: Iterable[str] = (), tags: Iterable[str] = ()) -> tuple[Targets, Invalidation]:
+    targets = Targets(frozenset(keys), frozenset(tags))
+    return targets, Invalidation.of(targets, origin="test")
+
+
+async def test_miss_grants_one_lease_then_fill_makes_a_hit(cache: RedisCache) -> None:
+    entry = product_entry(1)
+    first = await cache.get_or_lease(entry)
+    second = await cache.get_or_lease(entry)
+    assert isinstance(first, Lease)
+    assert isinstance(second, Busy)
+    assert await cache.fill(entry, first.token, first.stamp, b'{"id":1}') == 1
+    assert await cache.get_or_lease(entry) == Hit(b'{"id":1}')
+
+
+async def test_invalidation_between_db_read_and_fill_refuses_the_fill(cache: RedisCache) -> None:
+    entry = product_entry(2)
+    lease = await cache.get_or_lease(entry)
+    assert isinstance(lease, Lease)
+    # the reader has loaded the old row; now the writer commits and the invalidation runs
+    await cache.invalidate(*_invalidate(keys={entry}))
+    assert await cache.fill(entry, lease.token, lease.stamp, b'{"old":true}') == 0
+    assert await cache.peek(entry) is None
+
+
+async def test_stale_fill_of_a_tagged_entry_is_refused_after_tag_invalidation(
+    cache: RedisCache,
+) -> None:
+    entry = category_page_entry(3, 20, 0)
+    lease = await cache.get_or_lease(entry)
+    assert isinstance(lease, Lease)
+    await cache.invalidate(*_invalidate(tags={"category:3"}))
+    assert await cache.fill(entry, lease.token, lease.stamp, b"[old]") == -1
+    assert await cache.peek(entry) is None
+
+
+async def test_tag_invalidation_kills_every_entry_of_the_tag_only(cache: RedisCache) -> None:
+    entries = [category_page_entry(4, 20, 0), category_summary_entry(4), category_summary_entry(5)]
+    for entry in entries:
+        lease = await cache.get_or_lease(entry)
+        assert isinstance(lease, Lease)
+        assert await cache.fill(entry, lease.token, lease.stamp, entry.encode()) == 1
+    await cache.invalidate(*_invalidate(tags={"category:4"}))
+    assert await cache.peek(entries[0]) is None
+    assert await cache.peek(entries[1]) is None
+    assert await cache.peek(entries[2]) == entries[2].encode()
+    # freed inline: the dead values are gone from Redis, not just unreachable
+    assert await cache.client.exists(cache.keyspace.value(entries[0])) == 0
+
+
+async def test_epoch_bump_kills_every_entry_and_in_flight_fills(cache: RedisCache) -> None:
+    filled, in_flight = product_entry(6), product_entry(7)
+    lease = await cache.get_or_lease(filled)
+    assert isinstance(lease, Lease)
+    await cache.fill(filled, lease.token, lease.stamp, b"x")
+    pending = await cache.get_or_lease(in_flight)
+    assert isinstance(pending, Lease)
+    before = await cache.current_epoch()
+    after = await cache.bump_epoch("test", origin="test")
+    assert after > before
+    assert await cache.peek(filled) is None
+    assert await cache.fill(in_flight, pending.token, pending.stamp, b"old") == -1
+
+
+async def test_epoch_is_monotonic_even_if_redis_loses_it(cache: RedisCache) -> None:
+    first = await cache.bump_epoch("a", origin="test")
+    await cache.client.set(cache.keyspace.epoch, 3)  # as if restored from an old snapshot
+    second = await cache.bump_epoch("b", origin="test")
+    assert second >= first
+
+
+async def test_invalidation_publishes_one_message(cache: RedisCache) -> None:
+    pubsub = cache.client.pubsub()
+    await pubsub.subscribe(cache.keyspace.channel)
+    await pubsub.get_message(timeout=1)  # subscribe confirmation
+    targets, message = _invalidate(keys={"product:9"}, tags={"category:1"})
+    result = await cache.invalidate(targets, message)
+    received = await pubsub.get_message(timeout=2)
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    assert result.receivers == 1
+    assert received is not None
+    assert Invalidation.decode(received["data"]) == message
+
+
+async def test_server_restart_is_detected_once(cache: RedisCache) -> None:
+    await cache.ensure_server_identity("test")  # first sight of this server may bump
+    assert await cache.ensure_server_identity("test") is None
+    await cache.client.set(cache.keyspace.server_identity, "some-older-run-id")
+    assert await cache.ensure_server_identity("test") is not None

@@ -1,0 +1,145 @@
+"""Private Redis and Postgres instances for tests that stop, restart or break a server.
+
+Never used on the shared servers: each instance lives in a temporary folder on a free port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from pgbust.devservers import free_port, postgres_bindir, redis_server_binary
+
+
+def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll a condition until it holds (for readiness, not for ordering races)."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+class RedisServer:
+    def __init__(self, folder: Path, port: int | None = None) -> None:
+        self.folder = folder
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, db=db)
+
+    def start(self, *, save_snapshot: bool = False) -> None:
+        args = [
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.folder),
+            "--appendonly",
+            "no",
+            "--dbfilename",
+            "dump.rdb",
+            "--save",
+            "" if not save_snapshot else "3600 1",
+            "--logfile",
+            str(self.folder / "redis.log"),
+        ]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait_until(self.ping, timeout=10):
+            raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+    def ping(self) -> bool:
+        client = self.client()
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def snapshot(self) -> None:
+        """Write dump.rdb now (SAVE), so a later start can come back with this data."""
+        client = self.client()
+        try:
+            client.save()
+        finally:
+            client.close()
+
+    def stop(self, *, keep_snapshot: bool = True) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGKILL)  # no shutdown save: only explicit snapshots
+        self.process.wait(timeout=10)
+        self.process = None
+        if not keep_snapshot:
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / "dump.rdb").unlink()
+
+
+class PostgresCluster:
+    """A throw-away cluster (initdb + pg_ctl, as the postgres user when running as root)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.data = folder / "data"
+        self.port = free_port()
+        self.bindir = postgres_bindir()
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            pwd.getpwnam("postgres")
+            for parent in [folder, *folder.parents]:
+                if parent == Path("/"):
+                    break
+                # the postgres user must be able to reach its data folder
+                os.chmod(parent, os.stat(parent).st_mode | 0o011)
+            shutil.chown(folder, "postgres")
+
+    def _run(self, *args: str) -> None:
+        cmd = [str(self.bindir / args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def init(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+
+    def start(self) -> None:
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-w",
+            "-l",
+            str(self.folder / "log"),
+            "-o",
+            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-m", mode, "stop")
+
+    def restart(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-m", "fast", "restart")

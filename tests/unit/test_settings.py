@@ -1,0 +1,55 @@
+import pytest
+
+from db.settings import DbSettings
+from pgbust.errors import ConfigError
+from pgbust.settings import CommonSettings, load_settings, normalize_postgres_url, redact_url
+
+
+def test_contract_env_names_are_read_without_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@db:5432/x")
+    monkeypatch.setenv("REDIS_URL", "redis://cache:6379/2")
+    monkeypatch.setenv("PGBUST_NAMESPACE", "shop")
+    settings = load_settings(CommonSettings)
+    assert settings.database_url == "postgresql://u@db:5432/x"
+    assert settings.redis_url == "redis://cache:6379/2"
+    assert settings.namespace == "shop"
+
+
+def test_cli_overrides_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@db:5432/x")
+    settings = load_settings(CommonSettings, database_url="postgresql://other/y", redis_url=None)
+    assert settings.database_url == "postgresql://other/y"
+
+
+def test_sqlalchemy_spelling_is_normalised() -> None:
+    assert normalize_postgres_url("postgresql+psycopg://h/db") == "postgresql://h/db"
+    assert CommonSettings(database_url="postgres://h/db").sqlalchemy_url == (
+        "postgresql+psycopg://h/db"
+    )
+
+
+def test_bad_database_url_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "mysql://root:hunter2@h/db")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(DbSettings)
+    message = str(caught.value)
+    assert message.startswith("invalid setting DATABASE_URL:")
+    assert "hunter2" not in message
+    assert "\n" not in message
+
+
+def test_bad_prefixed_setting_names_the_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGBUST_NAMESPACE", "has spaces")
+    with pytest.raises(ConfigError, match=r"^invalid setting PGBUST_NAMESPACE:"):
+        load_settings(CommonSettings)
+
+
+def test_bad_redis_url_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "http://localhost")
+    with pytest.raises(ConfigError, match=r"^invalid setting REDIS_URL: must start with redis://"):
+        load_settings(CommonSettings)
+
+
+def test_redact_url_hides_only_the_password() -> None:
+    assert redact_url("postgresql://app:s3cret@db:5432/shop") == "postgresql://app:***@db:5432/shop"
+    assert redact_url("redis://cache:6379/0") == "redis://cache:6379/0"
