@@ -1,0 +1,1 @@
+"""The FastAPI service: routes, the two-tier cache, the invalidation subscriber."""

@@ -1,0 +1,1 @@
+"""The invalidator daemon: change events from Postgres NOTIFY to Redis deletions."""
