@@ -1,0 +1,1 @@
+"""Locust staleness load test, its oracle and the report."""

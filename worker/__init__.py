@@ -1,0 +1,1 @@
+"""Celery app and tasks: the off-fast-path jobs of invalidation."""
