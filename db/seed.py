@@ -11,14 +11,19 @@ from db.queries import query
 from pgbust.errors import PgbustError
 
 
-class CatalogueNotEmpty(PgbustError):
-    pass
-
-
 @dataclass(frozen=True)
 class Counts:
     categories: int
     products: int
+
+
+class CatalogueNotEmpty(PgbustError):
+    def __init__(self, counts: Counts) -> None:
+        super().__init__(
+            f"the catalogue already holds {counts.products} products and "
+            f"{counts.categories} categories; pass --replace to wipe and re-seed"
+        )
+        self.counts = counts
 
 
 def count(conn: psycopg.Connection[Any]) -> Counts:
@@ -33,10 +38,7 @@ def seed(database_url: str, products: int, categories: int, replace: bool = Fals
     with psycopg.connect(database_url) as conn:
         existing = count(conn)
         if (existing.products or existing.categories) and not replace:
-            raise CatalogueNotEmpty(
-                f"the catalogue already holds {existing.products} products and "
-                f"{existing.categories} categories; pass --replace to wipe and re-seed"
-            )
+            raise CatalogueNotEmpty(existing)
         conn.execute(query("seed_reset"))
         conn.execute(query("seed_categories"), {"categories": categories})
         conn.execute(query("seed_products"), {"products": products, "categories": categories})

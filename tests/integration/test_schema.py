@@ -102,6 +102,30 @@ def test_seed_refuses_to_wipe_without_replace(database_url: str, seeded: object)
     assert "pass --replace" in done.stderr
 
 
+def test_seed_if_empty_keeps_existing_data_and_succeeds(
+    database_url: str, seeded: object, pg: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "db",
+            "seed",
+            "--products",
+            "10",
+            "--if-empty",
+            "--database-url",
+            database_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "nothing to do" in done.stdout
+    assert pg.execute("SELECT count(*) FROM products").fetchone() == (100,)
+
+
 @pytest.mark.parametrize("command", [["upgrade"], ["seed", "--products", "1"]])
 def test_unreachable_database_is_one_line_naming_the_setting(command: list[str]) -> None:
     url = "postgresql://pgbust:secret@127.0.0.1:1/nowhere"
