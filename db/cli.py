@@ -65,6 +65,9 @@ def seed_command(
     products: Annotated[int, typer.Option(min=0, help="number of products")] = 100_000,
     categories: Annotated[int, typer.Option(min=1, help="number of categories")] = 20,
     replace: Annotated[bool, typer.Option(help="wipe the catalogue first")] = False,
+    if_empty: Annotated[
+        bool, typer.Option("--if-empty", help="do nothing (exit 0) if data is already there")
+    ] = False,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Load a deterministic demo catalogue."""
@@ -74,6 +77,9 @@ def seed_command(
         try:
             counts = seed.seed(settings.database_url, products, categories, replace=replace)
         except seed.CatalogueNotEmpty as exc:
+            if if_empty:
+                typer.echo(f"db seed: nothing to do: {exc.counts.products} products there")
+                return
             typer.echo(f"db seed: error: {exc}", err=True)
             raise typer.Exit(1) from None
         typer.echo(f"seeded {counts.products} products in {counts.categories} categories")
