@@ -111,3 +111,13 @@ def procs(stack_env: dict[str, str], tmp_path: Path) -> Iterator[ProcessManager]
     manager = ProcessManager(stack_env, tmp_path)
     yield manager
     manager.stop_all()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Options of test folders (pytest reads pytest_addoption only from the root conftest)."""
+    parser.addoption(
+        "--chaos-full",
+        action="store_true",
+        default=False,
+        help="tests/chaos: run every fault scenario at full length (make chaos)",
+    )
