@@ -1,0 +1,73 @@
+"""The Celery application: late acknowledgement, one task at a time per process, no results.
+
+Every task is idempotent, so a worker killed mid-task loses nothing: the broker redelivers the
+unacknowledged message (RabbitMQ at once; Redis after PGBUST_VISIBILITY_TIMEOUT_S) and another
+worker redoes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from pgbust.settings import load_settings
+from worker.settings import Settings
+
+TASK_NAMES = (
+    "pgbust.retry_invalidation",
+    "pgbust.collect_garbage",
+    "pgbust.purge_dead",
+    "pgbust.warm",
+    "pgbust.audit",
+    "pgbust.decay_hot",
+)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 3,
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "socket_connect_timeout": 3,
+            "socket_timeout": 10,
+        },
+        "task_default_queue": settings.task_queue,
+        "task_default_exchange": settings.task_queue,
+        "task_default_routing_key": settings.task_queue,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_ignore_result": True,
+        "result_backend": None,
+        "worker_prefetch_multiplier": 1,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "timezone": "UTC",
+        "enable_utc": True,
+        "worker_hijack_root_logger": True,
+        "beat_schedule": {
+            "audit": {
+                "task": "pgbust.audit",
+                "schedule": settings.audit_interval_s,
+                "kwargs": {"sample": settings.audit_sample},
+                "options": {"expires": settings.audit_interval_s},
+            },
+            "decay-hot": {
+                "task": "pgbust.decay_hot",
+                "schedule": settings.hot_decay_interval_s,
+                "options": {"expires": settings.hot_decay_interval_s},
+            },
+        },
+    }
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery("pgbust", include=["worker.tasks"], set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+settings: Settings = load_settings(Settings)
+app: Celery = create_app(settings)
