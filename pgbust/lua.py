@@ -107,3 +107,11 @@ local v = redis.call('GET', KEYS[2])
 if v and string.sub(v, 1, #stamp) == stamp then return v end
 return false
 """
+
+# KEYS: lease   ARGV: token   -> 1 released | 0 not ours (expired or taken over)
+# A reader whose load found no row gives its lease back, so waiters need not sit out the
+# lease time for a 404.
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""

@@ -48,6 +48,7 @@ class RedisCache:
         self._bump_epoch: AsyncScript = client.register_script(lua.BUMP_EPOCH)
         self._ensure_server: AsyncScript = client.register_script(lua.ENSURE_SERVER)
         self._peek: AsyncScript = client.register_script(lua.PEEK)
+        self._release_lease: AsyncScript = client.register_script(lua.RELEASE_LEASE)
 
     # --- reads and fills ------------------------------------------------------------------
 
@@ -76,6 +77,11 @@ class RedisCache:
         if tag is not None:
             keys.append(self.keyspace.tag_members(tag))
         return int(await self._fill(keys=keys, args=[token, stamp, payload, ttl_ms]))
+
+    async def release_lease(self, entry: str, token: str) -> bool:
+        """Give a lease back without filling (the row did not exist); False if not ours."""
+        reply = await self._release_lease(keys=[self.keyspace.lease(entry)], args=[token])
+        return bool(int(reply))
 
     async def peek(self, entry: str) -> bytes | None:
         """The live payload of an entry, or None; takes no lease (for audits and tests)."""
