@@ -8,7 +8,7 @@ from typing import Annotated
 import psycopg
 import typer
 
-from db import migrate, seed
+from db import capture, migrate, seed
 from db.settings import DbSettings
 from pgbust.checks import require_postgres
 from pgbust.cli import run_guarded, setup_logging
@@ -85,3 +85,56 @@ def seed_command(
         typer.echo(f"seeded {counts.products} products in {counts.categories} categories")
 
     run_guarded("db seed", _database_errors_in_one_line(main))
+
+
+triggers_app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="change-capture triggers (db/triggers/)"
+)
+app.add_typer(triggers_app, name="triggers")
+
+
+@triggers_app.command("install")
+def triggers_install(database_url: DatabaseUrl = None) -> None:
+    """(Re)install the capture triggers of every table declared in db/triggers/."""
+
+    def main() -> None:
+        settings = _settings(database_url)
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            files = capture.install(conn)
+            tables = [s.relation for s in capture.status(conn) if s.installed]
+        typer.echo(f"trigger files applied: {len(files)}; capturing: {', '.join(tables)}")
+
+    run_guarded("db triggers install", _database_errors_in_one_line(main))
+
+
+@triggers_app.command("remove")
+def triggers_remove(database_url: DatabaseUrl = None) -> None:
+    """Drop the capture triggers (declarations stay; `install` brings them back)."""
+
+    def main() -> None:
+        settings = _settings(database_url)
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            removed = capture.remove(conn)
+        typer.echo(f"capture triggers removed from: {', '.join(removed) or 'nothing'}")
+
+    run_guarded("db triggers remove", _database_errors_in_one_line(main))
+
+
+@triggers_app.command("status")
+def triggers_status(database_url: DatabaseUrl = None) -> None:
+    """Every declared table, its key columns, and whether its triggers are installed."""
+
+    def main() -> None:
+        settings = _settings(database_url)
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            rows = capture.status(conn)
+        if not rows:
+            typer.echo("no table declared for capture (run `python -m db upgrade`)")
+        for row in rows:
+            state = "installed" if row.installed else f"NOT installed ({row.triggers}/4)"
+            typer.echo(
+                f"{row.relation}: keys {','.join(row.key_columns)}; max_rows {row.max_rows}; "
+                f"channel {row.channel}; {state}"
+            )
+
+    run_guarded("db triggers status", _database_errors_in_one_line(main))

@@ -1,0 +1,146 @@
+"""The capture triggers against a real Postgres: payload shape, bulk bounds, never raising."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+
+from db import capture
+from db.seed import Counts
+
+CHANNEL = "pgbust_changes"
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+@pytest.fixture
+def listener(database_url: str) -> Iterator[Conn]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"LISTEN {CHANNEL}")
+        yield conn
+
+
+def received(conn: Conn, timeout: float = 0.5) -> list[dict[str, Any]]:
+    return [orjson.loads(n.payload) for n in conn.notifies(timeout=timeout)]
+
+
+def test_single_row_update_sends_one_compact_payload(
+    seeded: Counts, pg: Conn, listener: Conn
+) -> None:
+    pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 7")
+    [event] = received(listener)
+    assert event["v"] == 1 and event["t"] == "products" and event["op"] == "U"
+    assert event["c"] == ["id", "category_id"]
+    assert event["r"] == [[7, 1 + 7 % 5]]
+    assert isinstance(event["ts"], int) and event["ts"] > 1_600_000_000_000_000
+
+
+def test_category_move_carries_old_and_new_category(
+    seeded: Counts, pg: Conn, listener: Conn
+) -> None:
+    pg.execute("UPDATE products SET category_id = 5 WHERE id = 1")  # was category 2
+    [event] = received(listener)
+    assert sorted(map(tuple, event["r"])) == [(1, 2), (1, 5)]
+
+
+def test_insert_and_delete_carry_the_rows(seeded: Counts, pg: Conn, listener: Conn) -> None:
+    row = pg.execute(
+        "INSERT INTO products (category_id, name, price_cents, stock)"
+        " VALUES (3, 'new', 1, 1) RETURNING id"
+    ).fetchone()
+    assert row is not None
+    pg.execute("DELETE FROM products WHERE id = %s", (row[0],))
+    inserted, deleted = received(listener)
+    assert (inserted["op"], inserted["r"]) == ("I", [[row[0], 3]])
+    assert (deleted["op"], deleted["r"]) == ("D", [[row[0], 3]])
+
+
+def test_statement_touching_no_row_sends_nothing(seeded: Counts, pg: Conn, listener: Conn) -> None:
+    pg.execute("UPDATE products SET stock = 0 WHERE id < 0")
+    assert received(listener, timeout=0.2) == []
+
+
+def test_nothing_is_sent_for_a_rolled_back_transaction(
+    seeded: Counts, database_url: str, listener: Conn
+) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE products SET stock = 0 WHERE id = 3")
+        conn.rollback()
+    assert received(listener, timeout=0.2) == []
+
+
+def test_medium_statement_is_chunked_under_the_notify_limit(
+    seeded: Counts, pg: Conn, listener: Conn
+) -> None:
+    pg.execute(
+        "INSERT INTO products (category_id, name, price_cents, stock)"
+        " SELECT 1, 'bulk', 1, 1 FROM generate_series(1, 900)"
+    )
+    events = received(listener)
+    assert 1 < len(events) <= 10
+    assert sum(len(e["r"]) for e in events) == 900
+    assert all(len(orjson.dumps(e)) < 8000 for e in events)
+
+
+def test_bulk_update_of_100k_rows_sends_one_table_wide_event(
+    database_url: str, pg: Conn, listener: Conn
+) -> None:
+    from db import seed
+
+    seed.seed(database_url, products=100_000, categories=20, replace=True)
+    received(listener, timeout=0.2)
+    pg.execute("UPDATE products SET stock = stock + 1")
+    events = received(listener)
+    assert len(events) == 1
+    assert events[0]["all"] is True and events[0]["op"] == "U" and events[0]["n"] == 1001
+
+
+def test_truncate_sends_a_table_wide_event(seeded: Counts, pg: Conn, listener: Conn) -> None:
+    pg.execute("TRUNCATE products")
+    [event] = received(listener)
+    assert event["op"] == "T" and event["all"] is True and event["t"] == "products"
+
+
+def test_keys_too_long_for_notify_degrade_to_table_wide_without_error(
+    pg: Conn, listener: Conn
+) -> None:
+    pg.execute("CREATE TABLE IF NOT EXISTS wide_keys (k text PRIMARY KEY)")
+    pg.execute("SELECT pgbust.capture_table('wide_keys', ARRAY['k'])")
+    try:
+        pg.execute("INSERT INTO wide_keys VALUES (repeat('x', 9000))")  # must not raise
+        [event] = received(listener)
+        assert event["t"] == "wide_keys" and event["all"] is True
+    finally:
+        pg.execute("SELECT pgbust.uncapture_table('wide_keys', forget => true)")
+        pg.execute("DROP TABLE wide_keys")
+
+
+def test_declaring_an_unknown_column_is_refused(pg: Conn) -> None:
+    with pytest.raises(psycopg.errors.RaiseException, match="no such column"):
+        pg.execute("SELECT pgbust.capture_table('products', ARRAY['id', 'nope'])")
+
+
+def test_cli_remove_status_install_round_trip(database_url: str, pg: Conn) -> None:
+    def db(*args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "db", "triggers", *args, "--database-url", database_url],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+
+    try:
+        assert "public.products" in db("remove")
+        assert not any(s.installed for s in capture.status(pg))
+        assert "NOT installed" in db("status")
+    finally:
+        assert "public.products" in db("install")
+    assert {s.relation for s in capture.status(pg) if s.installed} == {
+        "public.products",
+        "public.categories",
+    }
