@@ -1,0 +1,229 @@
+"""Load for chaos tests: one writer mixing API PATCHes and out-of-band SQL, several readers.
+
+The oracle is the product `version` (bumped by the database on every UPDATE): the writer
+records, per product, the newest version whose commit was acknowledged; a reader snapshots
+that number *before* sending its request, and a read that returns an older version is
+stale. Reads and writes are counted separately while a fault is active (`with load.fault():`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+import psycopg
+
+
+@dataclass
+class LoadStats:
+    reads: int = 0
+    writes: int = 0
+    api_writes: int = 0
+    oob_writes: int = 0
+    category_moves: int = 0
+    read_errors: int = 0
+    write_errors: int = 0
+    stale_reads: int = 0
+    reads_during_fault: int = 0
+    writes_during_fault: int = 0
+    stale_reads_during_fault: int = 0
+    max_staleness_versions: int = 0
+    x_cache: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["x_cache"] = dict(self.x_cache)
+        return data
+
+
+class LoadDriver:
+    """Background threads: one writer (API + SQL), `readers` readers over every API instance.
+
+    Errors (a 503 while Redis is down, a dropped SQL connection while Postgres restarts) are
+    counted, never raised: the load keeps going through the fault.
+    """
+
+    def __init__(
+        self,
+        api_urls: Sequence[str],
+        database_url: str,
+        token: str,
+        product_ids: Sequence[int],
+        category_ids: Sequence[int],
+        *,
+        write_rate: float = 40.0,
+        readers: int = 2,
+        oob_share: float = 0.5,
+        move_share: float = 0.05,
+        seed: int = 1,
+    ) -> None:
+        self.api_urls = list(api_urls)
+        self.database_url = database_url
+        self.token = token
+        self.product_ids = list(product_ids)
+        self.category_ids = list(category_ids)
+        self.write_rate = write_rate
+        self.readers = readers
+        self.oob_share = oob_share
+        self.move_share = move_share
+        self.stats = LoadStats()
+        self._acked: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._in_fault = False
+        self._threads: list[threading.Thread] = []
+        self._random = random.Random(seed)
+
+    # --- control ---------------------------------------------------------------------------
+
+    def start(self) -> LoadDriver:
+        self._stop.clear()
+        self._threads = [threading.Thread(target=self._writer, daemon=True, name="load-writer")]
+        for index in range(self.readers):
+            self._threads.append(
+                threading.Thread(
+                    target=self._reader, args=(index,), daemon=True, name=f"load-reader-{index}"
+                )
+            )
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> LoadStats:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
+        return self.stats
+
+    @contextlib.contextmanager
+    def fault(self) -> Iterator[None]:
+        """Reads and writes inside this block are counted as happening during the fault."""
+        self._in_fault = True
+        try:
+            yield
+        finally:
+            self._in_fault = False
+
+    def wait_for_writes(self, count: int, timeout: float = 30.0) -> bool:
+        """Block until the writer has done `count` more successful writes (pacing only)."""
+        target = self.stats.writes + count
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if self.stats.writes >= target:
+                return True
+            time.sleep(0.01)
+        return self.stats.writes >= target
+
+    def acked_version(self, product_id: int) -> int:
+        with self._lock:
+            return self._acked.get(product_id, 0)
+
+    # --- the writer --------------------------------------------------------------------------
+
+    def _record_write(self, product_id: int, version: int, *, oob: bool) -> None:
+        with self._lock:
+            if version > self._acked.get(product_id, 0):
+                self._acked[product_id] = version
+            self.stats.writes += 1
+            if oob:
+                self.stats.oob_writes += 1
+            else:
+                self.stats.api_writes += 1
+            if self._in_fault:
+                self.stats.writes_during_fault += 1
+
+    def _writer(self) -> None:
+        rng = random.Random(self._random.random())
+        conn: psycopg.Connection[Any] | None = None
+        headers = {"Authorization": f"Bearer {self.token}"}
+        with httpx.Client(timeout=3.0, headers=headers) as http:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                product_id = rng.choice(self.product_ids)
+                try:
+                    if rng.random() < self.oob_share:
+                        if conn is None or conn.closed:
+                            conn = psycopg.connect(
+                                self.database_url, autocommit=True, connect_timeout=3
+                            )
+                        self._write_sql(conn, rng, product_id)
+                    else:
+                        self._write_api(http, rng, product_id)
+                except (psycopg.Error, httpx.HTTPError, OSError, ValueError, KeyError):
+                    with self._lock:
+                        self.stats.write_errors += 1
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                        conn = None
+                    self._stop.wait(0.05)
+                pause = 1.0 / self.write_rate - (time.monotonic() - started)
+                if pause > 0:
+                    self._stop.wait(pause)
+        if conn is not None:
+            conn.close()
+
+    def _write_sql(
+        self, conn: psycopg.Connection[Any], rng: random.Random, product_id: int
+    ) -> None:
+        if rng.random() < self.move_share and len(self.category_ids) > 1:
+            row = conn.execute(
+                "UPDATE products SET category_id = %s WHERE id = %s RETURNING version",
+                (rng.choice(self.category_ids), product_id),
+            ).fetchone()
+            self.stats.category_moves += 1
+        else:
+            row = conn.execute(
+                "UPDATE products SET stock = %s, price_cents = %s WHERE id = %s RETURNING version",
+                (rng.randrange(1000), 100 + rng.randrange(100_000), product_id),
+            ).fetchone()
+        if row is not None:
+            self._record_write(product_id, int(row[0]), oob=True)
+
+    def _write_api(self, http: httpx.Client, rng: random.Random, product_id: int) -> None:
+        url = f"{rng.choice(self.api_urls)}/products/{product_id}"
+        response = http.patch(url, json={"stock": rng.randrange(1000)})
+        if response.status_code != 200:
+            raise ValueError(f"PATCH {response.status_code}")
+        self._record_write(product_id, int(response.json()["version"]), oob=False)
+
+    # --- the readers -------------------------------------------------------------------------
+
+    def _reader(self, index: int) -> None:
+        rng = random.Random(self._random.random() + index)
+        with httpx.Client(timeout=3.0) as http:
+            while not self._stop.is_set():
+                product_id = rng.choice(self.product_ids)
+                base = self.api_urls[rng.randrange(len(self.api_urls))]
+                floor = self.acked_version(product_id)  # snapshot BEFORE sending
+                in_fault = self._in_fault
+                try:
+                    response = http.get(f"{base}/products/{product_id}")
+                    ok = response.status_code == 200
+                    version = int(response.json()["version"]) if ok else 0
+                except (httpx.HTTPError, ValueError, KeyError):
+                    ok, version, response = False, 0, None
+                if not ok or response is None:
+                    with self._lock:
+                        self.stats.read_errors += 1
+                    self._stop.wait(0.02)
+                    continue
+                with self._lock:
+                    self.stats.reads += 1
+                    self.stats.x_cache[response.headers.get("x-cache", "?")] += 1
+                    if in_fault:
+                        self.stats.reads_during_fault += 1
+                    if version < floor:
+                        self.stats.stale_reads += 1
+                        self.stats.max_staleness_versions = max(
+                            self.stats.max_staleness_versions, floor - version
+                        )
+                        if in_fault:
+                            self.stats.stale_reads_during_fault += 1
