@@ -1,0 +1,186 @@
+"""What each task does, as plain async functions over the one Redis adapter (RedisCache).
+
+No Celery here: tasks.py wraps these, tests and the CLI can call them directly. Every job is
+idempotent: running it twice, or again after being killed halfway, ends in the same state.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import AsyncConnection
+from redis.commands.core import AsyncScript
+
+from api.loaders import load_entry
+from pgbust.protocol import Busy, Hit, Invalidation, Targets
+from pgbust.redis_cache import RedisCache
+from worker import lua
+
+log = logging.getLogger(__name__)
+
+
+def _unlink_dead(cache: RedisCache) -> AsyncScript:
+    return cache.client.register_script(lua.UNLINK_DEAD)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# --- retry an invalidation that could not reach Redis ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetryOutcome:
+    garbage: list[str]
+    epoch_bumped: bool
+
+
+async def retry_invalidation(
+    cache: RedisCache, targets: Targets, reason: str, enqueued_ms: int
+) -> RetryOutcome:
+    """Apply the targets now that Redis answers, then make sure the epoch moved past the outage.
+
+    Whatever Redis held while it was unreachable may have missed other invalidations too, so
+    the namespace epoch is bumped, unless a bump already happened after this task was
+    enqueued (the epoch is a millisecond timestamp): one outage costs one flush, not one per
+    pending task. A restarted server is noticed by ensure_server_identity the same way.
+    Raises redis errors while Redis is still down (the task retries with backoff).
+    """
+    restarted = await cache.ensure_server_identity(origin="worker")
+    message = Invalidation.of(targets, origin="worker", reason=f"retry: {reason}")
+    result = await cache.invalidate(targets, message)
+    bumped = targets.flush or restarted is not None
+    if await cache.current_epoch() < enqueued_ms:
+        await cache.bump_epoch(f"redis came back: {reason}", origin="worker")
+        bumped = True
+    return RetryOutcome(garbage=result.garbage, epoch_bumped=bumped)
+
+
+# --- reclaim memory in chunks ----------------------------------------------------------------
+
+
+def tag_of_garbage_key(namespace: str, garbage_key: str) -> str:
+    """ "<ns>:gc:<tag>:<suffix>" (named by RedisCache.invalidate) -> "<tag>"."""
+    body = garbage_key.removeprefix(f"{namespace}:gc:")
+    return body.rsplit(":", 1)[0]
+
+
+async def collect_garbage(cache: RedisCache, garbage_keys: list[str], chunk: int) -> int:
+    """UNLINK the dead values listed in renamed tag member sets, `chunk` members per command.
+
+    Members are read (SRANDMEMBER), unlinked if still dead, then removed (SREM): a worker
+    killed in between leaves them listed for the redo. Returns the number of values unlinked.
+    """
+    ks = cache.keyspace
+    unlink_dead = _unlink_dead(cache)
+    freed = 0
+    for garbage_key in garbage_keys:
+        tag_generation = ks.tag_generation(tag_of_garbage_key(ks.namespace, garbage_key))
+        while True:
+            raw: list[bytes] = await cache.client.srandmember(garbage_key, chunk)  # type: ignore[assignment]
+            members = [_text(m) for m in raw]
+            if not members:
+                break
+            freed += int(await unlink_dead(keys=[ks.epoch, tag_generation, *members], args=["1"]))
+            await cache.client.srem(garbage_key, *members)
+        await cache.client.unlink(garbage_key)
+    return freed
+
+
+async def purge_dead(cache: RedisCache, chunk: int) -> tuple[int, int]:
+    """SCAN the namespace's values and UNLINK those of an old epoch, `chunk` keys per command.
+
+    After an epoch bump (flush, TRUNCATE, Redis came back) every old value is already a miss;
+    this only frees the memory, without any command that holds Redis for long. Returns
+    (values scanned, values unlinked).
+    """
+    ks = cache.keyspace
+    unlink_dead = _unlink_dead(cache)
+    scanned = unlinked = 0
+    cursor = 0
+    while True:
+        cursor, keys = await cache.client.scan(cursor, match=ks.value_pattern, count=chunk)
+        if keys:
+            scanned += len(keys)
+            names = [_text(k) for k in keys]
+            unlinked += int(await unlink_dead(keys=[ks.epoch, *names], args=["0"]))
+        if int(cursor) == 0:
+            return scanned, unlinked
+
+
+# --- refresh-ahead -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class WarmOutcome:
+    filled: list[str] = field(default_factory=list)
+    already_cached: int = 0
+    busy: int = 0
+    missing: int = 0
+    refused: int = 0
+
+    def as_counts(self) -> dict[str, int]:
+        return {
+            "warm_filled": len(self.filled),
+            "warm_already_cached": self.already_cached,
+            "warm_busy": self.busy,
+            "warm_missing": self.missing,
+            "warm_refused": self.refused,
+        }
+
+
+async def warm(
+    cache: RedisCache,
+    conn: AsyncConnection[Any],
+    entries: list[str],
+    *,
+    ttl_ms: int = 0,
+    lease_ms: int = 2_000,
+) -> WarmOutcome:
+    """Recompute entries exactly as a reader would: lease, load from Postgres, guarded fill.
+
+    An entry already cached, or being filled by a reader (Busy), is left alone; a fill that
+    loses to an invalidation in between is refused by the fill guard, never stored stale.
+    """
+    outcome = WarmOutcome()
+    for entry in entries:
+        lease = await cache.get_or_lease(entry, lease_ms=lease_ms)
+        if isinstance(lease, Hit):
+            outcome.already_cached += 1
+            continue
+        if isinstance(lease, Busy):
+            outcome.busy += 1
+            continue
+        payload = await load_entry(conn, entry)
+        if payload is None:
+            outcome.missing += 1  # the lease expires by itself; readers get 404 from the API
+            continue
+        if await cache.fill(entry, lease.token, lease.stamp, payload, ttl_ms) == 1:
+            outcome.filled.append(entry)
+        else:
+            outcome.refused += 1
+    return outcome
+
+
+# --- hot-key bookkeeping ---------------------------------------------------------------------
+
+HOT_MIN_SCORE = 0.25
+
+
+async def decay_hot(cache: RedisCache, hot_max: int) -> int:
+    """Halve every sampled read count, drop the faded ones, keep at most hot_max entries.
+
+    Old popularity fades (a key read a lot yesterday is not hot now) and the zset stays
+    bounded. Returns the number of entries left.
+    """
+    hot = cache.keyspace.hot
+    async with cache.client.pipeline(transaction=True) as pipe:
+        pipe.zunionstore(hot, {hot: 0.5})
+        pipe.zremrangebyscore(hot, "-inf", f"({HOT_MIN_SCORE}")
+        pipe.zremrangebyrank(hot, 0, -(hot_max + 1))
+        pipe.zcard(hot)
+        replies = await pipe.execute()
+    return int(replies[-1])

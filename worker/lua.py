@@ -1,0 +1,27 @@
+"""The workers' one Lua script, next to the stamp format it reads (see pgbust/lua.py).
+
+Stored values are "<epoch>.<tag generation>|<payload>". A value is dead when its stamp is not
+the current one; readers already treat it as a miss, the workers reclaim its memory.
+"""
+
+# KEYS: epoch[, tag_generation], value keys...   ARGV: with_tag ("1" when KEYS[2] is a tag
+# generation: compare the whole stamp; "0": compare the epoch only)
+# UNLINKs every listed value whose stamp is dead, atomically: a value refilled with a live
+# stamp since the caller listed it is kept. Reads only the stamp (GETRANGE), never the payload.
+# -> number of values unlinked
+UNLINK_DEAD = """
+local live = (redis.call('GET', KEYS[1]) or '0') .. '.'
+local first = 2
+if ARGV[1] == '1' then
+  live = live .. (redis.call('GET', KEYS[2]) or '0') .. '|'
+  first = 3
+end
+local n = 0
+for i = first, #KEYS do
+  local head = redis.call('GETRANGE', KEYS[i], 0, #live - 1)
+  if head ~= live then
+    n = n + redis.call('UNLINK', KEYS[i])
+  end
+end
+return n
+"""

@@ -1,0 +1,215 @@
+"""The Celery tasks: thin synchronous wrappers that run a job of jobs.py / audit.py.
+
+Each task opens its own Redis client (and Postgres connection when it reads the database)
+inside asyncio.run, so nothing is shared across the prefork pool's processes. Tasks are
+acknowledged late and idempotent: a redelivered task simply does the remaining work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import psycopg
+import redis
+import redis.asyncio as aioredis
+from celery.signals import task_prerun
+
+from pgbust.keys import Keyspace
+from pgbust.protocol import Targets
+from pgbust.redis_cache import RedisCache
+from worker import audit as audit_job
+from worker import client, jobs, stats
+from worker.app import app, settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _task(**options: Any) -> Callable[[F], F]:
+    """app.task with its type kept (Celery ships no type hints)."""
+    decorator: Callable[[F], F] = app.task(**options)
+    return decorator
+
+
+def _on_task_prerun(handler: F) -> F:
+    task_prerun.connect(handler)
+    return handler
+
+
+# Redis unreachable (or restarting): retry_invalidation backs off and tries again.
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
+
+
+def _keyspace() -> Keyspace:
+    return Keyspace(settings.namespace)
+
+
+def _redis() -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=2.0, socket_timeout=10.0
+    )
+
+
+def run_with_cache(job: Callable[[RedisCache], Awaitable[T]]) -> T:
+    """Run one async job against a fresh Redis client (the sync bridge of every task)."""
+
+    async def main() -> T:
+        redis_client = _redis()
+        try:
+            return await job(RedisCache(redis_client, _keyspace()))
+        finally:
+            await redis_client.aclose()
+
+    return asyncio.run(main())
+
+
+def run_with_cache_and_db(
+    job: Callable[[RedisCache, psycopg.AsyncConnection[Any]], Awaitable[T]],
+) -> T:
+    async def with_db(cache: RedisCache) -> T:
+        conn = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
+        try:
+            return await job(cache, conn)
+        finally:
+            await conn.close()
+
+    return run_with_cache(with_db)
+
+
+@_task(
+    name="pgbust.retry_invalidation",
+    autoretry_for=REDIS_DOWN,
+    retry_backoff=1,
+    retry_backoff_max=settings.retry_backoff_max_s,
+    retry_jitter=True,
+    max_retries=None,
+)
+def retry_invalidation(
+    keys: list[str], tags: list[str], flush: bool, reason: str, enqueued_ms: int = 0
+) -> None:
+    targets = Targets(frozenset(keys), frozenset(tags), flush)
+
+    async def job(cache: RedisCache) -> jobs.RetryOutcome:
+        outcome = await jobs.retry_invalidation(cache, targets, reason, enqueued_ms)
+        freed = await jobs.collect_garbage(cache, outcome.garbage, settings.purge_chunk)
+        await stats.count(
+            cache.client,
+            cache.keyspace,
+            retried_invalidations=1,
+            epoch_bumps=int(outcome.epoch_bumped),
+            garbage_unlinked=freed,
+        )
+        return outcome
+
+    outcome = run_with_cache(job)
+    log.info(
+        "retried invalidation (%s): keys=%d tags=%d flush=%s epoch_bumped=%s",
+        reason,
+        len(keys),
+        len(tags),
+        flush,
+        outcome.epoch_bumped,
+    )
+    if outcome.epoch_bumped:
+        client.enqueue_purge(f"after retry: {reason}")
+
+
+@_task(name="pgbust.collect_garbage")
+def collect_garbage(keys: list[str]) -> None:
+    async def job(cache: RedisCache) -> int:
+        freed = await jobs.collect_garbage(cache, keys, settings.purge_chunk)
+        await stats.count(cache.client, cache.keyspace, garbage_unlinked=freed)
+        return freed
+
+    freed = run_with_cache(job)
+    log.info("collected %d garbage set(s): %d dead values unlinked", len(keys), freed)
+
+
+@_task(name="pgbust.purge_dead")
+def purge_dead(reason: str = "") -> None:
+    async def job(cache: RedisCache) -> tuple[int, int]:
+        scanned, unlinked = await jobs.purge_dead(cache, settings.purge_chunk)
+        await stats.count(cache.client, cache.keyspace, purged=unlinked)
+        return scanned, unlinked
+
+    started = time.perf_counter()
+    scanned, unlinked = run_with_cache(job)
+    log.info(
+        "purged dead values (%s): scanned=%d unlinked=%d in %.0f ms",
+        reason,
+        scanned,
+        unlinked,
+        (time.perf_counter() - started) * 1000,
+    )
+
+
+@_task(name="pgbust.warm")
+def warm(entries: list[str]) -> None:
+    async def job(cache: RedisCache, conn: psycopg.AsyncConnection[Any]) -> jobs.WarmOutcome:
+        outcome = await jobs.warm(
+            cache,
+            conn,
+            entries,
+            ttl_ms=int(settings.cache_ttl_s * 1000),
+            lease_ms=settings.warm_lease_ms,
+        )
+        await stats.count(cache.client, cache.keyspace, **outcome.as_counts())
+        return outcome
+
+    outcome = run_with_cache_and_db(job)
+    log.info("warmed %d of %d entries", len(outcome.filled), len(entries))
+
+
+@_task(name="pgbust.audit")
+def audit(sample: int | None = None) -> dict[str, Any]:
+    report = run_with_cache_and_db(
+        lambda cache, conn: run_audit(cache, conn, sample or settings.audit_sample)
+    )
+    return report.as_dict()
+
+
+async def run_audit(
+    cache: RedisCache, conn: psycopg.AsyncConnection[Any], sample: int
+) -> audit_job.AuditReport:
+    """One audit, recorded (counters, last report in Redis) and logged: tasks and CLI share it."""
+    report = await audit_job.audit(cache, conn, sample, settings.audit_grace_ms)
+    await stats.save_audit(cache.client, cache.keyspace, report.as_dict())
+    await stats.count(
+        cache.client,
+        cache.keyspace,
+        audits=1,
+        audit_checked=report.checked,
+        audit_stale=report.stale,
+    )
+    log.log(logging.WARNING if report.stale else logging.INFO, "%s", report.line())
+    return report
+
+
+@_task(name="pgbust.decay_hot")
+def decay_hot() -> None:
+    left = run_with_cache(lambda cache: jobs.decay_hot(cache, settings.hot_max))
+    log.debug("hot keys decayed: %d left", left)
+
+
+@_on_task_prerun
+def _hold_for_tests(task: Any = None, **_: Any) -> None:
+    """Fault injection (PGBUST_WORKER_HOLD_KEY): announce the task, block until the key exists.
+
+    Lets a test SIGKILL a worker at a known point in the middle of a task.
+    """
+    hold_key = settings.worker_hold_key
+    if not hold_key:
+        return
+    blocking = redis.Redis.from_url(settings.redis_url)
+    try:
+        blocking.set(f"{hold_key}:started", str(getattr(task, "name", "?")))
+        while not blocking.exists(hold_key):
+            time.sleep(0.05)
+    finally:
+        blocking.close()
