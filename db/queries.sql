@@ -41,3 +41,29 @@ SELECT count(*) AS count,
        round(avg(price_cents), 2)::float8 AS avg_price_cents,
        max(price_cents) AS max_price_cents
 FROM products WHERE category_id = %(category_id)s;
+
+-- name: insert_product
+-- API write path (POST /products); the row comes back with its version.
+INSERT INTO products (category_id, name, price_cents, stock)
+VALUES (%(category_id)s, %(name)s, %(price_cents)s, %(stock)s)
+RETURNING id, category_id, name, price_cents, stock, version, updated_at;
+
+-- name: update_product
+-- API write path (PATCH /products/{id}): NULL parameters keep the column; the old category
+-- comes back too, so both the old and the new category are invalidated when it moves.
+WITH old AS (
+    SELECT id, category_id FROM products WHERE id = %(id)s FOR UPDATE
+)
+UPDATE products AS p
+SET category_id = coalesce(%(category_id)s, p.category_id),
+    name = coalesce(%(name)s, p.name),
+    price_cents = coalesce(%(price_cents)s, p.price_cents),
+    stock = coalesce(%(stock)s, p.stock)
+FROM old
+WHERE p.id = old.id
+RETURNING p.id, p.category_id, p.name, p.price_cents, p.stock, p.version, p.updated_at,
+          old.category_id AS old_category_id;
+
+-- name: delete_product
+-- API write path (DELETE /products/{id}).
+DELETE FROM products WHERE id = %(id)s RETURNING id, category_id;
