@@ -1,0 +1,158 @@
+"""The three-mode comparison: one Markdown table and one chart (no servers involved)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+MODE_ORDER = ("nocache", "ttl", "cdc")
+MODE_COLORS = {"nocache": "#7f7f7f", "ttl": "#d62728", "cdc": "#2ca02c"}
+
+HEADER = (
+    "mode",
+    "read p50 ms",
+    "read p95 ms",
+    "read p99 ms",
+    "read req/s",
+    "write req/s (oob)",
+    "stale reads",
+    "stale ratio",
+    "max staleness ms",
+    "stale > 100 ms",
+    "inval. lag p50 / p99 ms",
+    "gone within 10 ms",
+)
+
+
+def _number(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.{digits}f}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _within(summary: Mapping[str, Any], limit_ms: float) -> str:
+    rows = summary.get("invalidation_nines") or []
+    for row in rows:
+        if row["within_ms"] == limit_ms:
+            share = f"{100.0 * row['fraction']:.3g}%"
+            nines = f"{'≥' if row['all'] else ''}{row['nines']:.1f} nines"
+            return f"{share} ({nines})"
+    return "—"
+
+
+def table_row(summary: Mapping[str, Any]) -> list[str]:
+    latency = summary["read_latency_ms"]
+    lag = summary["invalidation_lag_ms"]
+    lag_text = (
+        "—" if lag.get("p50") is None else f"{_number(lag['p50'], 2)} / {_number(lag['p99'], 2)}"
+    )
+    return [
+        summary["mode"],
+        _number(latency["p50"], 2),
+        _number(latency["p95"], 2),
+        _number(latency["p99"], 2),
+        _number(summary["read_rps"]),
+        f"{_number(summary['write_rps'])} ({_number(summary.get('oob_write_rps'))})",
+        str(summary["stale_reads"]),
+        f"{100.0 * summary['stale_ratio']:.3g}%",
+        _number(summary["staleness_ms"]["max"]),
+        str(summary.get("stale_reads_over_100ms", "—")),
+        lag_text,
+        _within(summary, 10.0),
+    ]
+
+
+def ordered(summaries: Mapping[str, Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    known = [summaries[mode] for mode in MODE_ORDER if mode in summaries]
+    return known + [s for mode, s in summaries.items() if mode not in MODE_ORDER]
+
+
+def markdown(summaries: Mapping[str, Mapping[str, Any]]) -> str:
+    """The comparison table plus the headline ratios, as Markdown."""
+    rows = [table_row(summary) for summary in ordered(summaries)]
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    notes = headline(summaries)
+    return (
+        "\n".join(lines)
+        + "\n"
+        + ("\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else "")
+    )
+
+
+def headline(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Plain sentences about the targets, computed from the numbers (never asserted)."""
+    notes = []
+    base = summaries.get("nocache")
+    for mode in ("ttl", "cdc"):
+        cached = summaries.get(mode)
+        if base and cached and cached["read_latency_ms"]["p50"] > 0:
+            ratio = base["read_latency_ms"]["p50"] / cached["read_latency_ms"]["p50"]
+            notes.append(f"{mode}: read p50 {ratio:.1f}x lower than nocache")
+    cdc = summaries.get("cdc")
+    if cdc:
+        notes.append(
+            f"cdc: {cdc['stale_reads']} stale of {cdc.get('judged_reads', cdc['reads'])} judged "
+            f"reads, {cdc.get('stale_reads_over_100ms', '?')} stale by more than 100 ms, at "
+            f"{cdc['write_rps']:g} writes/s ({cdc.get('oob_write_rps', 0):g}/s out-of-band)"
+        )
+    ttl = summaries.get("ttl")
+    if ttl:
+        notes.append(
+            f"ttl: {ttl['stale_reads']} stale reads ({100.0 * ttl['stale_ratio']:.3g}%), "
+            f"up to {ttl['staleness_ms']['max'] / 1000.0:.1f} s old"
+        )
+    return notes
+
+
+def chart(summaries: Mapping[str, Mapping[str, Any]], path: Path) -> None:
+    """Latency (p50, p95) and staleness over time, one line per mode, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (top, middle, bottom) = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
+    for summary in ordered(summaries):
+        mode = str(summary["mode"])
+        color = MODE_COLORS.get(mode)
+        rows: Sequence[Mapping[str, Any]] = summary.get("timeline", [])
+        seconds = [row["t"] for row in rows]
+        top.plot(seconds, [r["p50_ms"] for r in rows], color=color, label=f"{mode} p50")
+        top.plot(
+            seconds,
+            [r["p95_ms"] for r in rows],
+            color=color,
+            linestyle="--",
+            alpha=0.6,
+            label=f"{mode} p95",
+        )
+        ratio = [100.0 * r["stale"] / r["reads"] if r["reads"] else 0.0 for r in rows]
+        middle.plot(seconds, ratio, color=color, label=mode)
+        worst = [r["max_staleness_ms"] for r in rows]
+        bottom.plot(
+            seconds,
+            [w if w > 0 else float("nan") for w in worst],
+            color=color,
+            marker=".",
+            label=mode,
+        )
+    top.set_ylabel("read latency (ms)")
+    top.set_yscale("log")
+    top.legend(ncol=3, fontsize="small")
+    top.set_title("pgbust staleness load test: nocache vs ttl vs cdc")
+    middle.set_ylabel("stale reads (% of judged)")
+    middle.legend(fontsize="small")
+    bottom.set_ylabel("max staleness (ms)")
+    bottom.set_yscale("log")
+    bottom.set_xlabel("seconds into the run")
+    bottom.legend(fontsize="small")
+    for axis in (top, middle, bottom):
+        axis.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

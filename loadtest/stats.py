@@ -1,0 +1,216 @@
+"""From the raw record of one run to summary.json (pure, no I/O).
+
+The load generator writes its raw record (every read with its send time, latency and
+judgement; every write with its acknowledgement) and the runner adds the invalidation messages
+its subscriber received. Everything numeric in summary.json is computed here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadtest.lag import LagTracker, Received, Write, message_lags_ms
+
+NINES_WITHIN_MS = (1.0, 10.0, 100.0, 1000.0)
+READ_KINDS = ("product", "page", "summary")
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of an already sorted sequence; 0 when empty."""
+    if not ordered:
+        return 0.0
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return float(ordered[min(rank, len(ordered)) - 1])
+
+
+def distribution(samples: Sequence[float], qs: Sequence[int] = (50, 95, 99)) -> dict[str, Any]:
+    """{p50, p95, p99, max, n} in the samples' unit, rounded to microsecond-ish precision."""
+    ordered = sorted(samples)
+    body: dict[str, Any] = {f"p{q}": round(percentile(ordered, q), 3) for q in qs}
+    body["max"] = round(ordered[-1], 3) if ordered else 0.0
+    body["n"] = len(ordered)
+    return body
+
+
+def nines(
+    lags_ms: Sequence[float | None], within_ms: Sequence[float] = NINES_WITHIN_MS
+) -> list[dict[str, Any]]:
+    """Meta-style cache consistency: the fraction of writes whose entries were gone from every
+    tier within t, and that fraction as a number of nines (-log10(1 - fraction)). With every
+    write in time the nines are only bounded by the sample size: reported as log10(n), all=True.
+    """
+    total = len(lags_ms)
+    rows = []
+    for limit in within_ms:
+        in_time = sum(1 for lag in lags_ms if lag is not None and lag <= limit)
+        fraction = in_time / total if total else 0.0
+        everything = total > 0 and in_time == total
+        count = math.log10(total) if everything else -math.log10(1.0 - fraction)
+        rows.append(
+            {
+                "within_ms": limit,
+                "fraction": round(fraction, 6),
+                "nines": round(count, 2),
+                "all": everything,
+            }
+        )
+    return rows
+
+
+@dataclass
+class RawRun:
+    """What the load generator recorded (see loadtest/locustfile.py, raw.json)."""
+
+    mode: str
+    started_at: float
+    stopped_at: float
+    # reads: columns of equal length; stale_ms is None for reads the oracle cannot judge
+    read_sent: list[float] = field(default_factory=list)
+    read_ms: list[float] = field(default_factory=list)
+    read_kind: list[str] = field(default_factory=list)
+    read_stale_ms: list[float | None] = field(default_factory=list)
+    writes: list[Write] = field(default_factory=list)
+    write_ms: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    cpu_percent: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> RawRun:
+        reads = body["reads"]
+        return cls(
+            mode=body["mode"],
+            started_at=float(body["started_at"]),
+            stopped_at=float(body["stopped_at"]),
+            read_sent=list(reads["sent"]),
+            read_ms=list(reads["ms"]),
+            read_kind=list(reads["kind"]),
+            read_stale_ms=list(reads["stale_ms"]),
+            writes=[Write(int(w[0]), int(w[1]), w[2], w[3], bool(w[4])) for w in body["writes"]],
+            write_ms=list(body.get("write_ms", [])),
+            errors=dict(body.get("errors", {})),
+            cpu_percent=body.get("cpu_percent"),
+            extra=dict(body.get("extra", {})),
+        )
+
+
+def summarize(
+    raw: RawRun,
+    messages: Sequence[Received] | None,
+    *,
+    timeline_step_s: float = 1.0,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """summary.json: the DESIGN.md fields first, then the extras.
+
+    messages=None means the mode has no invalidation channel (nocache, ttl): the lag fields are
+    null rather than a misleading zero.
+    """
+    duration = max(raw.stopped_at - raw.started_at, 1e-9)
+    judged = [ms for ms in raw.read_stale_ms if ms is not None]
+    staleness = [ms for ms in judged if ms > 0]
+    stale_reads = len(staleness)
+    oob_writes = sum(1 for w in raw.writes if w.oob)
+    errors = sum(raw.errors.values())
+    lag_fields = _lag_fields(raw.writes, messages)
+    summary: dict[str, Any] = {
+        "mode": raw.mode,
+        "duration_s": round(duration, 3),
+        "reads": len(raw.read_ms),
+        "writes": len(raw.writes),
+        "oob_writes": oob_writes,
+        "errors": errors,
+        "read_rps": round(len(raw.read_ms) / duration, 2),
+        "write_rps": round(len(raw.writes) / duration, 2),
+        "read_latency_ms": distribution(raw.read_ms),
+        "stale_reads": stale_reads,
+        "stale_ratio": round(stale_reads / len(judged), 6) if judged else 0.0,
+        "staleness_ms": distribution(staleness),
+        "invalidation_lag_ms": lag_fields.pop("invalidation_lag_ms"),
+        # --- extras -----------------------------------------------------------------------
+        "judged_reads": len(judged),
+        "stale_reads_over_100ms": sum(1 for ms in staleness if ms > 100.0),
+        "stale_reads_over_1s": sum(1 for ms in staleness if ms > 1000.0),
+        "api_writes": len(raw.writes) - oob_writes,
+        "oob_write_rps": round(oob_writes / duration, 2),
+        "write_latency_ms": distribution(raw.write_ms),
+        "errors_by_kind": raw.errors,
+        "reads_by_kind": _by_kind(raw),
+        **lag_fields,
+        "locust_cpu_percent": raw.cpu_percent,
+        "timeline": timeline(raw, timeline_step_s),
+    }
+    summary.update(raw.extra)
+    summary.update(extra or {})
+    return summary
+
+
+def _lag_fields(writes: Sequence[Write], messages: Sequence[Received] | None) -> dict[str, Any]:
+    if messages is None:
+        empty = {"p50": None, "p99": None, "max": None, "n": 0}
+        return {
+            "invalidation_lag_ms": empty,
+            "invalidation_lag_oob_ms": empty,
+            "invalidation_nines": None,
+            "writes_never_invalidated": None,
+            "cdc_message_lag_ms": empty,
+            "invalidation_messages": 0,
+        }
+    tracker = LagTracker(messages)
+    lags: list[float | None] = []
+    oob_lags: list[float] = []
+    for write in writes:
+        lag = tracker.lag_s(write)
+        lag_ms = None if lag is None else lag * 1000.0
+        lags.append(lag_ms)
+        if write.oob and lag_ms is not None:
+            oob_lags.append(lag_ms)
+    seen = [lag for lag in lags if lag is not None]
+    return {
+        "invalidation_lag_ms": distribution(seen, (50, 99)),
+        "invalidation_lag_oob_ms": distribution(oob_lags, (50, 99)),
+        "invalidation_nines": nines(lags),
+        "writes_never_invalidated": len(lags) - len(seen),
+        "cdc_message_lag_ms": distribution(message_lags_ms(messages), (50, 99)),
+        "invalidation_messages": len(messages),
+    }
+
+
+def _by_kind(raw: RawRun) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for kind in READ_KINDS:
+        latencies = [ms for ms, k in zip(raw.read_ms, raw.read_kind, strict=True) if k == kind]
+        stale = [
+            s for s, k in zip(raw.read_stale_ms, raw.read_kind, strict=True) if k == kind and s
+        ]
+        body[kind] = {"reads": len(latencies), "stale": len(stale), **distribution(latencies)}
+    return body
+
+
+def timeline(raw: RawRun, step_s: float = 1.0) -> list[dict[str, Any]]:
+    """Per time step: reads, latency p50/p95, stale reads and the largest staleness."""
+    buckets = max(1, math.ceil((raw.stopped_at - raw.started_at) / step_s))
+    latencies: list[list[float]] = [[] for _ in range(buckets)]
+    stale: list[list[float]] = [[] for _ in range(buckets)]
+    for sent, ms, stale_ms in zip(raw.read_sent, raw.read_ms, raw.read_stale_ms, strict=True):
+        index = min(buckets - 1, max(0, int((sent - raw.started_at) / step_s)))
+        latencies[index].append(ms)
+        if stale_ms:
+            stale[index].append(stale_ms)
+    rows = []
+    for index in range(buckets):
+        ordered = sorted(latencies[index])
+        rows.append(
+            {
+                "t": round(index * step_s, 3),
+                "reads": len(ordered),
+                "p50_ms": round(percentile(ordered, 50), 3),
+                "p95_ms": round(percentile(ordered, 95), 3),
+                "stale": len(stale[index]),
+                "max_staleness_ms": round(max(stale[index], default=0.0), 3),
+            }
+        )
+    return rows
