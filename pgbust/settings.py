@@ -110,5 +110,7 @@ def load_settings(settings_cls: type[S], **overrides: Any) -> S:
         shown = error.get("input")
         if isinstance(shown, str) and "URL" in name:
             shown = redact_url(shown)
+        if any(word in name for word in ("TOKEN", "SECRET", "PASSWORD")):
+            shown = None  # never echo a secret, not even a too-short one
         suffix = f" (got {shown!r})" if shown is not None and error["type"] != "missing" else ""
         raise ConfigError(f"invalid setting {name}: {reason}{suffix}") from None
