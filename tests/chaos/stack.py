@@ -1,0 +1,263 @@
+"""The whole pgbust stack on private servers, for fault injection.
+
+A private Postgres cluster and a private redis-server (both may be stopped and restarted at
+will), two API instances that reach Redis through a TcpProxy (so the network between API and
+Redis can be delayed or cut), the invalidator plus a standby, and a Celery worker. `heal()`
+brings back whatever a scenario killed, so one stack serves every scenario of a module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import redis
+
+from db import migrate, seed
+from pgbust.keys import Keyspace
+from tests.support.load import LoadDriver
+from tests.support.processes import ManagedProcess, ProcessManager
+from tests.support.proxy import TcpProxy
+from tests.support.servers import PostgresCluster, RedisServer, wait_until
+from tests.support.sweep import SweepResult, final_sweep, queue_empty, wait_propagated
+
+API_TOKEN = "chaos-token-0123456789"
+PRODUCTS = 120
+CATEGORIES = 5
+# the last two products are never written by the load: drain / recovery probes only
+DRAIN_PROBE = PRODUCTS
+RECOVERY_PROBE = PRODUCTS - 1
+
+
+@dataclass
+class ScenarioRecord:
+    """One line of bench/results/chaos.json."""
+
+    scenario: str
+    faults_injected: int = 0
+    reads: int = 0
+    writes: int = 0
+    reads_during_fault: int = 0
+    writes_during_fault: int = 0
+    stale_reads_during_fault: int = 0
+    stale_reads_total: int = 0
+    read_errors: int = 0
+    write_errors: int = 0
+    stale_after_sweep: int = -1
+    sweep_checked: int = 0
+    redis_entries_checked: int = 0
+    time_to_recover_s: float | None = None
+    drain_s: float | None = None
+    passed: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+class ChaosStack:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.postgres = PostgresCluster(root / "pg")
+        self.redis = RedisServer(root / "redis")
+        self.proxy: TcpProxy | None = None
+        self.namespace = f"chaos{uuid.uuid4().hex[:8]}"
+        self.keyspace = Keyspace(self.namespace)
+        self.database_url = ""
+        self.procs: ProcessManager | None = None
+        self.apis: list[ManagedProcess] = []
+        self.invalidators: list[ManagedProcess] = []
+        self.workers: list[ManagedProcess] = []
+        self._spawned = 0
+
+    # --- start / stop ------------------------------------------------------------------------
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url
+
+    @property
+    def api_redis_url(self) -> str:
+        assert self.proxy is not None
+        return f"redis://127.0.0.1:{self.proxy.port}/0"
+
+    @property
+    def api_urls(self) -> list[str]:
+        return [api.base_url for api in self.apis]
+
+    @property
+    def queue(self) -> str:
+        return f"{self.namespace}.worker"
+
+    def env(self) -> dict[str, str]:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "API_TOKEN"}
+            and not key.startswith("PGBUST_")
+        }
+        env.update(
+            DATABASE_URL=self.database_url,
+            REDIS_URL=self.redis_url,
+            CELERY_BROKER_URL=f"redis://127.0.0.1:{self.redis.port}/1",
+            API_TOKEN=API_TOKEN,
+            PGBUST_NAMESPACE=self.namespace,
+            PGBUST_LOG_LEVEL="INFO",
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def start(self) -> ChaosStack:
+        self.postgres.init()
+        self.postgres.start()
+        with psycopg.connect(self.postgres.admin_url, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE pgbust")
+        self.database_url = self.postgres.admin_url.rsplit("/", 1)[0] + "/pgbust"
+        migrate.upgrade(self.database_url)
+        seed.seed(self.database_url, products=PRODUCTS, categories=CATEGORIES, replace=True)
+        self.redis.start()
+        self.proxy = TcpProxy(self.redis.port).start()
+        self.procs = ProcessManager(self.env(), self.root / "logs")
+        (self.root / "logs").mkdir(exist_ok=True)
+        self.invalidators = [self.start_invalidator(), self.start_invalidator()]
+        self.apis = [self._start_api(), self._start_api()]
+        self.workers = [self.start_worker()]
+        return self
+
+    def stop(self) -> None:
+        if self.procs is not None:
+            self.procs.stop_all()
+        if self.proxy is not None:
+            self.proxy.stop()
+        with contextlib.suppress(Exception):
+            self.redis.stop(keep_snapshot=False)
+        with contextlib.suppress(Exception):
+            self.postgres.stop("immediate")
+
+    def _name(self, role: str) -> str:
+        self._spawned += 1
+        return f"{role}-{self._spawned}"
+
+    def _start_api(self) -> ManagedProcess:
+        assert self.procs is not None
+        return self.procs.api(self._name("api"), env={"REDIS_URL": self.api_redis_url})
+
+    def start_invalidator(self) -> ManagedProcess:
+        assert self.procs is not None
+        return self.procs.invalidator(self._name("invalidator"))
+
+    def start_worker(self, env: dict[str, str] | None = None) -> ManagedProcess:
+        assert self.procs is not None
+        return self.procs.celery_worker(self._name("worker"), env=env)
+
+    # --- health ------------------------------------------------------------------------------
+
+    def postgres_up(self) -> bool:
+        try:
+            with psycopg.connect(self.database_url, connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
+
+    def heal(self) -> None:
+        """Bring back every server and process a previous scenario stopped or killed."""
+        assert self.proxy is not None
+        self.proxy.set_delay(0)
+        self.proxy.unblock()
+        if self.redis.process is None:
+            self.redis.start()
+        if not self.postgres_up():
+            with contextlib.suppress(Exception):
+                self.postgres.start()
+        for proc in self.invalidators + self.apis + self.workers:
+            with contextlib.suppress(ProcessLookupError, AssertionError):
+                if proc.alive():
+                    proc.signal(signal.SIGCONT)
+        self.invalidators = [p for p in self.invalidators if p.alive()]
+        while len(self.invalidators) < 2:
+            self.invalidators.append(self.start_invalidator())
+        self.workers = [p for p in self.workers if p.alive()] or [self.start_worker()]
+        self.apis = [p if p.alive() else self._start_api() for p in self.apis]
+        for api in self.apis:
+            api.wait_http_ok()
+        assert wait_until(lambda: self.active_invalidator() is not None, timeout=30), (
+            "no active invalidator:\n" + self.logs()
+        )
+
+    def health(self, proc: ManagedProcess) -> dict[str, Any]:
+        try:
+            response = httpx.get(proc.base_url + "/healthz", timeout=1.0)
+            body = response.json()
+            return body if isinstance(body, dict) else {"body": body}
+        except (httpx.HTTPError, ValueError):
+            return {}
+
+    def role(self, proc: ManagedProcess) -> str:
+        """'active', 'standby' or '' (unknown / not answering), from the invalidator's /healthz."""
+        if not proc.alive():
+            return ""
+        body = self.health(proc)
+        for key in ("role", "state", "mode", "status"):
+            value = str(body.get(key, "")).lower()
+            if value in {"active", "standby"}:
+                return value
+        if isinstance(body.get("active"), bool):
+            return "active" if body["active"] else "standby"
+        return ""
+
+    def active_invalidator(self) -> ManagedProcess | None:
+        for proc in self.invalidators:
+            if self.role(proc) == "active":
+                return proc
+        return None
+
+    def metrics(self, proc: ManagedProcess) -> str:
+        return httpx.get(proc.base_url + "/metrics", timeout=2.0).text
+
+    def logs(self, lines: int = 25) -> str:
+        procs = self.procs.processes if self.procs is not None else []
+        return "\n".join(f"--- {p.name}\n{p.log_tail(lines)}" for p in procs)
+
+    # --- load, drain, sweep ---------------------------------------------------------------------
+
+    def load(self, *, write_rate: float = 40.0, readers: int = 2) -> LoadDriver:
+        return LoadDriver(
+            self.api_urls,
+            self.database_url,
+            API_TOKEN,
+            product_ids=range(1, RECOVERY_PROBE),
+            category_ids=range(1, CATEGORIES + 1),
+            write_rate=write_rate,
+            readers=readers,
+        )
+
+    def wait_recovered(self, timeout: float = 30.0) -> float | None:
+        """Seconds until an out-of-band write shows on every API instance (CDC end to end)."""
+        return wait_propagated(self.api_urls, self.database_url, RECOVERY_PROBE, timeout)
+
+    def drain(self, timeout: float = 30.0) -> float | None:
+        """Wait until invalidation has drained: the Celery queue is empty and a probe write,
+        committed after every other write, has reached every instance. Seconds, or None."""
+        started = time.monotonic()
+        broker = redis.Redis(host="127.0.0.1", port=self.redis.port, db=1)
+        try:
+            if not wait_until(lambda: queue_empty(broker, self.queue), timeout):
+                return None
+            if wait_propagated(self.api_urls, self.database_url, DRAIN_PROBE, timeout) is None:
+                return None
+            if not wait_until(lambda: queue_empty(broker, self.queue), timeout):
+                return None
+        finally:
+            broker.close()
+        return time.monotonic() - started
+
+    def sweep(self) -> SweepResult:
+        return final_sweep(
+            self.api_urls, self.database_url, redis_url=self.redis_url, namespace=self.namespace
+        )

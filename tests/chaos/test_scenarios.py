@@ -1,0 +1,282 @@
+"""Fault injection against the real stack; every scenario ends with the final sweep.
+
+Faults are forced deterministically (signals, pg_terminate_backend, CLIENT KILL, proxy cuts);
+recovery is awaited with wait_until. The only sleeps are the *length* of an outage, never a
+guess that something has finished.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import psycopg
+import pytest
+import redis
+
+from tests.chaos.scenario import Inject, Plan, run_scenario
+from tests.chaos.stack import ChaosStack, ScenarioRecord
+from tests.support.load import LoadDriver
+from tests.support.servers import wait_until
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+def plan(chaos_full: bool) -> Plan:
+    return Plan.of(chaos_full)
+
+
+# --- 1. SIGKILL the active invalidator mid-burst ---
+
+
+def _kill_active_invalidator(stack: ChaosStack, load: LoadDriver, plan: Plan) -> int:
+    faults = 0
+    for _ in range(plan.repeats):
+        active = stack.active_invalidator()
+        assert active is not None, "no active invalidator:\n" + stack.logs()
+        load.wait_for_writes(10)  # in the middle of the burst
+        active.kill()
+        faults += 1
+        stack.invalidators.remove(active)
+        assert wait_until(lambda: stack.active_invalidator() is not None, timeout=30), (
+            "the standby did not take over:\n" + stack.logs()
+        )
+        stack.invalidators.append(stack.start_invalidator())  # a new standby for the next round
+    return faults
+
+
+def test_sigkill_active_invalidator_standby_takes_over(
+    stack: ChaosStack, chaos_results: list[ScenarioRecord], plan: Plan
+) -> None:
+    run_scenario(
+        stack, chaos_results, "1_sigkill_active_invalidator", _kill_active_invalidator, plan
+    )
+
+
+# --- 2. pg_terminate_backend the listener, repeatedly ---
+
+
+def _listener_pids(database_url: str) -> list[int]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND query ILIKE 'listen%%'"
+        ).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+def _terminate_listener(stack: ChaosStack, load: LoadDriver, plan: Plan) -> int:
+    faults = 0
+    for _ in range(plan.repeats * 3):
+        assert wait_until(lambda: bool(_listener_pids(stack.database_url)), timeout=30), (
+            "no LISTEN connection:\n" + stack.logs()
+        )
+        old = set(_listener_pids(stack.database_url))
+        with psycopg.connect(stack.database_url, autocommit=True) as conn:
+            for pid in old:
+                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        faults += 1
+        load.wait_for_writes(5)
+        assert wait_until(
+            lambda: bool(set(_listener_pids(stack.database_url)) - old), timeout=30
+        ), "the listener did not reconnect:\n" + stack.logs()
+    return faults
+
+
+def test_terminated_listener_connection_reconnects_and_misses_nothing(
+    stack: ChaosStack, chaos_results: list[ScenarioRecord], plan: Plan
+) -> None:
+    run_scenario(stack, chaos_results, "2_terminate_listener_backend", _terminate_listener, plan)
+
+
+# --- 3. restart Postgres ---
+
+
+def _restart_postgres(stack: ChaosStack, load: LoadDriver, plan: Plan) -> int:
+    for _ in range(plan.repeats):
+        load.wait_for_writes(5)
+        stack.postgres.restart()
+        assert wait_until(stack.postgres_up, timeout=30)
+    return plan.repeats
+
+
+def test_postgres_restart(
+    stack: ChaosStack, chaos_results: list[ScenarioRecord], plan: Plan
+) -> None:
+    run_scenario(stack, chaos_results, "3_restart_postgres", _restart_postgres, plan)
+
+
+# --- 4. stop Redis under load, start it again (empty, or from an older snapshot) ---
+
+
+def _redis_outage(*, from_snapshot: bool) -> Inject:
+    def inject(stack: ChaosStack, load: LoadDriver, plan: Plan) -> int:
+        for _ in range(plan.repeats):
+            if from_snapshot:
+                stack.redis.snapshot()
+                load.wait_for_writes(20)  # the snapshot now holds entries that are stale
+            stack.redis.stop(keep_snapshot=from_snapshot)
+            time.sleep(plan.outage_s)  # the outage itself
+            stack.redis.start()
+            load.wait_for_writes(5)
+        return plan.repeats
+
+    return inject
+
+
+def test_redis_restart_empty(
+    stack: ChaosStack, chaos_results: list[ScenarioRecord], plan: Plan
+) -> None:
+    inject = _redis_outage(from_snapshot=False)
+    run_scenario(stack, chaos_results, "4a_redis_restart_empty", inject, plan)
+
+
+def test_redis_restart_from_old_snapshot_resurrects_nothing(
+    stack: ChaosStack, chaos_results: list[ScenarioRecord], plan: Plan
+) -> None:
+    inject = _redis_outage(from_snapshot=True)
+    try:
+        run_scenario(stack, chaos_results, "4b_redis_restart_from_old_snapshot", inject, plan)
+    finally:
+        (stack.redis.folder / "dump.rdb").unlink(missing_ok=True)
+
+
+# --- 5. CLIENT KILL TYPE pubsub ---
+
+
+def _pubsub_clients(stack: ChaosStack) -> int:
+    client = stack.redis.client()
+    try:
+        return len(client.client_list(_type="pubsub"))
+    finally:
+        client.close()
+
+
+def _kill_pubsub(stack: ChaosStack, load: LoadDriver, plan: Plan) -> int:
+    faults = 0
+    for _ in range(plan.repeats * 2):
+        assert wait_until(lambda: _pubsub_clients(stack) >= len(stack.apis), timeout=30), (
+            "API instances are not subscribed:\n" + stack.logs()
+        )
+        client = stack.redis.client()
+        try:
+            killed = int(client.client_kill_filter(_type="pubsub"))
+        finally:
+            client.close()
+        assert killed >= len(stack.apis)
+        faults += 1
+        load.wait_for_writes(10)
+    assert wait_until(lambda: _pubsub_clients(stack) >= len(stack.apis), timeout=30), (
+        "API instances did not re-subscribe:\n" + stack.logs()
+    )
+    return faults
+
+
+def test_killed_pubsub_connections_flush_l1_and_resubscribe(
+    stack: ChaosStack, chaos_results: list[ScenarioRecord], plan: Plan
+) -> None:
+    run_scenario(stack, chaos_results, "5_client_kill_pubsub", _kill_pubsub, plan)
+
+
+# --- 6. SIGKILL a Celery worker during a fan-out task ---
+
+
+TABLE_WIDE = '{"v":1,"t":"products","op":"U","ts":%d,"all":true,"n":5000}'
+
+
+def _kill_worker_mid_task(stack: ChaosStack, load: LoadDriver, plan: Plan) -> int:
+    hold_key = f"{stack.namespace}:chaos-hold"
+    control = stack.redis.client()
+    faults = 0
+    try:
+        for _ in range(plan.repeats):
+            control.delete(hold_key, f"{hold_key}:started")
+            for worker in stack.workers:
+                worker.stop()
+            held = stack.start_worker(env={"PGBUST_WORKER_HOLD_KEY": hold_key})
+            stack.workers = [held]
+            # a table-wide change, exactly what a bulk UPDATE or TRUNCATE sends: epoch bump
+            # plus a purge fan-out for the worker
+            with psycopg.connect(stack.database_url, autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_notify('pgbust_changes', %s)", (TABLE_WIDE % (time.time() * 1e6),)
+                )
+            assert wait_until(lambda: control.exists(f"{hold_key}:started") == 1, timeout=30), (
+                "the worker never started a task:\n" + stack.logs()
+            )
+            held.kill()  # SIGKILL in the middle of the task
+            faults += 1
+            stack.workers = [stack.start_worker()]
+            broker = redis.Redis(host="127.0.0.1", port=stack.redis.port, db=1)
+            try:
+                assert wait_until(lambda: _unacked(broker) == 0, timeout=60), (
+                    "the killed task was never redelivered and finished:\n" + stack.logs()
+                )
+            finally:
+                broker.close()
+    finally:
+        control.close()
+    return faults
+
+
+def _unacked(broker: redis.Redis) -> int:
+    return int(broker.hlen("unacked"))
+
+
+def test_sigkill_celery_worker_during_fan_out(
+    stack: ChaosStack, chaos_results: list[ScenarioRecord], plan: Plan
+) -> None:
+    run_scenario(stack, chaos_results, "6_sigkill_celery_worker", _kill_worker_mid_task, plan)
+
+
+# --- 7. SIGSTOP the invalidator, then SIGCONT ---
+
+
+def _pause_invalidator(stack: ChaosStack, load: LoadDriver, plan: Plan) -> int:
+    for _ in range(plan.repeats):
+        active = stack.active_invalidator()
+        assert active is not None
+        active.signal(signal.SIGSTOP)
+        try:
+            load.wait_for_writes(5)
+            time.sleep(plan.outage_s)  # the pause itself
+        finally:
+            active.signal(signal.SIGCONT)
+        assert wait_until(lambda: stack.active_invalidator() is not None, timeout=30)
+    return plan.repeats
+
+
+def test_paused_invalidator_catches_up(
+    stack: ChaosStack, chaos_results: list[ScenarioRecord], plan: Plan
+) -> None:
+    run_scenario(stack, chaos_results, "7_sigstop_invalidator", _pause_invalidator, plan)
+
+
+# --- 8. network delay and drops between the API and Redis ---
+
+
+def _bad_network(stack: ChaosStack, load: LoadDriver, plan: Plan) -> int:
+    proxy = stack.proxy
+    assert proxy is not None
+    faults = 0
+    for _ in range(plan.repeats):
+        proxy.set_delay(0.05)
+        faults += 1
+        load.wait_for_writes(10)
+        proxy.set_delay(0)
+        proxy.cut()
+        faults += 1
+        load.wait_for_writes(5)
+        proxy.block()
+        faults += 1
+        time.sleep(plan.outage_s)  # the partition itself
+        proxy.unblock()
+        load.wait_for_writes(5)
+    return faults
+
+
+def test_delayed_and_cut_network_between_api_and_redis(
+    stack: ChaosStack, chaos_results: list[ScenarioRecord], plan: Plan
+) -> None:
+    run_scenario(stack, chaos_results, "8_api_redis_network_faults", _bad_network, plan)
