@@ -1,0 +1,179 @@
+"""The two-tier read path: L1 (in process) -> L2 (Redis, leased) -> Postgres.
+
+    read(entry)
+      L1 hit                                   -> payload, "L1"
+      same entry already loading here          -> join it (single-flight per instance)
+      ticket = L1.ticket(entry)                   (before any lower read: the L1 fill guard)
+      Redis GET_OR_LEASE
+        Hit    -> L1.put(ticket)               -> payload, "L2"
+        Lease  -> load Postgres, [after_load hook], FILL (guarded in Lua); L1.put only if
+                  the L2 fill was stored      -> payload, "MISS"
+        Busy   -> another reader (maybe another instance) is loading: poll with short
+                  backoff up to the lease time; a hit is served, a granted lease makes us the
+                  loader; on timeout read Postgres without filling
+      Redis unreachable -> Postgres, no fill   -> payload, "MISS"
+
+The payload is always exactly the loader's bytes, so the HTTP layer serves it unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from redis.exceptions import RedisError
+
+from api.l1 import L1Cache, Ticket
+from api.metrics import Metrics
+from pgbust.protocol import Busy, Hit, Lease
+from pgbust.redis_cache import RedisCache
+
+log = logging.getLogger(__name__)
+
+Source = Literal["L1", "L2", "MISS"]
+AfterLoadHook = Callable[[str, bytes | None], Awaitable[None]]
+
+FIRST_BACKOFF_S = 0.002
+MAX_BACKOFF_S = 0.05
+
+
+class Loader(Protocol):
+    async def load(self, entry: str) -> bytes | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    payload: bytes | None  # None: the row does not exist
+    source: Source
+
+
+class TieredCache:
+    def __init__(
+        self,
+        *,
+        l1: L1Cache,
+        l2: RedisCache | None,
+        db: Loader,
+        metrics: Metrics,
+        lease_ms: int,
+        ttl_ms: int = 0,
+        after_load: AfterLoadHook | None = None,
+    ) -> None:
+        self.l1 = l1
+        self.l2 = l2  # None: cache off, every read goes to Postgres
+        self.db = db
+        self.metrics = metrics
+        self.lease_ms = lease_ms
+        self.ttl_ms = ttl_ms
+        # Test hook: runs between the Postgres read and the fill (forces stale-fill races).
+        self.after_load = after_load
+        self._inflight: dict[str, asyncio.Task[ReadResult]] = {}
+
+    async def read(self, entry: str) -> ReadResult:
+        if self.l2 is None:
+            return ReadResult(await self._load(entry), "MISS")
+        payload = self.l1.get(entry)
+        if payload is not None:
+            self.metrics.hits.labels("l1").inc()
+            return ReadResult(payload, "L1")
+        self.metrics.misses.labels("l1").inc()
+        task = self._inflight.get(entry)
+        if task is None:
+            task = asyncio.create_task(self._read_lower(entry, self.l2))
+            self._inflight[entry] = task
+            task.add_done_callback(lambda _: self._inflight.pop(entry, None))
+        else:
+            self.metrics.single_flight_joins.inc()
+        # shield: a client that goes away must not cancel the load others are waiting for
+        return await asyncio.shield(task)
+
+    # --- below L1 -------------------------------------------------------------------------
+
+    async def _read_lower(self, entry: str, l2: RedisCache) -> ReadResult:
+        ticket = self.l1.ticket(entry)
+        try:
+            return await self._read_l2(entry, l2, ticket)
+        finally:
+            self.l1.release(ticket)
+
+    async def _read_l2(self, entry: str, l2: RedisCache, ticket: Ticket) -> ReadResult:
+        try:
+            result = await l2.get_or_lease(entry, self.lease_ms)
+        except RedisError:
+            self.metrics.redis_errors.labels("get_or_lease").inc()
+            return ReadResult(await self._load(entry), "MISS")
+        if isinstance(result, Busy):
+            waited = await self._wait_for_other_loader(entry, l2)
+            if waited is None:
+                return ReadResult(await self._load(entry), "MISS")
+            result = waited
+        if isinstance(result, Lease):
+            self.metrics.misses.labels("l2").inc()
+            return await self._load_and_fill(entry, l2, result, ticket)
+        self.metrics.hits.labels("l2").inc()
+        self._put_l1(ticket, result.payload)
+        return ReadResult(result.payload, "L2")
+
+    async def _wait_for_other_loader(self, entry: str, l2: RedisCache) -> Hit | Lease | None:
+        deadline = time.monotonic() + self.lease_ms / 1000
+        backoff = FIRST_BACKOFF_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+            try:
+                result = await l2.get_or_lease(entry, self.lease_ms)
+            except RedisError:
+                self.metrics.redis_errors.labels("get_or_lease").inc()
+                break
+            if not isinstance(result, Busy):
+                self.metrics.busy_waits.labels("hit" if isinstance(result, Hit) else "lease").inc()
+                return result
+        self.metrics.busy_waits.labels("timeout").inc()
+        return None
+
+    async def _load_and_fill(
+        self, entry: str, l2: RedisCache, lease: Lease, ticket: Ticket
+    ) -> ReadResult:
+        try:
+            payload = await self._load(entry)
+        except BaseException:
+            await self._release(entry, l2, lease)
+            raise
+        if self.after_load is not None:
+            await self.after_load(entry, payload)
+        if payload is None:
+            await self._release(entry, l2, lease)
+            return ReadResult(None, "MISS")
+        try:
+            stored = await l2.fill(entry, lease.token, lease.stamp, payload, self.ttl_ms)
+        except RedisError:
+            self.metrics.redis_errors.labels("fill").inc()
+            return ReadResult(payload, "MISS")
+        if stored == 1:
+            self.metrics.fills.labels("l2").inc()
+            self._put_l1(ticket, payload)
+        else:
+            reason = "lease_lost" if stored == 0 else "invalidated"
+            self.metrics.fills_refused.labels("l2", reason).inc()
+            log.debug("fill of %s refused by the guard (%s)", entry, reason)
+        return ReadResult(payload, "MISS")
+
+    async def _release(self, entry: str, l2: RedisCache, lease: Lease) -> None:
+        try:
+            await l2.release_lease(entry, lease.token)
+        except RedisError:
+            self.metrics.redis_errors.labels("release_lease").inc()
+
+    async def _load(self, entry: str) -> bytes | None:
+        self.metrics.db_loads.inc()
+        return await self.db.load(entry)
+
+    def _put_l1(self, ticket: Ticket, payload: bytes) -> None:
+        if self.l1.put(ticket, payload):
+            self.metrics.fills.labels("l1").inc()
+        elif not ticket.valid:
+            self.metrics.fills_refused.labels("l1", "invalidated").inc()

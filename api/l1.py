@@ -1,0 +1,190 @@
+"""The in-process cache (L1): a pure LRU bounded by entries and bytes, with a fill guard.
+
+A reader takes a *ticket* before it reads L2 or Postgres and may only `put` with it while the
+ticket is still valid. Every eviction by key, tag or flush voids the tickets it concerns, so a
+value read before an invalidation can never be stored after it (invariant 3 for L1). Tickets
+are tracked only while in flight, so the bookkeeping is bounded by concurrent fills.
+
+No I/O and no clock of its own beyond the injectable `clock` (used for the optional TTL).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from pgbust.keys import tag_of
+
+# Bytes charged per entry on top of key and payload: dict slot, item object, list node.
+ENTRY_OVERHEAD = 120
+
+
+@dataclass(eq=False, slots=True)
+class Ticket:
+    """Permission to fill one entry, void once that entry is invalidated."""
+
+    entry: str
+    tag: str | None
+    valid: bool = True
+
+
+@dataclass(slots=True)
+class _Item:
+    payload: bytes
+    size: int
+    expires_at: float  # 0 = never
+
+
+@dataclass(slots=True)
+class L1Stats:
+    hits: int = 0
+    misses: int = 0
+    fills: int = 0
+    refused_fills: int = 0
+    evicted_capacity: int = 0
+    evicted_invalidation: int = 0
+    evicted_expired: int = 0
+    flushes: int = 0
+
+
+@dataclass(slots=True)
+class L1Cache:
+    max_entries: int
+    max_bytes: int
+    ttl_s: float = 0.0
+    clock: Callable[[], float] = time.monotonic
+    stats: L1Stats = field(default_factory=L1Stats)
+    enabled: bool = True
+    _items: OrderedDict[str, _Item] = field(default_factory=OrderedDict)
+    _by_tag: dict[str, set[str]] = field(default_factory=dict)
+    _pending: dict[str, set[Ticket]] = field(default_factory=dict)
+    _bytes: int = 0
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def get(self, entry: str) -> bytes | None:
+        item = self._items.get(entry) if self.enabled else None
+        if item is None:
+            self.stats.misses += 1
+            return None
+        if item.expires_at and item.expires_at <= self.clock():
+            self._remove(entry)
+            self.stats.evicted_expired += 1
+            self.stats.misses += 1
+            return None
+        self._items.move_to_end(entry)
+        self.stats.hits += 1
+        return item.payload
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, entry: str) -> bool:
+        return entry in self._items
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    # --- guarded fills --------------------------------------------------------------------
+
+    def ticket(self, entry: str) -> Ticket:
+        """Take before reading the lower tiers; a disabled L1 hands out void tickets."""
+        ticket = Ticket(entry, tag_of(entry), valid=self.enabled)
+        if ticket.valid:
+            self._pending.setdefault(entry, set()).add(ticket)
+        return ticket
+
+    def put(self, ticket: Ticket, payload: bytes) -> bool:
+        """Store payload unless the entry was invalidated since the ticket was taken."""
+        self.release(ticket)
+        if not ticket.valid or not self.enabled:
+            self.stats.refused_fills += 1
+            return False
+        size = len(ticket.entry) + len(payload) + ENTRY_OVERHEAD
+        if self.max_entries == 0 or size > self.max_bytes:
+            return False
+        if ticket.entry in self._items:
+            self._remove(ticket.entry)
+        expires_at = self.clock() + self.ttl_s if self.ttl_s > 0 else 0.0
+        self._items[ticket.entry] = _Item(payload, size, expires_at)
+        self._bytes += size
+        if ticket.tag is not None:
+            self._by_tag.setdefault(ticket.tag, set()).add(ticket.entry)
+        self.stats.fills += 1
+        while len(self._items) > self.max_entries or self._bytes > self.max_bytes:
+            oldest = next(iter(self._items))
+            self._remove(oldest)
+            self.stats.evicted_capacity += 1
+        return True
+
+    def release(self, ticket: Ticket) -> None:
+        """Forget an in-flight ticket (after put, or when the reader gives up)."""
+        waiting = self._pending.get(ticket.entry)
+        if waiting is not None:
+            waiting.discard(ticket)
+            if not waiting:
+                del self._pending[ticket.entry]
+
+    # --- invalidation ---------------------------------------------------------------------
+
+    def evict(self, keys: Iterable[str] = (), tags: Iterable[str] = ()) -> int:
+        """Drop entries by name and by tag; void in-flight tickets for them. Returns drops."""
+        dropped = 0
+        for entry in keys:
+            self._void(self._pending.get(entry, ()))
+            if entry in self._items:
+                self._remove(entry)
+                dropped += 1
+        tag_set = set(tags)
+        if tag_set:
+            for entry, waiting in self._pending.items():
+                if tag_of(entry) in tag_set:
+                    self._void(waiting)
+            for tag in tag_set:
+                for entry in list(self._by_tag.get(tag, ())):
+                    self._remove(entry)
+                    dropped += 1
+        self.stats.evicted_invalidation += dropped
+        return dropped
+
+    def flush(self) -> int:
+        """Drop everything and void every in-flight ticket."""
+        dropped = len(self._items)
+        for waiting in self._pending.values():
+            self._void(waiting)
+        self._pending.clear()
+        self._items.clear()
+        self._by_tag.clear()
+        self._bytes = 0
+        self.stats.flushes += 1
+        self.stats.evicted_invalidation += dropped
+        return dropped
+
+    def disable(self) -> None:
+        """Flush and bypass: reads miss and fills are refused until `enable`."""
+        self.enabled = False
+        self.flush()
+
+    def enable(self) -> None:
+        self.enabled = True
+
+    # --- internals ------------------------------------------------------------------------
+
+    @staticmethod
+    def _void(tickets: Iterable[Ticket]) -> None:
+        for ticket in tickets:
+            ticket.valid = False
+
+    def _remove(self, entry: str) -> None:
+        item = self._items.pop(entry)
+        self._bytes -= item.size
+        tag = tag_of(entry)
+        if tag is not None:
+            members = self._by_tag.get(tag)
+            if members is not None:
+                members.discard(entry)
+                if not members:
+                    del self._by_tag[tag]

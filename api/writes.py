@@ -1,0 +1,92 @@
+"""The write path: one transaction, then invalidate what it touched before responding.
+
+In cdc mode the touched entries and tags are invalidated in Redis (deleted, tag generations
+bumped, one message published to every instance) and evicted from this process's L1 before
+the response is sent: read-your-writes. The CDC path sees the same commit and invalidates the
+same targets again, which is harmless (idempotent). In ttl mode writes invalidate nothing (the
+TTL is the only bound, by design of that mode); in off mode there is no cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+from fastapi import HTTPException, status
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+from redis.exceptions import RedisError
+
+from api.models import ProductCreate, ProductPatch
+from api.runtime import Runtime
+from db.queries import query
+from invalidator.rules import product_write_targets
+from pgbust.protocol import Invalidation
+
+log = logging.getLogger(__name__)
+
+
+async def _returning(runtime: Runtime, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        async with (
+            runtime.db.pool.connection() as conn,
+            conn.transaction(),
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
+            await cur.execute(query(name), params)
+            return await cur.fetchone()
+    except pg_errors.ForeignKeyViolation:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"category_id {params.get('category_id')} does not exist",
+        ) from None
+    except pg_errors.CheckViolation as exc:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc.diag.message_primary)
+        ) from None
+
+
+async def create_product(runtime: Runtime, body: ProductCreate) -> bytes:
+    row = await _returning(runtime, "insert_product", body.model_dump())
+    assert row is not None
+    await invalidate(runtime, row["id"], row["category_id"])
+    return orjson.dumps(row)
+
+
+async def update_product(runtime: Runtime, product_id: int, body: ProductPatch) -> bytes | None:
+    params = {"id": product_id, **body.model_dump()}
+    row = await _returning(runtime, "update_product", params)
+    if row is None:
+        return None
+    old_category = row.pop("old_category_id")
+    await invalidate(runtime, product_id, old_category, row["category_id"])
+    return orjson.dumps(row)
+
+
+async def delete_product(runtime: Runtime, product_id: int) -> bool:
+    row = await _returning(runtime, "delete_product", {"id": product_id})
+    if row is None:
+        return False
+    await invalidate(runtime, product_id, row["category_id"])
+    return True
+
+
+async def invalidate(runtime: Runtime, product_id: int, *category_ids: int) -> None:
+    """Invalidate a write's targets in L2 (and every L1 via the message) and in this L1."""
+    if runtime.settings.cache_mode != "cdc" or runtime.l2 is None:
+        return
+    targets = product_write_targets(product_id, *category_ids)
+    message = Invalidation.of(targets, origin="api", ts_us=time.time_ns() // 1000)
+    try:
+        await runtime.l2.invalidate(targets, message)
+        runtime.metrics.invalidations_sent.labels("ok").inc()
+    except RedisError as exc:
+        # committed already: the CDC path (and the worker's retries) will invalidate L2
+        runtime.metrics.invalidations_sent.labels("redis_error").inc()
+        log.warning("write-path invalidation of %s failed: %s", sorted(targets.keys), exc)
+    if targets.flush:
+        runtime.l1.flush()
+    else:
+        runtime.l1.evict(targets.keys, targets.tags)
