@@ -1,0 +1,207 @@
+"""The daemon: leadership, listener, batching, the Redis sink, health and metrics, wired up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from invalidator.batcher import Batch
+from invalidator.hot import HotEntries
+from invalidator.leader import Leadership
+from invalidator.listener import FlushRequest, Item, Listener
+from invalidator.metrics import Metrics
+from invalidator.payload import parse
+from invalidator.server import HealthServer
+from invalidator.settings import Settings
+from invalidator.sink import AppliedHook, Sink
+from invalidator.tasks import Tasks
+from pgbust.keys import Keyspace
+from pgbust.redis_cache import RedisCache
+
+log = logging.getLogger(__name__)
+_STOP = FlushRequest("stop", "")  # sentinel: everything queued before it is still applied
+
+
+class Invalidator:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+        on_applied: AppliedHook | None = None,
+        serve_http: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.keyspace = Keyspace(settings.namespace)
+        self.redis = aioredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=5
+        )
+        self.cache = RedisCache(self.redis, self.keyspace)
+        self.tasks = Tasks(self.metrics)
+        self.hot = HotEntries(self.redis, self.keyspace, settings.warm_top)
+        self.sink = Sink(
+            self.cache,
+            self.metrics,
+            self.tasks,
+            self.hot,
+            retry_max_s=settings.redis_retry_max_s,
+            on_applied=on_applied,
+        )
+        self.leadership = Leadership(
+            settings.database_url, settings.lock_id, settings.standby_poll_s
+        )
+        self.queue: asyncio.Queue[Item] = asyncio.Queue()
+        self.listener = Listener(settings.database_url, settings.channel, self.queue, self.metrics)
+        self.server = (
+            HealthServer(
+                settings.metrics_host, settings.metrics_port, self.health, self.metrics.render
+            )
+            if serve_http
+            else None
+        )
+        self.role = "starting"
+        self.stopping = asyncio.Event()
+        self.started = asyncio.Event()  # set once serving as the active instance
+        self._started_at = time.monotonic()
+
+    # --- health ---------------------------------------------------------------------------
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        details = {
+            "status": "ok" if self.role in {"active", "standby", "starting"} else self.role,
+            "role": self.role,
+            "listener_connected": self.listener.connected,
+            "redis_ok": self.sink.redis_ok,
+            "queued": self.queue.qsize(),
+            "namespace": self.settings.namespace,
+            "uptime_s": round(time.monotonic() - self._started_at, 1),
+        }
+        return (200 if self.role != "stopping" else 503), details
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Finish the batch in hand (and what was already received), then return from run()."""
+        log.info("stop requested")
+        self.stopping.set()
+
+    async def run(self) -> None:
+        if self.server is not None:
+            await self.server.start()
+        try:
+            while not self.stopping.is_set():
+                self.role = "standby"
+                self.metrics.active.set(0)
+                acquire = asyncio.create_task(self.leadership.acquire())
+                stop = asyncio.create_task(self.stopping.wait())
+                await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if not acquire.done():
+                    acquire.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await acquire
+                    break
+                stop.cancel()
+                await self._serve()
+        finally:
+            self.role = "stopping"
+            await self.leadership.release()
+            await self.tasks.drain()
+            if self.server is not None:
+                await self.server.close()
+            await self.redis.aclose()
+            log.info("stopped")
+
+    async def _serve(self) -> None:
+        self.role = "active"
+        self.metrics.active.set(1)
+        self.queue = asyncio.Queue()
+        self.listener.queue = self.queue
+        with contextlib.suppress(Exception):
+            await self.cache.ensure_server_identity(origin="cdc")
+        listener = asyncio.create_task(self.listener.run(), name="listener")
+        consumer = asyncio.create_task(self._consume(), name="consumer")
+        watch = asyncio.create_task(self.leadership.watch(), name="lock-watch")
+        hot = asyncio.create_task(self.hot.refresh_forever(self.settings.hot_refresh_s))
+        stop: asyncio.Task[Any] = asyncio.create_task(self.stopping.wait())
+        self.started.set()
+        waited: set[asyncio.Task[Any]] = {listener, consumer, watch, stop}
+        done, _ = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+        for task in (listener, watch, hot):
+            task.cancel()
+        if stop in done:
+            self.queue.put_nowait(_STOP)
+            try:
+                await asyncio.wait_for(consumer, timeout=15)
+            except TimeoutError:
+                log.error("could not drain the last batch in time")
+        else:
+            consumer.cancel()
+            stop.cancel()
+            for task in done:
+                if task is not stop and not task.cancelled() and task.exception() is not None:
+                    log.error("%s failed: %r", task.get_name(), task.exception())
+            await self.leadership.release()
+            await asyncio.sleep(self.settings.standby_poll_s)
+        await asyncio.gather(listener, watch, hot, consumer, stop, return_exceptions=True)
+        self.started.clear()
+        self.metrics.active.set(0)
+
+    # --- batching -------------------------------------------------------------------------
+
+    def _add(self, batch: Batch, item: Item) -> bool:
+        """Add one queue item; False when it is the stop sentinel."""
+        if item is _STOP:
+            return False
+        if isinstance(item, FlushRequest):
+            batch.add_flush(item.kind, item.reason)
+        else:
+            batch.add(parse(item))
+        return True
+
+    def _drain(self, batch: Batch) -> bool:
+        """Move what is already queued into the batch (up to batch_max); False on stop."""
+        limit = self.settings.batch_max
+        while len(batch) < limit:
+            try:
+                item = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return True
+            if not self._add(batch, item):
+                return False
+        return True
+
+    async def _consume(self) -> None:
+        window_s = self.settings.batch_window_ms / 1000
+        running = True
+        while running:
+            batch = Batch()
+            running = self._add(batch, await self.queue.get())
+            if running:
+                running = self._drain(batch)
+            if running:
+                # let the listener read what is already in its socket, then take that too
+                await asyncio.sleep(0)
+                running = self._drain(batch)
+                deadline = time.monotonic() + window_s
+                while running and len(batch) < self.settings.batch_max:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self.queue.get(), left)
+                    except TimeoutError:
+                        break
+                    running = self._add(batch, item) and self._drain(batch)
+            if batch:
+                await self.sink.apply(batch, absorb=self._absorb, stopping=self.stopping)
+
+    def _absorb(self, batch: Batch) -> None:
+        """While Redis is unreachable, keep merging new events into the pending batch."""
+        if not self._drain(batch):
+            self.queue.put_nowait(_STOP)  # seen again by the consumer loop after this batch

@@ -1,0 +1,95 @@
+"""Merging many changes' targets into one batch (pure, no I/O).
+
+The daemon drains every event already received, adds each one's targets here and sends the
+batch as one Redis call; pending batches (Redis unreachable) keep merging into one.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from invalidator.payload import Parsed
+from invalidator.rules import RULES, targets_for
+from pgbust.protocol import Targets
+
+
+@dataclass(slots=True)
+class Batch:
+    keys: set[str] = field(default_factory=set)
+    tags: set[str] = field(default_factory=set)
+    flush: bool = False
+    events: int = 0
+    timestamps: list[int] = field(default_factory=list)  # trigger times (µs) of the events
+    tables: Counter[str] = field(default_factory=Counter)
+    problems: Counter[str] = field(default_factory=Counter)
+    reasons: list[str] = field(default_factory=list)  # why this batch flushes, if it does
+    flush_kind: str | None = None  # low-cardinality label of the first reason to flush
+
+    def __len__(self) -> int:
+        return self.events
+
+    def add(self, parsed: Parsed) -> None:
+        """Add one parsed event: its targets by the rules, its timestamp, its problem label."""
+        change = parsed.change
+        self.events += 1
+        self.tables[change.table] += 1
+        if change.ts_us is not None:
+            self.timestamps.append(change.ts_us)
+        if parsed.problem is not None:
+            self.problems[parsed.problem] += 1
+        targets = targets_for(change)
+        if targets.flush and not self.flush:
+            if parsed.problem is not None:
+                kind = "malformed"
+            elif change.table_wide:
+                kind = "table_wide"
+            elif change.table not in RULES:
+                kind = "unknown_table"
+            else:
+                kind = "unkeyable_row"
+            self.flush_kind = kind
+            self.reasons.append(f"{parsed.problem or kind} change of {change.table}")
+        self.add_targets(targets)
+
+    def add_targets(self, targets: Targets) -> None:
+        if self.flush:
+            return  # a flush already covers everything
+        if targets.flush:
+            self.flush = True
+            self.keys.clear()
+            self.tags.clear()
+            return
+        self.keys |= targets.keys
+        self.tags |= targets.tags
+
+    def add_flush(self, kind: str, reason: str) -> None:
+        """Everything is invalidated (lost notifications, reconnect, Redis back)."""
+        if not self.flush:
+            self.flush_kind = kind
+        self.reasons.append(reason)
+        self.add_targets(Targets(flush=True))
+
+    def merge(self, other: Batch) -> None:
+        self.events += other.events
+        self.timestamps += other.timestamps
+        self.tables.update(other.tables)
+        self.problems.update(other.problems)
+        self.reasons += other.reasons
+        if not self.flush:
+            self.flush_kind = other.flush_kind
+        self.add_targets(other.targets())
+
+    def targets(self) -> Targets:
+        return Targets(frozenset(self.keys), frozenset(self.tags), self.flush)
+
+    @property
+    def earliest_ts_us(self) -> int | None:
+        return min(self.timestamps) if self.timestamps else None
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons[:3])[:200]
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.flush or self.keys or self.tags)

@@ -1,0 +1,54 @@
+"""Prometheus metrics of the invalidator (one registry per daemon, so tests can run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Commit -> Redis delete lag, in seconds; fine buckets around the 5 ms target.
+LAG_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        p = "pgbust_invalidator_"
+        self.events = Counter(p + "events", "Change events received", ["table"], registry=r)
+        self.batches = Counter(p + "batches", "Batches applied to Redis", registry=r)
+        self.batch_events = Histogram(
+            p + "batch_events",
+            "Events per batch",
+            buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000),
+            registry=r,
+        )
+        self.keys_deleted = Counter(p + "keys_deleted", "Entries deleted from Redis", registry=r)
+        self.tags_invalidated = Counter(
+            p + "tags_invalidated", "Tags whose generation was bumped", registry=r
+        )
+        self.malformed = Counter(
+            p + "malformed_payloads", "Payloads that could not be read in full", ["reason"],
+            registry=r,
+        )  # fmt: skip
+        self.errors = Counter(p + "errors", "Errors by kind", ["kind"], registry=r)
+        self.epoch_bumps = Counter(
+            p + "epoch_bumps", "Namespace epoch bumps (flush everything)", ["why"], registry=r
+        )
+        self.reconnects = Counter(
+            p + "reconnects", "Reconnections by server", ["server"], registry=r
+        )
+        self.enqueued = Counter(
+            p + "enqueued_tasks", "Tasks handed to the Celery workers", ["task"], registry=r
+        )
+        self.lag = Histogram(
+            p + "lag_seconds",
+            "Trigger time (clock_timestamp() in the writer's statement) -> Redis delete done",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.active = Gauge(p + "active", "1 when this instance is the active one", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

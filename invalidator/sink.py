@@ -1,0 +1,161 @@
+"""The Redis side: apply one batch (delete keys, bump tags, publish), retrying while Redis is
+unreachable without losing what is pending, and handing slow work to the workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from redis.exceptions import RedisError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential,
+)
+
+from invalidator.batcher import Batch
+from invalidator.hot import HotEntries
+from invalidator.metrics import Metrics
+from invalidator.tasks import Tasks
+from pgbust.protocol import Invalidation
+from pgbust.redis_cache import RedisCache
+
+log = logging.getLogger(__name__)
+ORIGIN = "cdc"
+# Called after each applied batch with the time (µs) Redis confirmed it (benchmarks use it).
+AppliedHook = Callable[[Batch, int], None]
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Sink:
+    def __init__(
+        self,
+        cache: RedisCache,
+        metrics: Metrics,
+        tasks: Tasks,
+        hot: HotEntries,
+        *,
+        retry_max_s: float = 2.0,
+        on_applied: AppliedHook | None = None,
+    ) -> None:
+        self.cache = cache
+        self.metrics = metrics
+        self.tasks = tasks
+        self.hot = hot
+        self.retry_max_s = retry_max_s
+        self.on_applied = on_applied
+        self.redis_ok = True
+
+    async def apply(
+        self,
+        batch: Batch,
+        absorb: Callable[[Batch], None] | None = None,
+        stopping: asyncio.Event | None = None,
+    ) -> bool:
+        """Apply the batch; while Redis is unreachable keep retrying with backoff, merging newly
+        arrived events into it (`absorb`). Once Redis is back, bump the epoch: API instances
+        may have served from L1 what we could not announce. Returns False only when stopping
+        gave up (the batch was handed to the worker's retry task)."""
+        failures = 0
+
+        async def sleep(seconds: float) -> None:
+            if stopping is None:
+                await asyncio.sleep(seconds)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), seconds)
+
+        def give_up(state: RetryCallState) -> bool:
+            return stopping is not None and stopping.is_set()
+
+        def on_failure(state: RetryCallState) -> None:
+            nonlocal failures
+            failures += 1
+            self.redis_ok = False
+            self.metrics.errors.labels("redis").inc()
+            exc = state.outcome.exception() if state.outcome else None
+            if failures == 1:
+                log.warning("redis unreachable (%s); retrying, %d events pending", exc, len(batch))
+                self._hand_over(batch, "redis unreachable")
+            if absorb is not None:
+                absorb(batch)
+
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type((RedisError, OSError)),
+                wait=wait_exponential(multiplier=0.02, max=self.retry_max_s),
+                stop=give_up,
+                sleep=sleep,
+                before_sleep=on_failure,
+                reraise=True,
+            ):
+                with attempt:
+                    if failures:
+                        batch.add_flush("redis_back", "redis was unreachable")
+                    await self._send(batch)
+        except (RedisError, OSError) as exc:
+            log.error(
+                "stopping with %d events not applied (%s); handed to the worker", len(batch), exc
+            )
+            self._hand_over(batch, "invalidator stopped while redis was unreachable")
+            return False
+        if failures:
+            self.metrics.reconnects.labels("redis").inc()
+            log.warning("redis reachable again after %d failed attempts; epoch bumped", failures)
+        self.redis_ok = True
+        return True
+
+    def _hand_over(self, batch: Batch, reason: str) -> None:
+        targets = batch.targets()
+        self.tasks.send(
+            "enqueue_retry_invalidation",
+            sorted(targets.keys),
+            sorted(targets.tags),
+            targets.flush,
+            f"{reason}: {batch.reason}" if batch.reason else reason,
+        )
+
+    async def _send(self, batch: Batch) -> None:
+        targets = batch.targets()
+        if targets.flush:
+            reason = batch.reason or "flush"
+            epoch = await self.cache.bump_epoch(reason, origin=ORIGIN)
+            self.metrics.epoch_bumps.labels(batch.flush_kind or "flush").inc()
+            log.warning("epoch bumped to %s: %s", epoch, reason)
+            self.tasks.send("enqueue_purge", reason)
+        else:
+            message = Invalidation.of(
+                targets, origin=ORIGIN, ts_us=batch.earliest_ts_us, reason=batch.reason
+            )
+            result = await self.cache.invalidate(targets, message)
+            if result.garbage:
+                self.tasks.send("enqueue_garbage", result.garbage)
+        done = now_us()
+        self._record(batch, done)
+        hot = self.hot.affected(targets)
+        if hot:
+            self.tasks.send("enqueue_warm", hot)
+        if self.on_applied is not None:
+            self.on_applied(batch, done)
+
+    def _record(self, batch: Batch, done_us: int) -> None:
+        m = self.metrics
+        m.batches.inc()
+        m.batch_events.observe(batch.events)
+        m.keys_deleted.inc(len(batch.keys))
+        m.tags_invalidated.inc(len(batch.tags))
+        for table, n in batch.tables.items():
+            m.events.labels(table).inc(n)
+        for problem, n in batch.problems.items():
+            m.malformed.labels(problem).inc(n)
+        for ts in batch.timestamps:
+            m.lag.observe(max(0, done_us - ts) / 1e6)
+        batch.tables.clear()  # counted once even if the batch object is reused
+        batch.problems.clear()
