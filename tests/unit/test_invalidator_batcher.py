@@ -1,0 +1,72 @@
+"""Batching: many changes merge into one set of targets; a flush swallows everything."""
+
+from __future__ import annotations
+
+import orjson
+
+from invalidator.batcher import Batch
+from invalidator.payload import parse
+from pgbust.protocol import Targets
+
+
+def event(pid: int, cid: int, ts: int) -> bytes:
+    return orjson.dumps(
+        {"v": 1, "t": "products", "op": "U", "ts": ts, "c": ["id", "category_id"],
+         "r": [[pid, cid]]}
+    )  # fmt: skip
+
+
+def test_events_merge_into_one_set_of_keys_and_tags() -> None:
+    batch = Batch()
+    for pid, cid, ts in [(1, 2, 30), (2, 2, 10), (1, 3, 20)]:
+        batch.add(parse(event(pid, cid, ts)))
+    assert len(batch) == 3
+    assert batch.targets() == Targets(
+        frozenset({"product:1", "product:2"}), frozenset({"category:2", "category:3"})
+    )
+    assert batch.earliest_ts_us == 10
+    assert batch.tables == {"products": 3}
+    assert not batch.flush and batch.flush_kind is None
+
+
+def test_a_malformed_event_turns_the_batch_into_a_labelled_flush() -> None:
+    batch = Batch()
+    batch.add(parse(event(1, 2, 5)))
+    batch.add(parse(b"garbage"))
+    batch.add(parse(event(3, 4, 6)))
+    assert batch.targets() == Targets(flush=True)
+    assert batch.flush_kind == "malformed"
+    assert batch.problems == {"not_json": 1}
+    assert "not_json" in batch.reason
+    assert batch.timestamps == [5, 6]
+
+
+def test_table_wide_and_unknown_table_are_told_apart() -> None:
+    wide = Batch()
+    wide.add(parse(b'{"v":1,"t":"products","op":"T","ts":1,"all":true}'))
+    assert wide.flush_kind == "table_wide"
+    unknown = Batch()
+    unknown.add(parse(b'{"v":1,"t":"orders","op":"I","ts":1,"c":["id"],"r":[[1]]}'))
+    assert unknown.flush_kind == "unknown_table"
+    unkeyable = Batch()
+    unkeyable.add(parse(b'{"v":1,"t":"products","op":"I","ts":1,"c":["id"],"r":[[1]]}'))
+    assert unkeyable.flush_kind == "unkeyable_row"
+
+
+def test_merging_pending_batches_keeps_every_target_and_timestamp() -> None:
+    pending = Batch()
+    pending.add(parse(event(1, 1, 100)))
+    later = Batch()
+    later.add(parse(event(2, 2, 50)))
+    pending.merge(later)
+    assert pending.targets().keys == {"product:1", "product:2"}
+    assert pending.earliest_ts_us == 50 and len(pending) == 2
+
+
+def test_add_flush_keeps_the_first_reason_kind() -> None:
+    batch = Batch()
+    batch.add_flush("reconnect", "listener reconnect")
+    batch.add(parse(b"nope"))
+    assert batch.flush_kind == "reconnect"
+    assert batch.targets() == Targets(flush=True)
+    assert batch  # a flush with no events is still something to send
