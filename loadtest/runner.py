@@ -1,0 +1,296 @@
+"""Run one mode (or all three) end to end: database, stack, subscriber, Locust, summary."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+import orjson
+import psycopg
+import redis
+
+from db import migrate, seed
+from db.queries import parse_queries
+from loadtest import report
+from loadtest.plan import PLAN_ENV, Plan, make_plan
+from loadtest.settings import Settings
+from loadtest.stack import Stack
+from loadtest.stats import RawRun, summarize
+from loadtest.subscriber import ChannelRecorder
+from pgbust.checks import require_postgres, require_redis
+from pgbust.errors import StartupError
+from pgbust.keys import Keyspace
+
+MODES = ("nocache", "ttl", "cdc")
+API_CACHE_MODE = {"nocache": "off", "ttl": "ttl", "cdc": "cdc"}
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+QUERIES = parse_queries(Path(__file__).with_name("queries.sql").read_text())
+DRAIN_S = 0.5  # after the load stops, how long late invalidations may still arrive
+
+
+def say(message: str) -> None:
+    print(f"[loadtest] {message}", file=sys.stderr, flush=True)
+
+
+def _ids(conn: psycopg.Connection[Any], name: str) -> tuple[int, int]:
+    row = conn.execute(QUERIES[name].encode()).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def prepare_database(settings: Settings) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Schema there, catalogue seeded (only when empty); returns product and category id ranges."""
+    require_postgres(settings.database_url)
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT to_regclass('products') IS NOT NULL").fetchone()
+        if not (exists and exists[0]):
+            say("no schema yet: python -m db upgrade")
+            migrate.upgrade(settings.database_url)
+        counts = seed.count(conn)
+        if counts.products == 0:
+            products = settings.loadtest_seed_products
+            categories = settings.loadtest_seed_categories
+            say(f"empty catalogue: seeding {products} products in {categories} categories")
+            seed.seed(settings.database_url, products, categories)
+            conn.execute("VACUUM (ANALYZE) products")  # index-only scans for the summaries
+        return _ids(conn, "product_id_range"), _ids(conn, "category_id_range")
+
+
+def _mode_env(settings: Settings, mode: str, namespace: str, token: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"PGBUST_CACHE_TTL_S", PLAN_ENV}}
+    env.update(
+        DATABASE_URL=settings.database_url,
+        REDIS_URL=settings.redis_url,
+        PGBUST_NAMESPACE=namespace,
+        API_TOKEN=token,
+        PGBUST_CACHE_MODE=API_CACHE_MODE[mode],
+        PGBUST_LOG_LEVEL="WARNING",
+        PYTHONUNBUFFERED="1",
+    )
+    if mode == "ttl":
+        env["PGBUST_CACHE_TTL_S"] = f"{settings.loadtest_ttl_s:g}"
+    return env
+
+
+def _relay(stream: TextIO, log: Path, quiet: bool) -> None:
+    with log.open("a") as out:
+        for line in stream:
+            out.write(line)
+            if "[progress]" in line and not quiet:
+                print("  " + line.strip().replace("[progress] ", ""), file=sys.stderr, flush=True)
+
+
+def _run_locust(plan: Plan, env: dict[str, str], out: Path, duration_s: int, quiet: bool) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--users",
+        str(plan.users),
+        "--spawn-rate",
+        str(plan.users),
+        "--run-time",
+        f"{duration_s}s",
+        "--stop-timeout",
+        "2",
+        "--csv",
+        str(out / "locust"),
+        "--html",
+        str(out / "locust.html"),
+        "--only-summary",
+        "--exit-code-on-error",
+        "0",
+        "--loglevel",
+        "WARNING",
+        *plan.user_classes,
+    ]
+    locust = subprocess.Popen(
+        cmd,
+        env={**env, PLAN_ENV: plan.to_json()},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert locust.stdout is not None
+    relay = threading.Thread(target=_relay, args=(locust.stdout, out / "locust.log", quiet))
+    relay.start()
+    try:
+        locust.wait(timeout=duration_s + 60)
+    finally:
+        if locust.poll() is None:  # interrupted: let locust stop and write its reports
+            locust.send_signal(signal.SIGTERM)
+            try:
+                locust.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                locust.kill()
+                locust.wait()
+        relay.join(timeout=5)
+    if locust.returncode not in (0, None):
+        raise StartupError(f"locust exited with {locust.returncode}; see {out / 'locust.log'}")
+
+
+def _drop_namespace(redis_url: str, namespace: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        batch = []
+        for key in client.scan_iter(match=f"{namespace}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                client.unlink(*batch)
+                batch.clear()
+        if batch:
+            client.unlink(*batch)
+    except redis.RedisError as exc:
+        say(f"could not clean namespace {namespace}: {exc}")
+    finally:
+        client.close()
+
+
+def run_mode(
+    settings: Settings,
+    mode: str,
+    out: Path,
+    duration_s: int,
+    *,
+    ranges: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """One headless run of one mode; writes out/summary.json (+ Locust CSV/HTML) and returns it."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    require_redis(settings.redis_url)
+    product_ids, category_ids = ranges or prepare_database(settings)
+    namespace = f"{settings.namespace}-lt-{mode}-{uuid.uuid4().hex[:6]}"
+    token = settings.api_token or secrets.token_urlsafe(24)
+    env = _mode_env(settings, mode, namespace, token)
+    stack = Stack(env, out / "logs", settings.loadtest_startup_timeout_s)
+    recorder: ChannelRecorder | None = None
+    raw_path = out / "raw.json"
+    raw_path.unlink(missing_ok=True)
+    started = time.time()
+    try:
+        parts = [f"{settings.loadtest_api_instances} API instances ({API_CACHE_MODE[mode]})"]
+        api_urls = stack.start_apis(settings.loadtest_api_instances, {})
+        if mode == "cdc":
+            stack.start_invalidator()
+            parts.append("invalidator")
+            if settings.loadtest_worker:
+                stack.start_worker()
+                parts.append("celery worker")
+        say(f"{mode}: started {', '.join(parts)} in namespace {namespace}")
+        recorder = ChannelRecorder(settings.redis_url, Keyspace(namespace)).start()
+        plan = make_plan(
+            settings,
+            mode=mode,
+            api_urls=api_urls,
+            api_token=token,
+            raw_out=str(raw_path),
+            product_ids=product_ids,
+            category_ids=category_ids,
+        )
+        say(
+            f"{mode}: {plan.readers} readers (~{plan.read_rps:.0f}/s), {plan.api_writers} API "
+            f"writers (~{plan.api_write_rps:.0f}/s), {plan.oob_writers} out-of-band writers "
+            f"(~{plan.oob_write_rps:.0f}/s) for {duration_s}s"
+        )
+        _run_locust(plan, env, out, duration_s, quiet)
+        time.sleep(DRAIN_S)
+    finally:
+        messages = recorder.stop() if recorder is not None else []
+        stack.stop()
+        _drop_namespace(settings.redis_url, namespace)
+    if not raw_path.exists():
+        raise StartupError(f"the load generator wrote no record; see {out / 'locust.log'}")
+    raw = RawRun.from_json(orjson.loads(raw_path.read_bytes()))
+    summary = summarize(
+        raw,
+        messages if mode == "cdc" else None,
+        extra={
+            "settings": {
+                "users": plan.users,
+                "readers": plan.readers,
+                "api_writers": plan.api_writers,
+                "oob_writers": plan.oob_writers,
+                "target_read_rps": round(plan.read_rps, 1),
+                "target_write_rps": round(plan.api_write_rps + plan.oob_write_rps, 1),
+                "oob_fraction": settings.loadtest_oob_fraction,
+                "zipf_s": plan.zipf_s,
+                "page_share": plan.page_share,
+                "summary_share": plan.summary_share,
+                "api_instances": len(api_urls),
+                "ttl_s": settings.loadtest_ttl_s if mode == "ttl" else None,
+                "products": product_ids[1] - product_ids[0] + 1,
+                "categories": category_ids[1] - category_ids[0] + 1,
+                "namespace": namespace,
+            },
+            "wall_s": round(time.time() - started, 1),
+        },
+    )
+    (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    raw_path.unlink(missing_ok=True)  # large; summary.json and Locust's CSV are the record
+    say(
+        f"{mode}: {summary['reads']} reads ({summary['read_rps']:g}/s, p50 "
+        f"{summary['read_latency_ms']['p50']} ms), {summary['writes']} writes "
+        f"({summary['write_rps']:g}/s), {summary['stale_reads']} stale, "
+        f"max staleness {summary['staleness_ms']['max']} ms -> {out / 'summary.json'}"
+    )
+    return summary
+
+
+def compare(
+    settings: Settings, out: Path, duration_s: int, modes: tuple[str, ...] = MODES
+) -> dict[str, dict[str, Any]]:
+    """Run every mode with the same data and load; write compare.json/.md/.png; print the table."""
+    ranges = prepare_database(settings)
+    summaries: dict[str, dict[str, Any]] = {}
+    for mode in modes:
+        summaries[mode] = run_mode(settings, mode, out / mode, duration_s, ranges=ranges)
+    write_comparison(summaries, out)
+    print(report.markdown(summaries))
+    return summaries
+
+
+def write_comparison(summaries: dict[str, dict[str, Any]], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    body = {
+        "modes": {
+            mode: {k: v for k, v in s.items() if k != "timeline"} for mode, s in summaries.items()
+        },
+        "headline": report.headline(summaries),
+    }
+    (out / "compare.json").write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2))
+    (out / "compare.md").write_text(
+        "# Staleness load test: nocache vs ttl vs cdc\n\n"
+        + report.markdown(summaries)
+        + "\n![latency and staleness over time](compare.png)\n"
+    )
+    report.chart(summaries, out / "compare.png")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Any:
+    """SIGTERM unwinds like Ctrl-C, so every started process is stopped on the way out."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
