@@ -1,0 +1,295 @@
+"""The invalidator daemon in-process against real Postgres and Redis: exactly the right keys."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import redis.asyncio as aioredis
+from sqlalchemy import create_engine, delete, insert, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from db.models import Product
+from db.seed import Counts
+from invalidator.app import Invalidator
+from invalidator.metrics import Metrics
+from invalidator.settings import Settings
+from pgbust.keys import Keyspace, category_summary_entry, product_entry
+from pgbust.protocol import Invalidation, Lease
+from pgbust.redis_cache import RedisCache
+from tests.support.servers import RedisServer
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> bool:
+    """wait_until for async conditions (the daemon runs in this event loop)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.01)
+    return await check()
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels or None) or 0.0
+
+
+@pytest.fixture
+def settings(database_url: str, redis_server: RedisServer, namespace: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_server.url,
+        namespace=namespace,
+        lock_id=random.randint(1, 2**40),
+        metrics_port=0,
+    )
+
+
+@pytest.fixture
+async def daemon(settings: Settings) -> AsyncIterator[Invalidator]:
+    inv = Invalidator(settings, serve_http=False)
+    task = asyncio.create_task(inv.run())
+    await asyncio.wait_for(inv.started.wait(), 10)
+    # the start-up epoch bump has been applied once the first batch is through
+    assert await eventually(
+        lambda: _true(sample(inv.metrics, "pgbust_invalidator_batches_total") >= 1)
+    )
+    yield inv
+    inv.stop()
+    await asyncio.wait_for(task, 15)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+@pytest.fixture
+async def cache(redis_server: RedisServer, keyspace: Keyspace) -> AsyncIterator[RedisCache]:
+    client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
+    yield RedisCache(client, keyspace)
+    await client.aclose()
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    eng = create_engine(settings.sqlalchemy_url)
+    yield eng
+    eng.dispose()
+
+
+async def fill(cache: RedisCache, *entries: str) -> None:
+    for entry in entries:
+        lease = await cache.get_or_lease(entry)
+        assert isinstance(lease, Lease), entry
+        assert await cache.fill(entry, lease.token, lease.stamp, b'{"cached":true}') == 1
+
+
+async def cached(cache: RedisCache, entry: str) -> bool:
+    return await cache.peek(entry) is not None
+
+
+async def gone(cache: RedisCache, *entries: str) -> bool:
+    return all([not await cached(cache, e) for e in entries])
+
+
+# product i lives in category 1 + i % 5
+P1, P2, P3 = product_entry(1), product_entry(2), product_entry(3)
+C2, C3, C4, C5 = (category_summary_entry(c) for c in (2, 3, 4, 5))
+ALL = (P1, P2, P3, C2, C3, C4, C5)
+
+
+async def assert_exactly_gone(cache: RedisCache, expected_gone: set[str]) -> None:
+    assert await eventually(lambda: gone(cache, *expected_gone)), expected_gone
+    still = {e for e in ALL if await cached(cache, e)}
+    assert still == set(ALL) - expected_gone
+
+
+async def test_update_through_sqlalchemy_deletes_the_product_and_its_category(
+    seeded: Counts, daemon: Invalidator, cache: RedisCache, engine: Engine
+) -> None:
+    await fill(cache, *ALL)
+    with Session(engine) as session:
+        session.execute(update(Product).where(Product.id == 1).values(stock=Product.stock + 1))
+        session.commit()
+    await assert_exactly_gone(cache, {P1, C2})
+
+
+async def test_insert_and_delete_through_sqlalchemy(
+    seeded: Counts, daemon: Invalidator, cache: RedisCache, engine: Engine
+) -> None:
+    await fill(cache, *ALL)
+    with Session(engine) as session:
+        session.execute(
+            insert(Product).values(id=500, category_id=4, name="n", price_cents=1, stock=1)
+        )
+        session.commit()
+    await assert_exactly_gone(cache, {C4})
+    await fill(cache, C4)
+    with Session(engine) as session:
+        session.execute(delete(Product).where(Product.id == 2))
+        session.commit()
+    await assert_exactly_gone(cache, {P2, C3})
+
+
+async def test_raw_sql_insert_update_delete_as_psql_would(
+    seeded: Counts, daemon: Invalidator, cache: RedisCache, pg: Conn
+) -> None:
+    await fill(cache, *ALL)
+    pg.execute("UPDATE products SET price_cents = price_cents + 1 WHERE id = 3")
+    await assert_exactly_gone(cache, {P3, C4})
+    await fill(cache, P3, C4)
+    pg.execute("INSERT INTO products (category_id, name, price_cents, stock) VALUES (5,'x',1,1)")
+    await assert_exactly_gone(cache, {C5})
+    await fill(cache, C5)
+    pg.execute("DELETE FROM products WHERE id = 2")
+    await assert_exactly_gone(cache, {P2, C3})
+
+
+async def test_category_move_invalidates_old_and_new_category(
+    seeded: Counts, daemon: Invalidator, cache: RedisCache, pg: Conn
+) -> None:
+    await fill(cache, *ALL)
+    pg.execute("UPDATE products SET category_id = 5 WHERE id = 1")  # was in category 2
+    await assert_exactly_gone(cache, {P1, C2, C5})
+
+
+async def test_category_update_invalidates_its_pages_not_products(
+    seeded: Counts, daemon: Invalidator, cache: RedisCache, pg: Conn
+) -> None:
+    await fill(cache, *ALL)
+    pg.execute("UPDATE categories SET name = 'renamed' WHERE id = 3")
+    await assert_exactly_gone(cache, {C3})
+
+
+async def test_publishes_one_message_with_trigger_time_and_origin(
+    seeded: Counts, daemon: Invalidator, cache: RedisCache, pg: Conn
+) -> None:
+    pubsub = cache.client.pubsub()
+    await pubsub.subscribe(cache.keyspace.channel)
+    await pubsub.get_message(timeout=1)  # subscribe confirmation
+    before_us = time.time_ns() // 1000
+    pg.execute("UPDATE products SET stock = stock + 1 WHERE id IN (1, 2)")
+    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    assert message is not None
+    inv = Invalidation.decode(message["data"])
+    assert inv.origin == "cdc" and not inv.flush
+    assert set(inv.keys) == {P1, P2}
+    assert set(inv.tags) == {"category:2", "category:3"}
+    assert inv.ts_us is not None and before_us - 1000 <= inv.ts_us <= time.time_ns() // 1000
+    assert sample(daemon.metrics, "pgbust_invalidator_lag_seconds_count") >= 1
+
+
+async def test_truncate_invalidates_everything_with_one_event(
+    seeded: Counts, daemon: Invalidator, cache: RedisCache, pg: Conn
+) -> None:
+    await fill(cache, *ALL)
+    events = sample(daemon.metrics, "pgbust_invalidator_events_total", table="products")
+    pg.execute("TRUNCATE products")
+    assert await eventually(lambda: gone(cache, *ALL))
+    assert sample(daemon.metrics, "pgbust_invalidator_epoch_bumps_total", why="table_wide") == 1
+    assert sample(daemon.metrics, "pgbust_invalidator_events_total", table="products") == (
+        events + 1
+    )
+
+
+async def test_100k_row_update_invalidates_the_table_with_a_bounded_number_of_events(
+    database_url: str, daemon: Invalidator, cache: RedisCache, pg: Conn
+) -> None:
+    from db import seed
+
+    await asyncio.to_thread(seed.seed, database_url, 100_000, 20, True)
+    # the seed's own inserts were one statement each: table-wide events too
+    await asyncio.sleep(0.2)
+    await fill(cache, *ALL)
+    batches = sample(daemon.metrics, "pgbust_invalidator_batches_total")
+    events = sample(daemon.metrics, "pgbust_invalidator_events_total", table="products")
+    await asyncio.to_thread(pg.execute, "UPDATE products SET stock = stock + 1")
+    assert await eventually(lambda: gone(cache, *ALL))
+    assert sample(daemon.metrics, "pgbust_invalidator_events_total", table="products") == (
+        events + 1
+    )
+    assert sample(daemon.metrics, "pgbust_invalidator_batches_total") == batches + 1
+    assert sample(daemon.metrics, "pgbust_invalidator_keys_deleted_total") < 100
+
+
+async def test_malformed_payload_flushes_and_is_counted(
+    seeded: Counts, daemon: Invalidator, cache: RedisCache, pg: Conn
+) -> None:
+    await fill(cache, *ALL)
+    pg.execute('SELECT pg_notify(\'pgbust_changes\', \'{"v":1,"t":"products","r":\')')
+    assert await eventually(lambda: gone(cache, *ALL))
+    assert sample(daemon.metrics, "pgbust_invalidator_malformed_payloads_total", reason="not_json")
+    assert sample(daemon.metrics, "pgbust_invalidator_epoch_bumps_total", why="malformed") == 1
+
+
+async def test_killed_listener_connection_reconnects_and_bumps_the_epoch(
+    seeded: Counts, daemon: Invalidator, cache: RedisCache, pg: Conn
+) -> None:
+    await fill(cache, *ALL)
+    epoch = await cache.current_epoch()
+    killed = pg.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE application_name = 'pgbust-invalidator-listener'"
+        " AND datname = current_database()"
+    ).fetchall()
+    assert killed
+    assert await eventually(
+        lambda: _true(
+            sample(daemon.metrics, "pgbust_invalidator_epoch_bumps_total", why="reconnect") == 1
+        )
+    )
+    assert sample(daemon.metrics, "pgbust_invalidator_reconnects_total", server="postgres") >= 1
+    assert await cache.current_epoch() > epoch
+    assert await gone(cache, *ALL)
+    # and it serves again on the new connection
+    assert await eventually(lambda: _true(daemon.listener.connected))
+    await fill(cache, P1, P2)
+    pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 1")
+    assert await eventually(lambda: gone(cache, P1))
+    assert await cached(cache, P2)
+
+
+async def test_redis_outage_keeps_pending_changes_and_bumps_the_epoch_when_back(
+    database_url: str, seeded: Counts, namespace: str, pg: Conn, tmp_path: Any
+) -> None:
+    private = RedisServer(tmp_path / "redis")
+    private.start()
+    settings = Settings(
+        database_url=database_url,
+        redis_url=private.url,
+        namespace=namespace,
+        lock_id=random.randint(1, 2**40),
+        redis_retry_max_s=0.2,
+    )
+    inv = Invalidator(settings, serve_http=False)
+    task = asyncio.create_task(inv.run())
+    try:
+        await asyncio.wait_for(inv.started.wait(), 10)
+        m = inv.metrics
+        assert await eventually(lambda: _true(sample(m, "pgbust_invalidator_batches_total") >= 1))
+        private.stop()
+        pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 1")
+        assert await eventually(
+            lambda: _true(sample(m, "pgbust_invalidator_errors_total", kind="redis") >= 2)
+        )
+        assert not inv.sink.redis_ok
+        pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 2")
+        private.start()
+        assert await eventually(
+            lambda: _true(sample(m, "pgbust_invalidator_epoch_bumps_total", why="redis_back") == 1)
+        )
+        assert inv.sink.redis_ok
+        assert sample(m, "pgbust_invalidator_events_total", table="products") == 2
+    finally:
+        inv.stop()
+        await asyncio.wait_for(task, 15)
+        private.stop()
