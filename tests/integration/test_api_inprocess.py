@@ -1,0 +1,383 @@
+"""The API in process (httpx ASGITransport) against real Postgres and Redis.
+
+Races are forced with the read path's after_load hook, which pauses a reader between its
+Postgres read and its fill while the test commits a write and runs the invalidation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from api.app import create_app
+from api.runtime import Runtime
+from api.settings import Settings
+from db.seed import Counts
+from invalidator.rules import product_write_targets
+from pgbust.keys import Keyspace
+from pgbust.protocol import Invalidation
+from pgbust.redis_cache import RedisCache
+from tests.conftest import API_TOKEN
+from tests.support.servers import RedisServer
+
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+MakeApi = Callable[..., Awaitable[tuple[httpx.AsyncClient, Runtime]]]
+
+
+async def eventually(predicate: Callable[[], bool], within_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
+
+
+def metric(runtime: Runtime, name: str, **labels: str) -> float:
+    value = runtime.metrics.registry.get_sample_value(name, labels)
+    return value or 0.0
+
+
+@pytest.fixture
+async def make_api(
+    database_url: str, redis_server: RedisServer, namespace: str, seeded: Counts
+) -> AsyncIterator[MakeApi]:
+    async with AsyncExitStack() as stack:
+
+        async def make(**overrides: Any) -> tuple[httpx.AsyncClient, Runtime]:
+            settings = Settings(
+                database_url=database_url,
+                redis_url=redis_server.url,
+                namespace=namespace,
+                api_token=API_TOKEN,
+                hot_sample_rate=0.0,
+                **overrides,
+            )
+            app: FastAPI = create_app(settings)
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            transport = httpx.ASGITransport(app=app)
+            client = httpx.AsyncClient(transport=transport, base_url="http://api")
+            await stack.enter_async_context(client)
+            runtime: Runtime = app.state.runtime
+            if runtime.subscriber is not None:
+                await asyncio.wait_for(runtime.subscriber.subscribed_once.wait(), 5)
+            return client, runtime
+
+        yield make
+
+
+@pytest.fixture
+async def l2(redis_server: RedisServer, keyspace: Keyspace) -> AsyncIterator[RedisCache]:
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield RedisCache(client, keyspace)
+    await client.aclose()
+
+
+class Pause:
+    """An after_load hook that stops the first load of one entry until released."""
+
+    def __init__(self, entry: str) -> None:
+        self.entry = entry
+        self.loaded = asyncio.Event()
+        self.resume = asyncio.Event()
+        self.used = False
+
+    async def __call__(self, entry: str, payload: bytes | None) -> None:
+        if entry == self.entry and not self.used:
+            self.used = True
+            self.loaded.set()
+            await self.resume.wait()
+
+
+async def cdc_invalidate(l2: RedisCache, product_id: int, *categories: int) -> None:
+    """What the invalidator does for a committed product change."""
+    targets = product_write_targets(product_id, *categories)
+    await l2.invalidate(targets, Invalidation.of(targets, origin="cdc"))
+
+
+# --- read path -------------------------------------------------------------------------------
+
+
+async def test_first_read_misses_then_l1_serves_the_same_bytes(make_api: MakeApi) -> None:
+    client, _ = await make_api()
+    first = await client.get("/products/7")
+    second = await client.get("/products/7")
+    assert first.status_code == 200 and first.headers["X-Cache"] == "MISS"
+    assert second.headers["X-Cache"] == "L1"
+    assert second.content == first.content
+    assert first.json()["id"] == 7 and first.json()["version"] == 1
+
+
+async def test_second_instance_is_served_from_redis(make_api: MakeApi) -> None:
+    a, _ = await make_api()
+    b, _ = await make_api()
+    assert (await a.get("/categories/2/summary")).headers["X-Cache"] == "MISS"
+    hit = await b.get("/categories/2/summary")
+    assert hit.headers["X-Cache"] == "L2" and hit.json()["count"] == 20
+
+
+async def test_concurrent_misses_for_one_key_load_postgres_once_per_instance(
+    make_api: MakeApi,
+) -> None:
+    client, runtime = await make_api()
+    responses = await asyncio.gather(*(client.get("/products/11") for _ in range(50)))
+    assert {r.status_code for r in responses} == {200}
+    assert len({r.content for r in responses}) == 1
+    assert metric(runtime, "pgbust_api_db_loads_total") == 1
+
+
+async def test_reader_waits_for_the_lease_holder_of_another_instance(make_api: MakeApi) -> None:
+    a, runtime_a = await make_api()
+    b, runtime_b = await make_api()
+    pause = Pause("product:12")
+    runtime_a.cache.after_load = pause
+    first = asyncio.create_task(a.get("/products/12"))
+    await asyncio.wait_for(pause.loaded.wait(), 5)  # A holds the lease, B must not load
+    second = asyncio.create_task(b.get("/products/12"))
+    await eventually(lambda: metric(runtime_b, "pgbust_api_cache_misses_total", tier="l1") >= 1)
+    pause.resume.set()
+    assert (await first).headers["X-Cache"] == "MISS"
+    waited = await second
+    assert waited.headers["X-Cache"] == "L2" and waited.content == (await first).content
+    assert metric(runtime_b, "pgbust_api_db_loads_total") == 0
+
+
+async def test_unknown_ids_are_404_and_give_their_lease_back(
+    make_api: MakeApi, l2: RedisCache
+) -> None:
+    client, _ = await make_api()
+    for path in ("/products/999999", "/categories/999/summary", "/categories/999/products"):
+        response = await client.get(path)
+        assert response.status_code == 404 and "not found" in response.json()["detail"]
+        assert response.headers["X-Cache"] == "MISS"
+    assert await l2.client.exists(l2.keyspace.lease("product:999999")) == 0
+
+
+# --- the fill guard (invariant 3) --------------------------------------------------------------
+
+
+async def test_invalidation_between_db_read_and_fill_leaves_no_stale_value_in_l1_or_l2(
+    make_api: MakeApi, l2: RedisCache, pg: psycopg.Connection[Any]
+) -> None:
+    client, runtime = await make_api()
+    pause = Pause("product:7")
+    runtime.cache.after_load = pause
+    reader = asyncio.create_task(client.get("/products/7"))
+    await asyncio.wait_for(pause.loaded.wait(), 5)  # the reader holds version 1
+    pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 7")  # the writer commits
+    await cdc_invalidate(l2, 7, 1 + 7 % 5)  # the invalidation runs
+    await eventually(
+        lambda: metric(runtime, "pgbust_api_invalidation_messages_total", kind="evict") >= 1
+    )
+    pause.resume.set()
+    assert (await reader).json()["version"] == 1  # what it read before the commit
+    assert metric(runtime, "pgbust_api_fills_refused_total", tier="l2", reason="lease_lost") == 1
+    assert "product:7" not in runtime.l1
+    assert await l2.peek("product:7") is None
+    fresh = await client.get("/products/7")
+    assert fresh.headers["X-Cache"] == "MISS" and fresh.json()["version"] == 2
+
+
+async def test_stale_aggregate_is_not_filled_after_its_category_was_invalidated(
+    make_api: MakeApi, l2: RedisCache, pg: psycopg.Connection[Any]
+) -> None:
+    client, runtime = await make_api()
+    pause = Pause("category:3:summary")
+    runtime.cache.after_load = pause
+    reader = asyncio.create_task(client.get("/categories/3/summary"))
+    await asyncio.wait_for(pause.loaded.wait(), 5)
+    pg.execute("UPDATE products SET stock = 0 WHERE id = 2")  # product 2 is in category 3
+    await cdc_invalidate(l2, 2, 3)
+    pause.resume.set()
+    old = (await reader).json()
+    assert metric(runtime, "pgbust_api_fills_refused_total", tier="l2", reason="invalidated") == 1
+    assert await l2.peek("category:3:summary") is None
+    fresh = await client.get("/categories/3/summary")
+    assert fresh.json()["total_stock"] < old["total_stock"] or old["total_stock"] == 0
+
+
+async def test_l2_hit_read_before_an_invalidation_is_not_kept_in_l1(
+    make_api: MakeApi, l2: RedisCache, pg: psycopg.Connection[Any]
+) -> None:
+    a, _ = await make_api()
+    b, runtime_b = await make_api()
+    await a.get("/products/8")  # now in L2
+    # B takes its L1 ticket, reads the old value from L2; the invalidation lands before B's put
+    ticket = runtime_b.l1.ticket("product:8")
+    old = await l2.peek("product:8")
+    pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 8")
+    await cdc_invalidate(l2, 8, 1 + 8 % 5)
+    await eventually(lambda: not ticket.valid)
+    assert old is not None and not runtime_b.l1.put(ticket, old)
+    fresh = await b.get("/products/8")
+    assert fresh.json()["version"] == 2
+
+
+# --- writes: read-your-writes (invariant 6), dependencies (invariant 7) ----------------------
+
+
+async def test_patch_is_visible_to_the_next_read_on_every_tier(make_api: MakeApi) -> None:
+    client, _ = await make_api()
+    other, _ = await make_api()
+    for c in (client, other, client, other):
+        await c.get("/products/9")  # cached in L2 and both L1s
+    patched = await client.patch("/products/9", json={"stock": 5}, headers=AUTH)
+    assert patched.status_code == 200
+    assert patched.json()["version"] == 2 and patched.json()["stock"] == 5
+    mine = await client.get("/products/9")
+    assert mine.json() == patched.json() and mine.headers["X-Cache"] != "L1"
+    assert (await other.get("/products/9")).json()["version"] == 2
+
+
+async def test_moving_a_product_invalidates_the_old_and_the_new_category(
+    make_api: MakeApi,
+) -> None:
+    client, _ = await make_api()
+    old_before = (await client.get("/categories/2/summary")).json()  # product 1 is in cat 2
+    new_before = (await client.get("/categories/4/summary")).json()
+    page_before = (await client.get("/categories/4/products?limit=100")).json()
+    moved = await client.patch("/products/1", json={"category_id": 4}, headers=AUTH)
+    assert moved.status_code == 200 and moved.json()["category_id"] == 4
+    assert (await client.get("/categories/2/summary")).json()["count"] == old_before["count"] - 1
+    assert (await client.get("/categories/4/summary")).json()["count"] == new_before["count"] + 1
+    page = (await client.get("/categories/4/products?limit=100")).json()
+    assert len(page["items"]) == len(page_before["items"]) + 1
+
+
+async def test_post_returns_201_with_version_and_is_readable_and_counted(
+    make_api: MakeApi,
+) -> None:
+    client, _ = await make_api()
+    before = (await client.get("/categories/5/summary")).json()["count"]
+    created = await client.post(
+        "/products",
+        json={"category_id": 5, "name": "New", "price_cents": 123, "stock": 4},
+        headers=AUTH,
+    )
+    assert created.status_code == 201
+    body = created.json()
+    assert body["version"] == 1 and body["name"] == "New"
+    assert (await client.get(f"/products/{body['id']}")).json() == body
+    assert (await client.get("/categories/5/summary")).json()["count"] == before + 1
+
+
+async def test_delete_returns_204_and_the_next_read_is_404(make_api: MakeApi) -> None:
+    client, _ = await make_api()
+    assert (await client.get("/products/10")).status_code == 200
+    assert (await client.delete("/products/10", headers=AUTH)).status_code == 204
+    assert (await client.get("/products/10")).status_code == 404
+    assert (await client.delete("/products/10", headers=AUTH)).status_code == 404
+
+
+async def test_ttl_mode_writes_do_not_invalidate_and_cache_expires(make_api: MakeApi) -> None:
+    client, runtime = await make_api(cache_mode="ttl", cache_ttl_s=0.3)
+    assert runtime.subscriber is None
+    await client.get("/products/13")
+    await client.patch("/products/13", json={"stock": 1}, headers=AUTH)
+    cached = await client.get("/products/13")
+    assert cached.headers["X-Cache"] == "L1" and cached.json()["version"] == 1
+    await asyncio.sleep(0.4)  # the TTL is what this mode is about
+    assert (await client.get("/products/13")).json()["version"] == 2
+
+
+async def test_off_mode_always_reads_postgres(make_api: MakeApi) -> None:
+    client, runtime = await make_api(cache_mode="off")
+    for _ in range(3):
+        response = await client.get("/products/14")
+        assert response.headers["X-Cache"] == "MISS"
+    assert metric(runtime, "pgbust_api_db_loads_total") == 3
+
+
+# --- bad input and bad tokens ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers,reason",
+    [
+        ({}, "missing"),
+        ({"Authorization": "Basic abc"}, "Bearer"),
+        ({"Authorization": "Bearer wrong-token-0123456789"}, "invalid"),
+    ],
+)
+async def test_writes_without_the_right_token_are_401_with_a_reason(
+    make_api: MakeApi, headers: dict[str, str], reason: str
+) -> None:
+    client, _ = await make_api()
+    for method, path in (
+        ("POST", "/products"),
+        ("PATCH", "/products/1"),
+        ("DELETE", "/products/1"),
+    ):
+        response = await client.request(method, path, json={"bad": "body"}, headers=headers)
+        assert response.status_code == 401 and reason in response.json()["detail"]
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(
+    "method,path,body",
+    [
+        ("GET", "/products/abc", None),
+        ("GET", "/products/0", None),
+        ("GET", "/products/99999999999999999999999", None),
+        ("GET", "/categories/1/products?limit=0", None),
+        ("GET", "/categories/1/products?limit=1000", None),
+        ("GET", "/categories/1/products?offset=-1", None),
+        ("POST", "/products", {"category_id": 1, "name": "x"}),
+        ("POST", "/products", {"category_id": 1, "name": "", "price_cents": 1}),
+        ("POST", "/products", {"category_id": 1, "name": "x", "price_cents": -1}),
+        ("POST", "/products", {"category_id": 1, "name": "x", "price_cents": "1"}),
+        ("POST", "/products", {"category_id": 1, "name": "x", "price_cents": 1, "extra": 1}),
+        ("POST", "/products", {"category_id": 999, "name": "x", "price_cents": 1}),
+        ("PATCH", "/products/1", {}),
+        ("PATCH", "/products/1", {"stock": None}),
+        ("PATCH", "/products/1", {"stock": 2**40}),
+        ("PATCH", "/products/1", {"category_id": 999}),
+    ],
+)
+async def test_bad_input_is_422_json_never_500(
+    make_api: MakeApi, method: str, path: str, body: Any
+) -> None:
+    client, _ = await make_api()
+    response = await client.request(method, path, json=body, headers=AUTH)
+    assert response.status_code == 422, response.text
+    assert "detail" in response.json() and "Traceback" not in response.text
+
+
+async def test_malformed_json_body_is_422(make_api: MakeApi) -> None:
+    client, _ = await make_api()
+    response = await client.post(
+        "/products", content=b"{not json", headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+
+
+async def test_patch_and_delete_of_unknown_product_are_404(make_api: MakeApi) -> None:
+    client, _ = await make_api()
+    assert (
+        await client.patch("/products/424242", json={"stock": 1}, headers=AUTH)
+    ).status_code == 404
+    assert (await client.delete("/products/424242", headers=AUTH)).status_code == 404
+
+
+async def test_metrics_and_docs_are_served(make_api: MakeApi) -> None:
+    client, _ = await make_api()
+    await client.get("/products/1")
+    text = (await client.get("/metrics")).text
+    for name in (
+        "pgbust_api_cache_hits_total",
+        "pgbust_api_l1_entries",
+        "pgbust_api_l1_evictions_total",
+        "pgbust_api_fills_refused_total",
+        "pgbust_api_subscriber_reconnects_total",
+        "pgbust_api_request_seconds_bucket",
+    ):
+        assert name in text
+    assert (await client.get("/docs")).status_code == 200
+    assert "/products/{product_id}" in (await client.get("/openapi.json")).json()["paths"]
