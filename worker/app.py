@@ -31,6 +31,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_timeout": 3,
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout_s,
+            # look for abandoned (killed worker) messages often enough for that timeout
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 2)),
+            "unacked_restore_throttle": 1,
             "socket_connect_timeout": 3,
             "socket_timeout": 10,
         },

@@ -169,16 +169,18 @@ def warm(entries: list[str]) -> None:
 @_task(name="pgbust.audit")
 def audit(sample: int | None = None) -> dict[str, Any]:
     report = run_with_cache_and_db(
-        lambda cache, conn: run_audit(cache, conn, sample or settings.audit_sample)
+        lambda cache, conn: run_audit(
+            cache, conn, sample or settings.audit_sample, settings.audit_grace_ms
+        )
     )
     return report.as_dict()
 
 
 async def run_audit(
-    cache: RedisCache, conn: psycopg.AsyncConnection[Any], sample: int
+    cache: RedisCache, conn: psycopg.AsyncConnection[Any], sample: int, grace_ms: int
 ) -> audit_job.AuditReport:
     """One audit, recorded (counters, last report in Redis) and logged: tasks and CLI share it."""
-    report = await audit_job.audit(cache, conn, sample, settings.audit_grace_ms)
+    report = await audit_job.audit(cache, conn, sample, grace_ms)
     await stats.save_audit(cache.client, cache.keyspace, report.as_dict())
     await stats.count(
         cache.client,

@@ -1,0 +1,211 @@
+"""The worker tasks run by a real Celery worker process, against a real Redis and Postgres.
+
+Tasks are enqueued the way the invalidator does it (worker.client), on a queue named after the
+test's namespace, so tests sharing a broker never take each other's tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from api.loaders import load_entry
+from pgbust.keys import Keyspace, category_page_entry, category_tag, product_entry
+from pgbust.protocol import Invalidation, Lease, Targets
+from pgbust.redis_cache import RedisCache
+from tests.support.processes import ManagedProcess, ProcessManager
+from tests.support.servers import RedisServer, wait_until
+from worker import jobs
+from worker.client import TaskSender
+from worker.settings import Settings
+
+
+def start_worker(
+    procs: ProcessManager, name: str = "worker", env: dict[str, str] | None = None
+) -> ManagedProcess:
+    proc = procs.celery_worker(name, env=env, extra=["--without-mingle", "--without-gossip"])
+    return proc.wait_ready(lambda: " ready." in proc.log_path.read_text(errors="replace"), 30)
+
+
+@pytest.fixture
+def sender(stack_env: dict[str, str]) -> Iterator[TaskSender]:
+    # by their environment names: those win over the same setting in this process's env
+    given = {name: stack_env[name] for name in ("REDIS_URL", "DATABASE_URL", "CELERY_BROKER_URL")}
+    settings = Settings(namespace=stack_env["PGBUST_NAMESPACE"], **given)  # type: ignore[arg-type]
+    task_sender = TaskSender(settings)
+    yield task_sender
+    task_sender.close()
+
+
+def run(redis_server: RedisServer, keyspace: Keyspace, job: Any) -> Any:
+    """Run `job(cache)` (or `job(cache, conn)`) on a fresh client, as the worker does."""
+
+    async def main() -> Any:
+        client = aioredis.Redis.from_url(redis_server.url)
+        try:
+            return await job(RedisCache(client, keyspace))
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+def load(database_url: str, entry: str) -> bytes | None:
+    async def main() -> bytes | None:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            return await load_entry(conn, entry)
+
+    return asyncio.run(main())
+
+
+def fill(redis_server: RedisServer, keyspace: Keyspace, entry: str, payload: bytes) -> None:
+    fill_many(redis_server, keyspace, {entry: payload})
+
+
+def fill_many(redis_server: RedisServer, keyspace: Keyspace, payloads: dict[str, bytes]) -> None:
+    """Store payloads as a reader would (lease + guarded fill)."""
+
+    async def job(cache: RedisCache) -> None:
+        for entry, payload in payloads.items():
+            lease = await cache.get_or_lease(entry)
+            assert isinstance(lease, Lease), lease
+            assert await cache.fill(entry, lease.token, lease.stamp, payload) == 1
+
+    run(redis_server, keyspace, job)
+
+
+def peek(redis_server: RedisServer, keyspace: Keyspace, entry: str) -> bytes | None:
+    return run(redis_server, keyspace, lambda cache: cache.peek(entry))  # type: ignore[no-any-return]
+
+
+def test_hot_key_is_back_in_cache_with_the_fresh_value_after_its_invalidation(
+    procs: ProcessManager,
+    sender: TaskSender,
+    redis_server: RedisServer,
+    keyspace: Keyspace,
+    database_url: str,
+    pg: psycopg.Connection[tuple[object, ...]],
+    seeded: object,
+) -> None:
+    entry = product_entry(7)
+    old = load(database_url, entry)
+    assert old is not None
+    fill(redis_server, keyspace, entry, old)
+    start_worker(procs)
+
+    pg.execute("UPDATE products SET price_cents = price_cents + 1 WHERE id = 7")
+    fresh = load(database_url, entry)
+    assert fresh is not None
+    assert fresh != old
+    targets = Targets(keys=frozenset({entry}))
+    run(
+        redis_server,
+        keyspace,
+        lambda cache: cache.invalidate(targets, Invalidation.of(targets, origin="cdc")),
+    )
+    sender.warm([entry])
+
+    assert wait_until(lambda: peek(redis_server, keyspace, entry) is not None, timeout=20)
+    assert peek(redis_server, keyspace, entry) == fresh
+    assert orjson.loads(fresh)["version"] == orjson.loads(old)["version"] + 1
+
+
+def test_audit_finds_an_entry_planted_stale_by_hand_and_removes_it(
+    procs: ProcessManager,
+    sender: TaskSender,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    keyspace: Keyspace,
+    database_url: str,
+    seeded: object,
+) -> None:
+    good, planted = product_entry(3), product_entry(5)
+    fill(redis_server, keyspace, good, load(database_url, good) or b"")
+    row = orjson.loads(load(database_url, planted) or b"")
+    row["price_cents"] += 1_000  # a value the database never had
+    fill(redis_server, keyspace, planted, orjson.dumps(row))
+    start_worker(procs, env={"PGBUST_AUDIT_GRACE_MS": "50"})
+
+    sender.audit(sample=100)
+
+    audit_key = f"{keyspace.namespace}:worker:audit"
+    assert wait_until(lambda: redis_client.exists(audit_key), timeout=20)
+    report = orjson.loads(redis_client.get(audit_key) or b"")
+    assert report["checked"] == 2
+    assert report["stale"] == 1
+    assert report["deleted"] == [planted]
+    assert report["ratio"] == 0.5
+    assert peek(redis_server, keyspace, planted) is None
+    assert peek(redis_server, keyspace, good) == load(database_url, good)
+
+
+def test_audit_command_prints_the_figures(
+    stack_env: dict[str, str],
+    redis_server: RedisServer,
+    keyspace: Keyspace,
+    database_url: str,
+    seeded: object,
+) -> None:
+    entry = product_entry(9)
+    row = orjson.loads(load(database_url, entry) or b"")
+    row["stock"] = -1
+    fill(redis_server, keyspace, entry, orjson.dumps(row))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "audit", "--sample", "50", "--grace-ms", "0"],
+        env=stack_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "checked=1 stale=1 ratio=1.000000" in done.stdout
+    assert peek(redis_server, keyspace, entry) is None
+
+
+def test_large_tag_fan_out_is_collected_in_chunks(
+    procs: ProcessManager,
+    sender: TaskSender,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    keyspace: Keyspace,
+) -> None:
+    entries = [category_page_entry(1, 10, offset) for offset in range(0, 6_000, 10)]
+    fill_many(redis_server, keyspace, dict.fromkeys(entries, b'{"items": []}'))
+    targets = Targets(tags=frozenset({category_tag(1)}))
+    result = run(
+        redis_server,
+        keyspace,
+        lambda cache: cache.invalidate(targets, Invalidation.of(targets, origin="cdc")),
+    )
+    assert len(result.garbage) == 1  # more members than the script frees inline
+    start_worker(procs, env={"PGBUST_PURGE_CHUNK": "100"})
+
+    sender.garbage(result.garbage)
+
+    assert wait_until(lambda: not redis_client.exists(result.garbage[0]), timeout=20)
+    left = [k for k in redis_client.scan_iter(match=keyspace.value_pattern, count=1_000)]
+    assert left == []
+
+
+def test_hot_counts_decay_and_stay_bounded(
+    redis_server: RedisServer, redis_client: redis.Redis, keyspace: Keyspace
+) -> None:
+    redis_client.zadd(keyspace.hot, {f"product:{i}": i for i in range(1, 101)})
+
+    left = run(redis_server, keyspace, lambda cache: jobs.decay_hot(cache, hot_max=10))
+
+    assert left == 10
+    assert redis_client.zrange(keyspace.hot, 0, -1, withscores=True) == [
+        (f"product:{i}".encode(), i / 2) for i in range(91, 101)
+    ]
