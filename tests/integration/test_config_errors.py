@@ -196,7 +196,7 @@ def test_bad_setting_refuses_to_start_with_one_line_naming_it() -> None:
             problems.append("setting not named")
         secret = any(word in case.env for word in ("TOKEN", "SECRET", "PASSWORD"))
         if SECRET_MARK in result.stderr + result.stdout or (
-            secret and case.value and case.value in result.stderr
+            secret and len(case.value) >= 6 and case.value in result.stderr
         ):
             problems.append("secret echoed")
         if problems:
