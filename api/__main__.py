@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+from types import FrameType
 
 import uvicorn
 
@@ -25,6 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
 
@@ -34,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
         require_postgres(settings.database_url)
         if settings.cache_mode != "off":
             require_redis(settings.redis_url)
+        # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler it
+        # found installed: make that one a clean exit 0.
+        signal.signal(signal.SIGTERM, _exit_cleanly)
         uvicorn.run(
             "api.app:create_app",
             factory=True,
