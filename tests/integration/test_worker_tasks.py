@@ -6,85 +6,38 @@ test's namespace, so tests sharing a broker never take each other's tasks.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import Any
 
 import orjson
 import psycopg
 import pytest
 import redis
-import redis.asyncio as aioredis
 
-from api.loaders import load_entry
 from pgbust.keys import Keyspace, category_page_entry, category_tag, product_entry
-from pgbust.protocol import Invalidation, Lease, Targets
-from pgbust.redis_cache import RedisCache
-from tests.support.processes import ManagedProcess, ProcessManager
+from pgbust.protocol import Invalidation, Targets
+from tests.integration.test_worker_helpers import (
+    fill,
+    fill_many,
+    load,
+    peek,
+    run,
+    sender_for,
+    start_worker,
+    value_keys,
+)
+from tests.support.processes import ProcessManager
 from tests.support.servers import RedisServer, wait_until
 from worker import jobs
 from worker.client import TaskSender
-from worker.settings import Settings
-
-
-def start_worker(
-    procs: ProcessManager, name: str = "worker", env: dict[str, str] | None = None
-) -> ManagedProcess:
-    proc = procs.celery_worker(name, env=env, extra=["--without-mingle", "--without-gossip"])
-    return proc.wait_ready(lambda: " ready." in proc.log_path.read_text(errors="replace"), 30)
 
 
 @pytest.fixture
 def sender(stack_env: dict[str, str]) -> Iterator[TaskSender]:
-    # by their environment names: those win over the same setting in this process's env
-    given = {name: stack_env[name] for name in ("REDIS_URL", "DATABASE_URL", "CELERY_BROKER_URL")}
-    settings = Settings(namespace=stack_env["PGBUST_NAMESPACE"], **given)  # type: ignore[arg-type]
-    task_sender = TaskSender(settings)
+    task_sender = sender_for(stack_env)
     yield task_sender
     task_sender.close()
-
-
-def run(redis_server: RedisServer, keyspace: Keyspace, job: Any) -> Any:
-    """Run `job(cache)` (or `job(cache, conn)`) on a fresh client, as the worker does."""
-
-    async def main() -> Any:
-        client = aioredis.Redis.from_url(redis_server.url)
-        try:
-            return await job(RedisCache(client, keyspace))
-        finally:
-            await client.aclose()
-
-    return asyncio.run(main())
-
-
-def load(database_url: str, entry: str) -> bytes | None:
-    async def main() -> bytes | None:
-        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-            return await load_entry(conn, entry)
-
-    return asyncio.run(main())
-
-
-def fill(redis_server: RedisServer, keyspace: Keyspace, entry: str, payload: bytes) -> None:
-    fill_many(redis_server, keyspace, {entry: payload})
-
-
-def fill_many(redis_server: RedisServer, keyspace: Keyspace, payloads: dict[str, bytes]) -> None:
-    """Store payloads as a reader would (lease + guarded fill)."""
-
-    async def job(cache: RedisCache) -> None:
-        for entry, payload in payloads.items():
-            lease = await cache.get_or_lease(entry)
-            assert isinstance(lease, Lease), lease
-            assert await cache.fill(entry, lease.token, lease.stamp, payload) == 1
-
-    run(redis_server, keyspace, job)
-
-
-def peek(redis_server: RedisServer, keyspace: Keyspace, entry: str) -> bytes | None:
-    return run(redis_server, keyspace, lambda cache: cache.peek(entry))  # type: ignore[no-any-return]
 
 
 def test_hot_key_is_back_in_cache_with_the_fresh_value_after_its_invalidation(
@@ -194,8 +147,7 @@ def test_large_tag_fan_out_is_collected_in_chunks(
     sender.garbage(result.garbage)
 
     assert wait_until(lambda: not redis_client.exists(result.garbage[0]), timeout=20)
-    left = [k for k in redis_client.scan_iter(match=keyspace.value_pattern, count=1_000)]
-    assert left == []
+    assert value_keys(redis_client, keyspace) == []
 
 
 def test_hot_counts_decay_and_stay_bounded(
