@@ -53,6 +53,7 @@ class Recorder:
         self.writes: list[tuple[int, int, float, float, bool]] = []
         self.write_ms: list[float] = []
         self.errors: dict[str, int] = {"read": 0, "write": 0, "oob": 0}
+        self.sources: dict[str, int] = {}  # "<kind>:<X-Cache>" -> reads
         self.cpu_start = _cpu_seconds()
         self.cpu_percent: float | None = None
         self.stale = 0
@@ -101,6 +102,7 @@ class Recorder:
                 "write_ms": self.write_ms,
                 "errors": self.errors,
                 "cpu_percent": self.cpu_percent,
+                "extra": {"read_sources": self.sources},
             }
         )
 
@@ -146,7 +148,7 @@ class ReaderUser(FastHttpUser):
         else:
             self._product()
 
-    def _get(self, path: str, name: str) -> tuple[float, float, Any] | None:
+    def _get(self, path: str, name: str, kind: str) -> tuple[float, float, Any] | None:
         sent = time.time()
         started = time.perf_counter()
         response = self.client.get(_api() + path, name=name)
@@ -154,11 +156,14 @@ class ReaderUser(FastHttpUser):
         if response.status_code != 200 or not response.content:
             RECORD.errors["read"] += 1
             return None
+        headers: Any = response.headers or {}
+        source = f"{kind}:{headers.get('x-cache', '?')}"
+        RECORD.sources[source] = RECORD.sources.get(source, 0) + 1
         return sent, elapsed_ms, orjson.loads(response.content)
 
     def _product(self) -> None:
         product_id = PRODUCTS()
-        got = self._get(f"/products/{product_id}", "GET /products/{id}")
+        got = self._get(f"/products/{product_id}", "GET /products/{id}", "product")
         if got is not None:
             sent, ms, body = got
             verdict = RECORD.oracle.judge(product_id, int(body["version"]), sent)
@@ -168,7 +173,7 @@ class ReaderUser(FastHttpUser):
         category_id = random.randint(*PLAN.category_ids)
         offset = random.choice(PAGE_OFFSETS)
         path = f"/categories/{category_id}/products?limit={PAGE_LIMIT}&offset={offset}"
-        got = self._get(path, "GET /categories/{id}/products")
+        got = self._get(path, "GET /categories/{id}/products", "page")
         if got is not None:
             sent, ms, body = got
             items = _items(body)
@@ -177,7 +182,9 @@ class ReaderUser(FastHttpUser):
 
     def _summary(self) -> None:
         category_id = random.randint(*PLAN.category_ids)
-        got = self._get(f"/categories/{category_id}/summary", "GET /categories/{id}/summary")
+        got = self._get(
+            f"/categories/{category_id}/summary", "GET /categories/{id}/summary", "summary"
+        )
         if got is not None:
             sent, ms, _ = got
             RECORD.read("summary", sent, ms, None)  # no version to judge

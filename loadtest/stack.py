@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -39,7 +40,8 @@ class Child:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def wait_http_ok(self, url: str, timeout_s: float) -> None:
+    def wait_http_ok(self, url: str, timeout_s: float, expect: bytes = b"") -> None:
+        """Until GET url answers 200 (with `expect` in its body, when given)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive():
@@ -48,7 +50,7 @@ class Child:
                 )
             try:
                 with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310
-                    if response.status == 200:
+                    if response.status == 200 and expect in response.read():
                         return
             except (urllib.error.URLError, OSError):
                 pass
@@ -103,10 +105,17 @@ class Stack:
         return self.api_urls
 
     def start_invalidator(self) -> str:
+        """The run's own invalidator, active (not standby behind another namespace's one: the
+        advisory lock that elects one per database gets an id of this run's own)."""
         port = free_port()
-        child = self._spawn("invalidator", ["invalidator", "--metrics-port", str(port)])
+        lock_id = str(secrets.randbelow(2**62) + 1)
+        child = self._spawn(
+            "invalidator",
+            ["invalidator", "--metrics-port", str(port)],
+            {"PGBUST_INVALIDATOR_LOCK_ID": lock_id},
+        )
         url = f"http://127.0.0.1:{port}"
-        child.wait_http_ok(url + "/healthz", self.timeout)
+        child.wait_http_ok(url + "/healthz", self.timeout, expect=b'"role":"active"')
         return url
 
     def start_worker(self) -> None:

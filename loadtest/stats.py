@@ -8,7 +8,7 @@ its subscriber received. Everything numeric in summary.json is computed here.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,6 +158,8 @@ def _lag_fields(writes: Sequence[Write], messages: Sequence[Received] | None) ->
             "writes_never_invalidated": None,
             "cdc_message_lag_ms": empty,
             "invalidation_messages": 0,
+            "invalidation_messages_by_origin": {},
+            "invalidation_flushes": 0,
         }
     tracker = LagTracker(messages)
     lags: list[float | None] = []
@@ -176,7 +178,16 @@ def _lag_fields(writes: Sequence[Write], messages: Sequence[Received] | None) ->
         "writes_never_invalidated": len(lags) - len(seen),
         "cdc_message_lag_ms": distribution(message_lags_ms(messages), (50, 99)),
         "invalidation_messages": len(messages),
+        "invalidation_messages_by_origin": _count(m.origin for m in messages),
+        "invalidation_flushes": sum(1 for m in messages if m.flush),
     }
+
+
+def _count(values: Iterable[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
 
 
 def _by_kind(raw: RawRun) -> dict[str, Any]:
