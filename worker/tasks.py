@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import psycopg
 import redis
 import redis.asyncio as aioredis
-from celery.signals import task_prerun
+from celery.signals import task_prerun, worker_init
 
 from pgbust.keys import Keyspace
 from pgbust.protocol import Targets
@@ -197,6 +197,20 @@ async def run_audit(
 def decay_hot() -> None:
     left = run_with_cache(lambda cache: jobs.decay_hot(cache, settings.hot_max))
     log.debug("hot keys decayed: %d left", left)
+
+
+def _on_worker_init(handler: F) -> F:
+    worker_init.connect(handler)
+    return handler
+
+
+@_on_worker_init
+def _serve_metrics(**_: Any) -> None:
+    """The main worker process serves /metrics when PGBUST_WORKER_METRICS_PORT is set."""
+    if settings.worker_metrics_port:
+        from worker import metrics
+
+        metrics.serve(settings.worker_metrics_port, settings.redis_url, _keyspace())
 
 
 @_on_task_prerun

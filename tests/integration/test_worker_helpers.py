@@ -38,7 +38,6 @@ def start_worker(
 
 def sender_for(stack_env: Mapping[str, str], broker_url: str | None = None) -> TaskSender:
     """A sender with the settings of the test's processes (namespace -> queue)."""
-    # given by their environment names: those win over the same setting in this process's env
     given: dict[str, Any] = {
         name: stack_env[name] for name in ("REDIS_URL", "DATABASE_URL", "CELERY_BROKER_URL")
     }

@@ -9,12 +9,15 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import orjson
 import psycopg
 import pytest
 import redis
 
+from pgbust.devservers import free_port
 from pgbust.keys import Keyspace, category_page_entry, category_tag, product_entry
 from pgbust.protocol import Invalidation, Targets
 from tests.integration.test_worker_helpers import (
@@ -161,3 +164,35 @@ def test_hot_counts_decay_and_stay_bounded(
     assert redis_client.zrange(keyspace.hot, 0, -1, withscores=True) == [
         (f"product:{i}".encode(), i / 2) for i in range(91, 101)
     ]
+
+
+def test_beat_runs_the_audit_and_the_worker_exports_its_ratio(
+    procs: ProcessManager,
+    redis_server: RedisServer,
+    keyspace: Keyspace,
+    database_url: str,
+    seeded: object,
+    tmp_path: Path,
+) -> None:
+    entry = product_entry(11)
+    row = orjson.loads(load(database_url, entry) or b"")
+    row["name"] = "planted"
+    fill(redis_server, keyspace, entry, orjson.dumps(row))
+    port = free_port()
+    env = {"PGBUST_AUDIT_INTERVAL_S": "1", "PGBUST_AUDIT_GRACE_MS": "0"}
+    start_worker(procs, env={**env, "PGBUST_WORKER_METRICS_PORT": str(port)})
+    procs.spawn(
+        "beat",
+        ["celery", "-A", "worker", "beat", "--schedule", str(tmp_path / "beat-schedule")],
+        env=env,
+    )
+
+    def exported() -> str:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return ""
+
+    assert wait_until(lambda: "pgbust_worker_audit_stale 1.0" in exported(), timeout=30)
+    assert "pgbust_worker_audit_inconsistency_ratio 1.0" in exported()
+    assert peek(redis_server, keyspace, entry) is None

@@ -1,0 +1,67 @@
+"""Prometheus metrics of the workers, served by the worker's main process.
+
+With PGBUST_WORKER_METRICS_PORT > 0, `celery -A worker worker` serves /metrics on that port.
+Tasks run in pool processes, so their figures are kept in Redis (worker/stats.py) and read at
+scrape time: every worker of a namespace reports the same totals, surviving restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import redis
+from prometheus_client import start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from pgbust.keys import Keyspace
+from worker.stats import audit_key, stats_key
+
+log = logging.getLogger(__name__)
+
+AUDIT_GAUGES = {
+    "ratio": ("pgbust_worker_audit_inconsistency_ratio", "stale / checked in the last audit"),
+    "checked": ("pgbust_worker_audit_checked", "live entries compared in the last audit"),
+    "stale": ("pgbust_worker_audit_stale", "stale entries found (and deleted) in the last audit"),
+    "at": ("pgbust_worker_audit_last_run_timestamp_seconds", "end of the last audit"),
+}
+
+
+class RedisStatsCollector(Collector):
+    def __init__(self, redis_url: str, keyspace: Keyspace) -> None:
+        self.client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self.keyspace = keyspace
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("pgbust_worker_stats_up", "1 when Redis answered this scrape")
+        try:
+            counters = self.client.hgetall(stats_key(self.keyspace))
+            raw_audit = self.client.get(audit_key(self.keyspace))
+        except redis.RedisError as exc:
+            log.warning("metrics: cannot read worker stats from Redis: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        for name, value in sorted(counters.items()):
+            metric = name.decode() if isinstance(name, bytes) else str(name)
+            counter = CounterMetricFamily(f"pgbust_worker_{metric}", f"worker total: {metric}")
+            counter.add_metric([], float(value))
+            yield counter
+        audit: dict[str, Any] = orjson.loads(raw_audit) if raw_audit else {}
+        for field, (metric, help_text) in AUDIT_GAUGES.items():
+            if field in audit:
+                gauge = GaugeMetricFamily(metric, help_text)
+                gauge.add_metric([], float(audit[field]))
+                yield gauge
+
+
+def serve(port: int, redis_url: str, keyspace: Keyspace) -> None:
+    registry = CollectorRegistry()
+    registry.register(RedisStatsCollector(redis_url, keyspace))
+    start_http_server(port, addr="0.0.0.0", registry=registry)  # noqa: S104 (a server)
+    log.info("worker metrics on :%d/metrics", port)
