@@ -72,15 +72,18 @@ class TieredCache:
         # Test hook: runs between the Postgres read and the fill (forces stale-fill races).
         self.after_load = after_load
         self._inflight: dict[str, asyncio.Task[ReadResult]] = {}
+        # bound once: a label lookup per request is measurable on the L1-hit path
+        self._l1_hit = metrics.hits.labels("l1")
+        self._l1_miss = metrics.misses.labels("l1")
 
     async def read(self, entry: str) -> ReadResult:
         if self.l2 is None:
             return ReadResult(await self._load(entry), "MISS")
         payload = self.l1.get(entry)
         if payload is not None:
-            self.metrics.hits.labels("l1").inc()
+            self._l1_hit.inc()
             return ReadResult(payload, "L1")
-        self.metrics.misses.labels("l1").inc()
+        self._l1_miss.inc()
         task = self._inflight.get(entry)
         if task is None:
             task = asyncio.create_task(self._read_lower(entry, self.l2))

@@ -1,0 +1,329 @@
+"""HTTP read benchmark: GET /products/{id} as L1 hit, L2 hit and MISS, the summary cached vs
+uncached, and a bare FastAPI endpoint returning a constant of the same size.
+
+Each scenario runs against its own `python -m api` process (one uvicorn worker, its own cache
+namespace) on loopback, driven by wrk when it is installed (C, cheap on the CPU it shares
+with the server) or else by a small asyncio + httpx driver. The database is a catalogue of
+its own (`pgbust_bench_http`, 100k products in 20 categories, re-seeded when different).
+
+    python -m bench http [--quick] --out bench/results
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import redis
+from fastapi import FastAPI, Response
+
+from bench.report import markdown_table, percentiles, write
+from db import migrate, seed
+from pgbust.devservers import ensure_database, free_port, with_database
+
+PRODUCTS = 100_000
+CATEGORIES = 20
+DATABASE = "pgbust_bench_http"
+CONNECTIONS = 16
+BENCH_TOKEN = secrets.token_hex(16)  # writes are not benchmarked; any valid token
+
+# --- the bare baseline: same route shape, a constant body of the product's size ----------------
+
+bare_app = FastAPI()
+_BARE_BODY = b'{"pad":"' + b"x" * max(0, int(os.environ.get("BENCH_BODY_SIZE", "140")) - 10) + b'"}'
+
+
+@bare_app.get("/products/{product_id}")
+async def bare_product(product_id: int) -> Response:
+    return Response(_BARE_BODY, media_type="application/json")
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    scenario: str
+    x_cache: str
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+    driver: str
+
+
+# --- servers -----------------------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, args: list[str], env: dict[str, str], port: int, log: Path) -> None:
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, path: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server on port {self.port} exited ({self.process.returncode})")
+            with suppress(httpx.HTTPError):
+                if httpx.get(self.base_url + path, timeout=1).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"server on port {self.port} not ready after {timeout}s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+
+@contextmanager
+def api_server(database_url: str, redis_url: str, log: Path, **settings: str) -> Iterator[Server]:
+    port = free_port()
+    namespace = f"bench-http-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "API_TOKEN": BENCH_TOKEN,
+        "PGBUST_NAMESPACE": namespace,
+        "PGBUST_LOG_LEVEL": "WARNING",
+        **{f"PGBUST_{key.upper()}": value for key, value in settings.items()},
+    }
+    server = Server(["api", "--port", str(port)], env, port, log)
+    try:
+        server.wait_ready("/healthz")
+        yield server
+    finally:
+        server.stop()
+        _drop_namespace(redis_url, namespace)
+
+
+@contextmanager
+def bare_server(body_size: int, log: Path) -> Iterator[Server]:
+    port = free_port()
+    env = {**os.environ, "BENCH_BODY_SIZE": str(body_size)}
+    args = ["uvicorn", "bench.http:bare_app", "--port", str(port), "--log-level", "warning"]
+    server = Server([*args, "--no-access-log"], env, port, log)
+    try:
+        server.wait_ready("/products/1")
+        yield server
+    finally:
+        server.stop()
+
+
+def _drop_namespace(redis_url: str, namespace: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        batch = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+        for start in range(0, len(batch), 1000):
+            client.unlink(*batch[start : start + 1000])
+    finally:
+        client.close()
+
+
+# --- drivers -----------------------------------------------------------------------------------
+
+_WRK_SEQUENTIAL = """
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", "/products/" .. counter)
+end
+"""
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if not match:
+        return float("nan")
+    value, unit = float(match[1]), match[2]
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def run_wrk(url: str, seconds: float, sequential: bool) -> dict[str, Any]:
+    args = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s", "--latency"]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(_WRK_SEQUENTIAL)
+    if sequential:
+        args += ["-s", script.name]
+    try:
+        out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(script.name)
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
+    requests = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    errors = int(non_2xx[1]) if non_2xx else 0
+    if socket_errors:
+        errors += sum(int(n) for n in re.findall(r"\d+", socket_errors[1]))
+    return {
+        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
+        "p50_ms": round(_ms(latency.get("50", "nan")), 3),
+        "p99_ms": round(_ms(latency.get("99", "nan")), 3),
+        "requests": requests,
+        "errors": errors,
+        "driver": "wrk",
+    }
+
+
+def run_httpx(url: str, seconds: float, sequential: bool) -> dict[str, Any]:
+    base = url.rsplit("/", 1)[0] if sequential else url
+    counter = iter(range(1, 10**9))
+    samples: list[float] = []
+    errors = 0
+
+    async def worker(client: httpx.AsyncClient, deadline: float) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            target = f"{base}/{next(counter)}" if sequential else url
+            started = time.perf_counter()
+            response = await client.get(target)
+            samples.append((time.perf_counter() - started) * 1000)
+            errors += response.status_code >= 400
+
+    async def main() -> float:
+        limits = httpx.Limits(max_connections=CONNECTIONS)
+        async with httpx.AsyncClient(limits=limits, timeout=10) as client:
+            started = time.perf_counter()
+            deadline = started + seconds
+            await asyncio.gather(*(worker(client, deadline) for _ in range(CONNECTIONS)))
+            return time.perf_counter() - started
+
+    elapsed = asyncio.run(main())
+    stats = percentiles(samples)
+    return {
+        "requests_per_s": round(len(samples) / elapsed, 1),
+        "p50_ms": stats["p50"],
+        "p99_ms": stats["p99"],
+        "requests": len(samples),
+        "errors": errors,
+        "driver": "httpx",
+    }
+
+
+def measure(
+    name: str, server: Server, path: str, seconds: float, *, sequential: bool = False
+) -> Result:
+    url = server.base_url + path
+    drive: Callable[[str, float, bool], dict[str, Any]] = (
+        run_wrk if shutil.which("wrk") else run_httpx
+    )
+    probe = httpx.get(server.base_url + ("/products/1" if sequential else path), timeout=5)
+    if not sequential:
+        drive(url, min(1.0, seconds), False)  # warm up: connections, caches, code paths
+    numbers = drive(url, seconds, sequential)
+    x_cache = "MISS" if sequential else probe.headers.get("X-Cache", "-")
+    if not sequential:
+        x_cache = httpx.get(url, timeout=5).headers.get("X-Cache", "-")
+    result = Result(name, x_cache, **numbers)
+    print(f"bench http: {name}: {result.requests_per_s:.0f} req/s", file=sys.stderr)
+    return result
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def prepare_database() -> str:
+    base = os.environ.get("DATABASE_URL", "postgresql://127.0.0.1:5432/pgbust")
+    ensure_database(with_database(base, "postgres"), DATABASE)
+    url = with_database(base, DATABASE)
+    migrate.upgrade(url)
+    with psycopg.connect(url) as conn:
+        counts = seed.count(conn)
+    if (counts.products, counts.categories) != (PRODUCTS, CATEGORIES):
+        seed.seed(url, products=PRODUCTS, categories=CATEGORIES, replace=True)
+    return url
+
+
+def run(out: Path, quick: bool) -> None:
+    seconds = 2.0 if quick else 8.0
+    database_url = prepare_database()
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    log = out / "http-servers.log"
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[Result] = []
+
+    def api(**settings: str) -> Any:
+        return api_server(database_url, redis_url, log, **settings)
+
+    with api(cache_mode="cdc") as server:
+        body_size = len(httpx.get(server.base_url + "/products/1").content)
+        results.append(measure("product, L1 hit", server, "/products/1", seconds))
+        results.append(measure("summary, cached (L1)", server, "/categories/1/summary", seconds))
+    with api(cache_mode="cdc", l1_max_entries="0") as server:
+        results.append(measure("product, L2 hit", server, "/products/1", seconds))
+        results.append(measure("product, MISS", server, "/products", seconds, sequential=True))
+    with api(cache_mode="off") as server:
+        results.append(measure("product, no cache", server, "/products/1", seconds))
+        results.append(measure("summary, no cache", server, "/categories/1/summary", seconds))
+    with bare_server(body_size, log) as server:
+        results.append(measure("bare FastAPI constant", server, "/products/1", seconds))
+
+    by_name = {r.scenario: r for r in results}
+    ratios = {
+        "l1_hit_vs_bare": _ratio(by_name["product, L1 hit"], by_name["bare FastAPI constant"]),
+        "summary_cached_vs_uncached": _ratio(
+            by_name["summary, cached (L1)"], by_name["summary, no cache"]
+        ),
+    }
+    data = {
+        "settings": {
+            "products": PRODUCTS,
+            "categories": CATEGORIES,
+            "seconds_per_scenario": seconds,
+            "connections": CONNECTIONS,
+            "uvicorn_workers": 1,
+            "body_bytes": body_size,
+            "loadavg_at_end": os.getloadavg(),
+        },
+        "results": [asdict(r) for r in results],
+        "ratios": ratios,
+        "targets": {"l1_hit_vs_bare": ">= 0.70", "summary_cached_vs_uncached": ">= 10"},
+    }
+    rows = [
+        [r.scenario, r.x_cache, f"{r.requests_per_s:,.0f}", r.p50_ms, r.p99_ms, r.errors]
+        for r in results
+    ]
+    table = markdown_table(["scenario", "X-Cache", "req/s", "p50 ms", "p99 ms", "errors"], rows)
+    table += (
+        f"\nL1 hit / bare FastAPI: **{ratios['l1_hit_vs_bare']:.2f}** (target >= 0.70); "
+        f"summary cached / uncached: **{ratios['summary_cached_vs_uncached']:.1f}x** "
+        f"(target >= 10x). {CONNECTIONS} connections, 1 uvicorn worker, "
+        f"{results[0].driver}, {seconds:.0f} s per scenario, {PRODUCTS:,} products.\n"
+    )
+    write(out, "http", data, table)
+
+
+def _ratio(a: Result, b: Result) -> float:
+    return round(a.requests_per_s / b.requests_per_s, 3) if b.requests_per_s else 0.0
