@@ -1,0 +1,386 @@
+"""Invalidator benchmarks: commit -> Redis-delete lag at steady write rates, raw event
+throughput of parse + rules + batching, and the write overhead of the capture triggers.
+
+Runs against a scratch database on DATABASE_URL's server (created, seeded with 100k products,
+dropped at the end) and a private namespace on REDIS_URL. Writers are pgbench processes; the
+invalidator runs in this process and reports each applied batch through its `on_applied` hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from bench import report
+from db import capture, migrate, seed
+from invalidator.app import Invalidator
+from invalidator.batcher import Batch
+from invalidator.payload import parse
+from invalidator.settings import Settings
+from pgbust.devservers import with_database
+
+PRODUCTS = 100_000
+UPDATE_SCRIPT = (
+    "\\set id random(1, 100000)\nUPDATE products SET stock = stock + 1 WHERE id = :id;\n"
+)
+# A reference point: the naive design, one pg_notify per row from a FOR EACH ROW trigger.
+ROW_TRIGGER_SQL = """
+CREATE OR REPLACE FUNCTION pgbust.bench_row_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('pgbust_bench_rows', json_build_object(
+        't', TG_TABLE_NAME, 'op', TG_OP, 'id', NEW.id, 'category_id', NEW.category_id)::text);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER bench_row_notify AFTER UPDATE ON products
+    FOR EACH ROW EXECUTE FUNCTION pgbust.bench_row_notify();
+"""
+DROP_ROW_TRIGGER_SQL = "DROP TRIGGER IF EXISTS bench_row_notify ON products"
+
+
+# --- scratch database ----------------------------------------------------------------------
+
+
+@contextmanager
+def scratch_database(server_url: str) -> Iterator[str]:
+    admin = with_database(server_url, "postgres")
+    name = f"pgbust_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = with_database(server_url, name)
+    try:
+        migrate.upgrade(url)
+        seed.seed(url, products=PRODUCTS, categories=20, replace=True)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE products")
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+# --- pgbench -------------------------------------------------------------------------------
+
+_TPS_RE = re.compile(r"^tps = ([0-9.]+)", re.MULTILINE)
+
+
+def _pgbench_cmd(
+    url: str, script: Path, clients: int, seconds: float, rate: int | None
+) -> list[str]:
+    pgbench = shutil.which("pgbench") or "pgbench"
+    cmd = [pgbench, "-n", "-f", str(script), "-c", str(clients), "-j", str(min(clients, 2))]
+    cmd += ["-T", str(max(1, round(seconds)))]
+    if rate is not None:
+        cmd += ["-R", str(rate)]
+    return [*cmd, url]
+
+
+def _tps(output: str) -> float:
+    match = _TPS_RE.search(output)
+    if match is None:
+        raise RuntimeError(f"pgbench printed no tps:\n{output[-2000:]}")
+    return float(match.group(1))
+
+
+async def pgbench(
+    url: str,
+    script: Path,
+    clients: int,
+    seconds: float,
+    rate: int | None = None,
+    options: str | None = None,
+) -> float:
+    env = {**os.environ, "PGOPTIONS": options} if options else None
+    proc = await asyncio.create_subprocess_exec(
+        *_pgbench_cmd(url, script, clients, seconds, rate),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    return _tps(out.decode(errors="replace"))
+
+
+# --- 1. throughput of the pure path --------------------------------------------------------
+
+
+def _payloads(n: int) -> list[str]:
+    rng = random.Random(7)
+    out = []
+    for _ in range(n):
+        rows = [
+            [rng.randint(1, PRODUCTS), rng.randint(1, 20)] for _ in range(rng.choice((1, 1, 1, 2)))
+        ]
+        body = {"v": 1, "t": "products", "op": "U", "ts": time.time_ns() // 1000,
+                "c": ["id", "category_id"], "r": rows}  # fmt: skip
+        out.append(orjson.dumps(body).decode())
+    return out
+
+
+def throughput(events: int, batch_max: int = 2000) -> dict[str, Any]:
+    payloads = _payloads(events)
+    started = time.perf_counter()
+    batches = 0
+    batch = Batch()
+    for raw in payloads:
+        batch.add(parse(raw))
+        if len(batch) >= batch_max:
+            batch.targets()
+            batches += 1
+            batch = Batch()
+    batch.targets()
+    elapsed = time.perf_counter() - started
+    return {"events": events, "seconds": round(elapsed, 3), "events_per_s": round(events / elapsed)}
+
+
+# --- 2. commit -> delete lag at steady rates -----------------------------------------------
+
+
+def steady_writer(url: str, rate: float, start_at: float, seconds: float, seed_: int) -> list[Any]:
+    """One writer process: single-row UPDATEs at a steady rate (open loop, like pgbench -R).
+
+    Returns (product_id, sent_us, acked_us) per write; acked = COMMIT returned to the client.
+    """
+    rng = random.Random(seed_)
+    out: list[tuple[int, int, int]] = []
+    interval = 1.0 / rate
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT 1")
+        while time.time() < start_at:
+            time.sleep(0.001)
+        next_at = time.monotonic()
+        stop_at = next_at + seconds
+        while next_at < stop_at and time.monotonic() < stop_at:  # behind schedule: stop anyway
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            product_id = rng.randint(1, PRODUCTS)
+            sent = time.time_ns() // 1000
+            conn.execute(
+                "UPDATE products SET stock = stock + 1 WHERE id = %s", (product_id,), prepare=True
+            )
+            out.append((product_id, sent, time.time_ns() // 1000))
+            next_at += interval
+    return out
+
+
+def _ack_lags(writes: list[tuple[int, int, int]], deleted: dict[int, list[int]]) -> list[float]:
+    """Acknowledged commit -> key deleted, per write (negative: deleted before the ack came)."""
+    lags = []
+    for product_id, sent, acked in writes:
+        done = [d for d in deleted.get(product_id, []) if d > sent]
+        if done:
+            lags.append((min(done) - acked) / 1000)
+    return lags
+
+
+async def lag_at_rates(
+    url: str, redis_url: str, rates: list[int], seconds: float
+) -> list[dict[str, Any]]:
+    trigger_lags_ms: list[float] = []
+    deleted: dict[int, list[int]] = {}
+    collecting = False
+
+    def on_applied(batch: Batch, done_us: int) -> None:
+        if not collecting:
+            return
+        trigger_lags_ms.extend((done_us - ts) / 1000 for ts in batch.timestamps)
+        for key in batch.keys:
+            deleted.setdefault(int(key.rsplit(":", 1)[1]), []).append(done_us)
+
+    settings = Settings(
+        database_url=url,
+        redis_url=redis_url,
+        namespace=f"bench{uuid.uuid4().hex[:8]}",
+        lock_id=random.randint(1, 2**40),
+        warm_top=0,
+    )
+    daemon = Invalidator(settings, on_applied=on_applied, serve_http=False)
+    task = asyncio.create_task(daemon.run())
+    await asyncio.wait_for(daemon.started.wait(), 20)
+    await asyncio.sleep(0.5)
+    loop = asyncio.get_running_loop()
+    results = []
+    try:
+        for rate in rates:
+            writers = max(1, min(8, rate // 400))
+            trigger_lags_ms.clear()
+            deleted.clear()
+            batches_before = _batches(daemon)
+            start_at = time.time() + 3.0  # writers are spawned processes: let them start
+            with ProcessPoolExecutor(writers, mp_context=get_context("spawn")) as pool:
+                futures = [
+                    loop.run_in_executor(
+                        pool, steady_writer, url, rate / writers, start_at, seconds, i
+                    )
+                    for i in range(writers)
+                ]
+                collecting = True
+                parts = await asyncio.gather(*futures)
+            await asyncio.sleep(0.3)  # let the last notifications drain
+            collecting = False
+            writes = [w for part in parts for w in part]
+            results.append(
+                {
+                    "target_writes_per_s": rate,
+                    "writer_processes": writers,
+                    "achieved_writes_per_s": round(len(writes) / seconds),
+                    "writer_commit_ms": report.percentiles([(a - s) / 1000 for _, s, a in writes]),
+                    "events": len(trigger_lags_ms),
+                    "batches": int(_batches(daemon) - batches_before),
+                    "trigger_to_delete_ms": report.percentiles(trigger_lags_ms),
+                    "ack_to_delete_ms": report.percentiles(_ack_lags(writes, deleted)),
+                }
+            )
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 20)
+    return results
+
+
+def _batches(daemon: Invalidator) -> float:
+    return daemon.metrics.registry.get_sample_value("pgbust_invalidator_batches_total") or 0.0
+
+
+# --- 3. write overhead of the triggers -----------------------------------------------------
+
+
+async def _set_capture(url: str, mode: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(DROP_ROW_TRIGGER_SQL)
+        if mode == "capture":
+            capture.install(conn)
+        else:
+            capture.remove(conn)
+        if mode == "row_notify":
+            conn.execute(ROW_TRIGGER_SQL)
+
+
+async def trigger_overhead(
+    url: str, clients_list: list[int], seconds: float, script: Path, repeats: int
+) -> list[dict[str, Any]]:
+    """Best of `repeats` runs per configuration (the machine is shared: best = least disturbed)."""
+    await pgbench(url, script, 8, 2)  # warm-up: caches, connections
+    configs = [
+        ("tps_without_triggers", "none", None),
+        ("tps_with_capture", "capture", None),
+        ("tps_row_level_notify_reference", "row_notify", None),
+        ("tps_capture_synchronous_commit_off", "capture", "-c synchronous_commit=off"),
+    ]
+    rows = []
+    for clients in clients_list:
+        row: dict[str, Any] = {"clients": clients}
+        for _ in range(repeats):
+            for name, mode, options in configs:
+                await _set_capture(url, mode)
+                tps = await pgbench(url, script, clients, seconds, options=options)
+                row[name] = max(row.get(name, 0), round(tps))
+        row["ratio"] = round(row["tps_with_capture"] / row["tps_without_triggers"], 3)
+        rows.append(row)
+    await _set_capture(url, "capture")
+    return rows
+
+
+# --- entry point ---------------------------------------------------------------------------
+
+
+def _table(data: dict[str, Any]) -> str:
+    thr = data["throughput"]
+    md = "### Commit -> key deleted in Redis, ms\n\n"
+    md += "trigger = the writer's statement (clock_timestamp() in the trigger) -> Redis call "
+    md += "returned; ack = COMMIT returned to the writer -> Redis call returned.\n\n"
+    md += report.markdown_table(
+        ["writes/s target", "achieved", "writer commit p50", "batches",
+         "trigger p50", "trigger p99", "trigger max", "ack p50", "ack p99", "ack max"],
+        [
+            [
+                r["target_writes_per_s"],
+                r["achieved_writes_per_s"],
+                r["writer_commit_ms"]["p50"],
+                r["batches"],
+                r["trigger_to_delete_ms"]["p50"],
+                r["trigger_to_delete_ms"]["p99"],
+                r["trigger_to_delete_ms"]["max"],
+                r["ack_to_delete_ms"]["p50"],
+                r["ack_to_delete_ms"]["p99"],
+                r["ack_to_delete_ms"]["max"],
+            ]
+            for r in data["lag"]
+        ],
+    )  # fmt: skip
+    load = data["load_average_1m"]
+    md += f"\n1-minute load average on {os.cpu_count()} cores: {load['start']} at the start, "
+    md += f"{load['end']} at the end (the machine is shared).\n"
+    md += "\n### Throughput of parse + rules + batching (one core, no I/O)\n\n"
+    md += report.markdown_table(
+        ["events", "seconds", "events/s"], [[thr["events"], thr["seconds"], thr["events_per_s"]]]
+    )
+    md += "\n### Write overhead: pgbench single-row UPDATE TPS\n\n"
+    md += report.markdown_table(
+        [
+            "clients",
+            "no triggers",
+            "pgbust capture",
+            "ratio",
+            "row-level pg_notify (reference)",
+            "capture, writer synchronous_commit=off",
+        ],
+        [
+            [
+                r["clients"],
+                r["tps_without_triggers"],
+                r["tps_with_capture"],
+                r["ratio"],
+                r["tps_row_level_notify_reference"],
+                r["tps_capture_synchronous_commit_off"],
+            ]
+            for r in data["overhead"]
+        ],
+    )
+    return md
+
+
+async def _run(quick: bool) -> dict[str, Any]:
+    server = os.environ.get("DATABASE_URL", "postgresql://127.0.0.1:5432/pgbust")
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    seconds = 3.0 if quick else 8.0
+    load_before = round(os.getloadavg()[0], 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "update.sql"
+        script.write_text(UPDATE_SCRIPT)
+        with scratch_database(server) as url:
+            lag = await lag_at_rates(url, redis_url, [100, 1000, 5000], seconds)
+            overhead = await trigger_overhead(
+                url, [1, 8, 32], seconds, script, repeats=1 if quick else 2
+            )
+    return {
+        "quick": quick,
+        "load_average_1m": {"start": load_before, "end": round(os.getloadavg()[0], 2)},
+        "seconds_per_run": seconds,
+        "throughput": throughput(50_000 if quick else 300_000),
+        "lag": lag,
+        "overhead": overhead,
+    }
+
+
+def run(out: Path, quick: bool) -> None:
+    data = asyncio.run(_run(quick))
+    report.write(out, "invalidator", data, _table(data))
+    print(_table(data))
