@@ -9,16 +9,16 @@ from pydantic import AliasChoices, Field, field_validator
 
 from pgbust.settings import CommonSettings
 
-_BROKER_SCHEMES = r"^(redis|rediss|unix|amqp|amqps|pyamqp|memory)://"
+_BROKER_SCHEMES = r"^(redis|rediss|redis\+socket|amqp|amqps|pyamqp|memory)://"
 
 
 def broker_from_redis_url(redis_url: str, db: int = 1) -> str:
     """The default broker: the cache's Redis server, but a database of its own (db 1)."""
     parts = urlsplit(redis_url)
-    if parts.scheme == "unix":
-        query = dict(parse_qsl(parts.query))
-        query["db"] = str(db)
-        return urlunsplit(parts._replace(query=urlencode(query)))
+    if parts.scheme == "unix":  # kombu spells a socket redis+socket:// with virtual_host=db
+        query = {k: v for k, v in parse_qsl(parts.query) if k != "db"}
+        query["virtual_host"] = str(db)
+        return f"redis+socket://{parts.path}?{urlencode(query)}"
     return urlunsplit(parts._replace(path=f"/{db}"))
 
 
@@ -59,7 +59,9 @@ class Settings(CommonSettings):
     @classmethod
     def _check_broker_url(cls, value: str) -> str:
         if value and not re.match(_BROKER_SCHEMES, value):
-            raise ValueError("must start with redis://, rediss://, amqp:// or pyamqp://")
+            raise ValueError(
+                "must start with redis://, rediss://, redis+socket://, amqp:// or pyamqp://"
+            )
         return value
 
     @property
