@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -63,7 +65,10 @@ class ScenarioRecord:
 class ChaosStack:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.postgres = PostgresCluster(root / "pg")
+        # not under pytest's basetemp: every pytest run (other sessions too) chmods
+        # /tmp/pytest-of-<user> to 0700, which would lock the postgres user out of its data
+        self._pg_root = Path(tempfile.mkdtemp(prefix="pgbust-chaos-pg-"))
+        self.postgres = PostgresCluster(self._pg_root / "pg")
         self.redis = RedisServer(root / "redis")
         self.proxy: TcpProxy | None = None
         self.namespace = f"chaos{uuid.uuid4().hex[:8]}"
@@ -108,6 +113,8 @@ class ChaosStack:
             API_TOKEN=API_TOKEN,
             PGBUST_NAMESPACE=self.namespace,
             PGBUST_LOG_LEVEL="INFO",
+            # a task of a SIGKILLed worker comes back after this long (Redis broker)
+            PGBUST_VISIBILITY_TIMEOUT_S="4",
             PYTHONUNBUFFERED="1",
         )
         return env
@@ -138,6 +145,7 @@ class ChaosStack:
             self.redis.stop(keep_snapshot=False)
         with contextlib.suppress(Exception):
             self.postgres.stop("immediate")
+        shutil.rmtree(self._pg_root, ignore_errors=True)
 
     def _name(self, role: str) -> str:
         self._spawned += 1
