@@ -16,7 +16,7 @@ from loadtest.settings import Settings
 PLAN_ENV = "PGBUST_LOADTEST_PLAN"
 # A writer user sends at most this many writes per second (keeps each one well below its
 # round-trip time so the target rate is reached even when the API slows down).
-WRITES_PER_WRITER = 15.0
+WRITES_PER_WRITER = 8.0
 
 
 class PlanError(ValueError):

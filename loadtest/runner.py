@@ -217,9 +217,11 @@ def run_mode(
     if not raw_path.exists():
         raise StartupError(f"the load generator wrote no record; see {out / 'locust.log'}")
     raw = RawRun.from_json(orjson.loads(raw_path.read_bytes()))
+    warmup = min(settings.loadtest_warmup_s, duration_s / 2)
     summary = summarize(
         raw,
         messages if mode == "cdc" else None,
+        warmup_s=warmup,
         extra={
             "settings": {
                 "users": plan.users,
@@ -239,6 +241,8 @@ def run_mode(
                 "namespace": namespace,
             },
             "wall_s": round(time.time() - started, 1),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+            "cpus": os.cpu_count(),
         },
     )
     (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))

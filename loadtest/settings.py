@@ -34,6 +34,9 @@ class Settings(CommonSettings):
     loadtest_zipf_s: float = Field(
         default=1.0, ge=0, le=3, description="Zipf exponent of the product-id skew (0 = uniform)"
     )
+    loadtest_warmup_s: float = Field(
+        default=5.0, ge=0, description="first seconds of each run left out of the numbers"
+    )
     loadtest_api_instances: int = Field(default=2, ge=1, le=8)
     loadtest_ttl_s: float = Field(default=30.0, gt=0, description="cache TTL of the ttl mode")
     loadtest_seed_products: int = Field(default=100_000, ge=1)

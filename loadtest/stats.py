@@ -96,19 +96,41 @@ class RawRun:
             extra=dict(body.get("extra", {})),
         )
 
+    def after(self, start: float) -> RawRun:
+        """The part of the run from `start` on (reads sent and writes sent at or after it)."""
+        keep = [i for i, sent in enumerate(self.read_sent) if sent >= start]
+        writes = [i for i, w in enumerate(self.writes) if w.sent_at >= start]
+        return RawRun(
+            mode=self.mode,
+            started_at=start,
+            stopped_at=max(self.stopped_at, start),
+            read_sent=[self.read_sent[i] for i in keep],
+            read_ms=[self.read_ms[i] for i in keep],
+            read_kind=[self.read_kind[i] for i in keep],
+            read_stale_ms=[self.read_stale_ms[i] for i in keep],
+            writes=[self.writes[i] for i in writes],
+            write_ms=[self.write_ms[i] for i in writes if i < len(self.write_ms)],
+            errors=self.errors,
+            cpu_percent=self.cpu_percent,
+            extra=self.extra,
+        )
+
 
 def summarize(
-    raw: RawRun,
+    full: RawRun,
     messages: Sequence[Received] | None,
     *,
+    warmup_s: float = 0.0,
     timeline_step_s: float = 1.0,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """summary.json: the DESIGN.md fields first, then the extras.
 
-    messages=None means the mode has no invalidation channel (nocache, ttl): the lag fields are
-    null rather than a misleading zero.
+    The first warmup_s seconds (caches filling up) are left out of every number but the
+    timeline. messages=None means the mode has no invalidation channel (nocache, ttl): the lag
+    fields are null rather than a misleading zero.
     """
+    raw = full.after(full.started_at + warmup_s) if warmup_s > 0 else full
     duration = max(raw.stopped_at - raw.started_at, 1e-9)
     judged = [ms for ms in raw.read_stale_ms if ms is not None]
     staleness = [ms for ms in judged if ms > 0]
@@ -141,7 +163,8 @@ def summarize(
         "reads_by_kind": _by_kind(raw),
         **lag_fields,
         "locust_cpu_percent": raw.cpu_percent,
-        "timeline": timeline(raw, timeline_step_s),
+        "warmup_s": warmup_s,
+        "timeline": timeline(full, timeline_step_s),
     }
     summary.update(raw.extra)
     summary.update(extra or {})

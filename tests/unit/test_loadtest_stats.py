@@ -142,3 +142,12 @@ def test_compare_table_and_chart(tmp_path: Path) -> None:
     png = tmp_path / "compare.png"
     report.chart(summaries, png)
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_warmup_is_left_out_of_the_numbers_but_not_the_timeline() -> None:
+    summary = summarize(_raw(), [], warmup_s=1.5)
+    assert summary["reads"] == 2  # the reads sent at 100.1 and 101.2 are warm-up
+    assert summary["writes"] == 0  # both writes were sent before 101.5
+    assert summary["duration_s"] == pytest.approx(8.5)
+    assert summary["warmup_s"] == 1.5
+    assert sum(row["reads"] for row in summary["timeline"]) == 4
