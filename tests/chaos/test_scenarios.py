@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import time
 
+import httpx
 import psycopg
 import pytest
 import redis
@@ -18,6 +19,7 @@ from tests.chaos.scenario import Inject, Plan, run_scenario
 from tests.chaos.stack import ChaosStack, ScenarioRecord
 from tests.support.load import LoadDriver
 from tests.support.servers import wait_until
+from tests.support.sweep import probe_write
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -280,3 +282,29 @@ def test_delayed_and_cut_network_between_api_and_redis(
     stack: ChaosStack, chaos_results: list[ScenarioRecord], plan: Plan
 ) -> None:
     run_scenario(stack, chaos_results, "8_api_redis_network_faults", _bad_network, plan)
+
+
+# --- control: the sweep is not vacuous ---
+
+
+def test_final_sweep_detects_a_stale_entry_while_invalidation_is_paused(stack: ChaosStack) -> None:
+    """With every invalidator paused, an out-of-band write leaves cached copies stale: the
+    sweep must see them (on both instances), and they must be gone once invalidation resumes."""
+    stack.heal()
+    product_id = 7
+    for base in stack.api_urls:
+        for _ in range(2):
+            httpx.get(f"{base}/products/{product_id}", timeout=5).raise_for_status()
+    for proc in stack.invalidators:
+        proc.signal(signal.SIGSTOP)
+    try:
+        probe_write(stack.database_url, product_id)
+        sweep = stack.sweep()
+    finally:
+        for proc in stack.invalidators:
+            proc.signal(signal.SIGCONT)
+    stale = {(d.where, d.entry) for d in sweep.differences}
+    for base in stack.api_urls:
+        assert (base, f"product:{product_id}") in stale, sweep.report()
+    assert stack.drain() is not None
+    assert stack.sweep().stale == 0
