@@ -1,0 +1,108 @@
+"""One short real run of every mode: the runner starts its stack, Locust loads it, the oracle
+judges every read. Loose bounds only (the benchmark reports the real figures)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from db import seed
+from loadtest.runner import compare
+from loadtest.settings import Settings
+from tests.support.servers import RedisServer
+
+DESIGN_FIELDS = {
+    "mode",
+    "duration_s",
+    "reads",
+    "writes",
+    "oob_writes",
+    "errors",
+    "read_rps",
+    "write_rps",
+    "read_latency_ms",
+    "stale_reads",
+    "stale_ratio",
+    "staleness_ms",
+    "invalidation_lag_ms",
+}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def three_modes(
+    database_url: str,
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, dict[str, Any]]]:
+    seed.seed(database_url, products=200, categories=5, replace=True)
+    out = tmp_path_factory.mktemp("loadtest")
+    settings = Settings(
+        database_url=database_url,
+        redis_url=redis_server.url,
+        namespace="tlt",
+        loadtest_users=14,
+        loadtest_write_rps=40.0,
+        loadtest_warmup_s=1.0,
+        loadtest_ttl_s=30.0,
+        loadtest_worker=False,
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CELERY_BROKER_URL", f"redis://127.0.0.1:{redis_server.port}/1")
+        summaries = compare(settings, out, duration_s=4)
+    return out, summaries
+
+
+@pytest.mark.parametrize("mode", ["nocache", "ttl", "cdc"])
+def test_every_mode_writes_a_summary_with_reads_and_writes(
+    three_modes: tuple[Path, dict[str, dict[str, Any]]], mode: str
+) -> None:
+    out, _ = three_modes
+    summary = json.loads((out / mode / "summary.json").read_text())
+    assert summary.keys() >= DESIGN_FIELDS
+    assert summary["mode"] == mode
+    assert summary["reads"] > 0
+    assert summary["writes"] > 0
+    assert summary["oob_writes"] > 0
+    assert summary["judged_reads"] > 0
+    assert summary["errors"] == 0
+    assert (out / mode / "locust_stats.csv").exists()
+    assert (out / mode / "locust.html").exists()
+
+
+def test_cdc_has_no_read_stale_by_a_second(
+    three_modes: tuple[Path, dict[str, dict[str, Any]]],
+) -> None:
+    cdc = three_modes[1]["cdc"]
+    assert cdc["stale_reads_over_1s"] == 0
+    assert cdc["staleness_ms"]["max"] < 1000.0
+    assert cdc["invalidation_lag_ms"]["n"] == cdc["writes"]
+    assert cdc["writes_never_invalidated"] == 0
+
+
+def test_ttl_is_judged_by_the_same_oracle_and_shows_stale_reads(
+    three_modes: tuple[Path, dict[str, dict[str, Any]]],
+) -> None:
+    ttl = three_modes[1]["ttl"]
+    assert ttl["stale_reads"] > 0  # 200 products written ~40/s behind a 30 s TTL
+    assert ttl["invalidation_lag_ms"]["p99"] is None  # no channel in ttl mode
+
+
+def test_nocache_never_serves_a_stale_read(
+    three_modes: tuple[Path, dict[str, dict[str, Any]]],
+) -> None:
+    assert three_modes[1]["nocache"]["stale_reads"] == 0
+
+
+def test_compare_writes_the_table_json_and_chart(
+    three_modes: tuple[Path, dict[str, dict[str, Any]]],
+) -> None:
+    out, _ = three_modes
+    table = (out / "compare.md").read_text()
+    assert "| nocache |" in table and "| ttl |" in table and "| cdc |" in table
+    assert set(json.loads((out / "compare.json").read_text())["modes"]) == {"nocache", "ttl", "cdc"}
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
