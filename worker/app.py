@@ -7,10 +7,14 @@ worker redoes it.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
 
+from pgbust.cli import fail
+from pgbust.errors import ConfigError
 from pgbust.settings import load_settings
 from worker.settings import Settings
 
@@ -72,5 +76,14 @@ def create_app(settings: Settings) -> Celery:
     return app
 
 
-settings: Settings = load_settings(Settings)
+def _settings_from_env() -> Settings:
+    try:
+        return load_settings(Settings)
+    except ConfigError as exc:
+        if Path(sys.argv[0]).name == "celery":  # `celery -A worker ...`: one line, exit 2
+            fail("worker", str(exc), 2)
+        raise
+
+
+settings: Settings = _settings_from_env()
 app: Celery = create_app(settings)

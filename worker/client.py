@@ -16,8 +16,7 @@ from typing import Any
 
 from celery import Celery
 
-from pgbust.errors import PgbustError
-from worker.app import app, create_app, settings
+from pgbust.errors import ConfigError, PgbustError
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,6 +41,8 @@ class TaskSender:
     """
 
     def __init__(self, settings: Settings, celery_app: Celery | None = None) -> None:
+        from worker.app import create_app
+
         self.settings = settings
         self.app = celery_app if celery_app is not None else create_app(settings)
         self._connection = self.app.connection_for_write(settings.broker_url)
@@ -94,8 +95,18 @@ class TaskSender:
 
 
 @cache
-def default_sender() -> TaskSender:
+def _default_sender() -> TaskSender:
+    from worker.app import app, settings  # loads the settings of the environment
+
     return TaskSender(settings, app)
+
+
+def default_sender() -> TaskSender:
+    """The sender with the environment's settings (a bad setting is an EnqueueError)."""
+    try:
+        return _default_sender()
+    except ConfigError as exc:
+        raise EnqueueError(str(exc)) from None
 
 
 def enqueue_retry_invalidation(keys: list[str], tags: list[str], flush: bool, reason: str) -> None:
