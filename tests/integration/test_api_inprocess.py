@@ -381,3 +381,14 @@ async def test_metrics_and_docs_are_served(make_api: MakeApi) -> None:
         assert name in text
     assert (await client.get("/docs")).status_code == 200
     assert "/products/{product_id}" in (await client.get("/openapi.json")).json()["paths"]
+
+
+async def test_epoch_change_without_a_message_still_flushes_l1(
+    make_api: MakeApi, l2: RedisCache
+) -> None:
+    client, runtime = await make_api()
+    await client.get("/products/15")
+    assert (await client.get("/products/15")).headers["X-Cache"] == "L1"
+    await l2.client.incr(l2.keyspace.epoch)  # a flush whose message this instance never saw
+    await eventually(lambda: "product:15" not in runtime.l1, within_s=3)
+    assert (await client.get("/products/15")).headers["X-Cache"] == "MISS"

@@ -119,7 +119,7 @@ def test_killed_subscriber_connection_flushes_l1_and_resubscribes(
     assert wait_until(lambda: get(a, "/products/4").headers["X-Cache"] != "L1")
 
 
-def test_healthz_is_503_while_redis_is_unreachable(
+def test_healthz_is_503_while_redis_is_unreachable_and_recovers_with_a_new_epoch(
     procs: ProcessManager, seeded: Counts, tmp_path: Any
 ) -> None:
     from tests.support.servers import RedisServer
@@ -136,8 +136,23 @@ def test_healthz_is_503_while_redis_is_unreachable(
         # reads still work, from Postgres, and never from a possibly stale L1
         response = get(api, "/products/5")
         assert response.status_code == 200 and response.headers["X-Cache"] == "MISS"
+        # Redis comes back (empty, a new run id): resubscribed, epoch bumped, healthy again
+        private.start()
+        assert wait_until(lambda: httpx.get(api.base_url + "/healthz").status_code == 200)
+        assert httpx.get(api.base_url + "/healthz").json()["subscriber"]["reconnects"] >= 1
+        client = private.client()
+        try:
+            assert int(client.get(f"{stack_env_ns(api)}:epoch") or 0) > 0
+        finally:
+            client.close()
+        get(api, "/products/5")
+        assert get(api, "/products/5").headers["X-Cache"] == "L1"
     finally:
         private.stop(keep_snapshot=False)
+
+
+def stack_env_ns(proc: ManagedProcess) -> str:
+    return proc.env["PGBUST_NAMESPACE"]
 
 
 def test_sigterm_exits_cleanly(procs: ProcessManager, seeded: Counts) -> None:
