@@ -12,6 +12,7 @@ BENCHMARKS = {
     "invalidator": "bench.invalidator",
     "http": "bench.http",
     "loadtest": "bench.loadtest",
+    "worker": "bench.worker",
 }
 
 
