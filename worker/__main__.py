@@ -19,6 +19,7 @@ from pgbust.cli import run_guarded, setup_logging
 from pgbust.redis_cache import RedisCache
 from pgbust.settings import load_settings
 from worker.audit import AuditReport
+from worker.runtime import runtime
 from worker.settings import Settings
 
 
@@ -39,7 +40,10 @@ def _audit(settings: Settings, sample: int, as_json: bool) -> None:
     async def job(cache: RedisCache, conn: psycopg.AsyncConnection[Any]) -> AuditReport:
         return await tasks.run_audit(cache, conn, sample, settings.audit_grace_ms)
 
-    report = tasks.run_with_cache_and_db(job)
+    try:
+        report = tasks.run_with_cache_and_db(job)
+    finally:
+        runtime(settings).close()
     if as_json:
         print(orjson.dumps(report.as_dict()).decode())
         return

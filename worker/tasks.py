@@ -1,13 +1,12 @@
 """The Celery tasks: thin synchronous wrappers that run a job of jobs.py / audit.py.
 
-Each task opens its own Redis client (and Postgres connection when it reads the database)
-inside asyncio.run, so nothing is shared across the prefork pool's processes. Tasks are
+Each pool process runs its tasks on its own event loop, Redis client and Postgres connection
+(worker/runtime.py), so nothing is shared across the prefork pool's processes. Tasks are
 acknowledged late and idempotent: a redelivered task simply does the remaining work.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -15,7 +14,6 @@ from typing import Any, TypeVar
 
 import psycopg
 import redis
-import redis.asyncio as aioredis
 from celery.signals import task_prerun, worker_init
 
 from pgbust.keys import Keyspace
@@ -24,6 +22,7 @@ from pgbust.redis_cache import RedisCache
 from worker import audit as audit_job
 from worker import client, jobs, stats
 from worker.app import app, settings
+from worker.runtime import runtime
 
 log = logging.getLogger(__name__)
 
@@ -50,36 +49,16 @@ def _keyspace() -> Keyspace:
     return Keyspace(settings.namespace)
 
 
-def _redis() -> aioredis.Redis:
-    return aioredis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=2.0, socket_timeout=10.0
-    )
-
-
 def run_with_cache(job: Callable[[RedisCache], Awaitable[T]]) -> T:
-    """Run one async job against a fresh Redis client (the sync bridge of every task)."""
-
-    async def main() -> T:
-        redis_client = _redis()
-        try:
-            return await job(RedisCache(redis_client, _keyspace()))
-        finally:
-            await redis_client.aclose()
-
-    return asyncio.run(main())
+    """Run one async job on this process's Redis client (the sync bridge of every task)."""
+    return runtime(settings).run(job)
 
 
 def run_with_cache_and_db(
     job: Callable[[RedisCache, psycopg.AsyncConnection[Any]], Awaitable[T]],
 ) -> T:
-    async def with_db(cache: RedisCache) -> T:
-        conn = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
-        try:
-            return await job(cache, conn)
-        finally:
-            await conn.close()
-
-    return run_with_cache(with_db)
+    """Run one async job with this process's Redis client and Postgres connection."""
+    return runtime(settings).run_with_db(job)
 
 
 @_task(

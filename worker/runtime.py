@@ -1,0 +1,79 @@
+"""The sync bridge of the tasks: one event loop, Redis client and Postgres connection per
+worker process, reused by every task it runs (no connect per task).
+
+Created lazily in the process that runs tasks (after the prefork pool forked), and again if a
+process finds one inherited from its parent. A broken Postgres connection is reopened by the
+next task; the Redis client's pool reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import psycopg
+import redis.asyncio as aioredis
+
+from pgbust.keys import Keyspace
+from pgbust.redis_cache import RedisCache
+from worker.settings import Settings
+
+T = TypeVar("T")
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.redis = aioredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2.0, socket_timeout=10.0
+        )
+        self.cache = RedisCache(self.redis, Keyspace(settings.namespace))
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    def run(self, job: Callable[[RedisCache], Awaitable[T]]) -> T:
+        return self.loop.run_until_complete(job(self.cache))
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.settings.database_url, autocommit=True, connect_timeout=5
+            )
+        return self._conn
+
+    def run_with_db(
+        self, job: Callable[[RedisCache, psycopg.AsyncConnection[Any]], Awaitable[T]]
+    ) -> T:
+        async def main(cache: RedisCache) -> T:
+            conn = await self._connection()
+            try:
+                return await job(cache, conn)
+            except psycopg.Error:
+                await conn.close()  # the next task starts on a fresh connection
+                self._conn = None
+                raise
+
+        return self.run(main)
+
+    def close(self) -> None:
+        async def close_all() -> None:
+            if self._conn is not None:
+                await self._conn.close()
+            await self.redis.aclose()
+
+        self.loop.run_until_complete(close_all())
+        self.loop.close()
+
+
+_current: Runtime | None = None
+
+
+def runtime(settings: Settings) -> Runtime:
+    """This process's runtime (a new one after a fork: sockets are never shared)."""
+    global _current
+    if _current is None or _current.pid != os.getpid():
+        _current = Runtime(settings)
+    return _current
