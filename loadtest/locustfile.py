@@ -50,17 +50,20 @@ class Recorder:
         self.read_ms: list[float] = []
         self.read_kind: list[str] = []
         self.read_stale_ms: list[float | None] = []
+        self.read_source: list[str] = []  # X-Cache: L1, L2 or MISS
         self.writes: list[tuple[int, int, float, float, bool]] = []
         self.write_ms: list[float] = []
         self.errors: dict[str, int] = {"read": 0, "write": 0, "oob": 0}
-        self.sources: dict[str, int] = {}  # "<kind>:<X-Cache>" -> reads
         self.cpu_start = _cpu_seconds()
         self.cpu_percent: float | None = None
         self.stale = 0
         self.max_staleness_ms = 0.0
 
-    def read(self, kind: str, sent: float, ms: float, verdict: Judgement | None) -> None:
+    def read(
+        self, kind: str, sent: float, ms: float, source: str, verdict: Judgement | None
+    ) -> None:
         self.read_sent.append(sent)
+        self.read_source.append(source)
         self.read_ms.append(ms)
         self.read_kind.append(kind)
         if verdict is None:
@@ -97,12 +100,12 @@ class Recorder:
                     "ms": self.read_ms,
                     "kind": self.read_kind,
                     "stale_ms": self.read_stale_ms,
+                    "source": self.read_source,
                 },
                 "writes": self.writes,
                 "write_ms": self.write_ms,
                 "errors": self.errors,
                 "cpu_percent": self.cpu_percent,
-                "extra": {"read_sources": self.sources},
             }
         )
 
@@ -148,7 +151,7 @@ class ReaderUser(FastHttpUser):
         else:
             self._product()
 
-    def _get(self, path: str, name: str, kind: str) -> tuple[float, float, Any] | None:
+    def _get(self, path: str, name: str) -> tuple[float, float, str, Any] | None:
         sent = time.time()
         started = time.perf_counter()
         response = self.client.get(_api() + path, name=name)
@@ -157,37 +160,33 @@ class ReaderUser(FastHttpUser):
             RECORD.errors["read"] += 1
             return None
         headers: Any = response.headers or {}
-        source = f"{kind}:{headers.get('x-cache', '?')}"
-        RECORD.sources[source] = RECORD.sources.get(source, 0) + 1
-        return sent, elapsed_ms, orjson.loads(response.content)
+        return sent, elapsed_ms, str(headers.get("x-cache", "?")), orjson.loads(response.content)
 
     def _product(self) -> None:
         product_id = PRODUCTS()
-        got = self._get(f"/products/{product_id}", "GET /products/{id}", "product")
+        got = self._get(f"/products/{product_id}", "GET /products/{id}")
         if got is not None:
-            sent, ms, body = got
+            sent, ms, source, body = got
             verdict = RECORD.oracle.judge(product_id, int(body["version"]), sent)
-            RECORD.read("product", sent, ms, verdict)
+            RECORD.read("product", sent, ms, source, verdict)
 
     def _page(self) -> None:
         category_id = random.randint(*PLAN.category_ids)
         offset = random.choice(PAGE_OFFSETS)
         path = f"/categories/{category_id}/products?limit={PAGE_LIMIT}&offset={offset}"
-        got = self._get(path, "GET /categories/{id}/products", "page")
+        got = self._get(path, "GET /categories/{id}/products")
         if got is not None:
-            sent, ms, body = got
+            sent, ms, source, body = got
             items = _items(body)
             verdict = RECORD.oracle.judge_many(items, sent) if items else FRESH
-            RECORD.read("page", sent, ms, verdict)
+            RECORD.read("page", sent, ms, source, verdict)
 
     def _summary(self) -> None:
         category_id = random.randint(*PLAN.category_ids)
-        got = self._get(
-            f"/categories/{category_id}/summary", "GET /categories/{id}/summary", "summary"
-        )
+        got = self._get(f"/categories/{category_id}/summary", "GET /categories/{id}/summary")
         if got is not None:
-            sent, ms, _ = got
-            RECORD.read("summary", sent, ms, None)  # no version to judge
+            sent, ms, source, _ = got
+            RECORD.read("summary", sent, ms, source, None)  # no version to judge
 
 
 class ApiWriterUser(FastHttpUser):

@@ -15,6 +15,7 @@ HEADER = (
     "read p95 ms",
     "read p99 ms",
     "read req/s",
+    "cache hits",
     "write req/s (oob)",
     "stale reads",
     "stale ratio",
@@ -22,6 +23,7 @@ HEADER = (
     "max staleness ms",
     "inval. lag p99 ms (all / oob)",
     "gone within 10 ms",
+    "host load",
 )
 
 
@@ -58,6 +60,9 @@ def table_row(summary: Mapping[str, Any]) -> list[str]:
         _number(latency["p95"], 2),
         _number(latency["p99"], 2),
         _number(summary["read_rps"]),
+        "—"
+        if summary.get("cache_hit_ratio") is None
+        else f"{100.0 * summary['cache_hit_ratio']:.0f}%",
         f"{_number(summary['write_rps'])} ({_number(summary.get('oob_write_rps'))})",
         str(summary["stale_reads"]),
         f"{100.0 * summary['stale_ratio']:.3g}%",
@@ -65,6 +70,7 @@ def table_row(summary: Mapping[str, Any]) -> list[str]:
         _number(summary["staleness_ms"]["max"]),
         lag_text,
         _within(summary, 10.0),
+        _number((summary.get("load_average") or [None])[0], 1),
     ]
 
 

@@ -72,6 +72,7 @@ class RawRun:
     read_ms: list[float] = field(default_factory=list)
     read_kind: list[str] = field(default_factory=list)
     read_stale_ms: list[float | None] = field(default_factory=list)
+    read_source: list[str] = field(default_factory=list)  # X-Cache; may be empty
     writes: list[Write] = field(default_factory=list)
     write_ms: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
@@ -89,6 +90,7 @@ class RawRun:
             read_ms=list(reads["ms"]),
             read_kind=list(reads["kind"]),
             read_stale_ms=list(reads["stale_ms"]),
+            read_source=list(reads.get("source", [])),
             writes=[Write(int(w[0]), int(w[1]), w[2], w[3], bool(w[4])) for w in body["writes"]],
             write_ms=list(body.get("write_ms", [])),
             errors=dict(body.get("errors", {})),
@@ -108,6 +110,7 @@ class RawRun:
             read_ms=[self.read_ms[i] for i in keep],
             read_kind=[self.read_kind[i] for i in keep],
             read_stale_ms=[self.read_stale_ms[i] for i in keep],
+            read_source=[self.read_source[i] for i in keep if i < len(self.read_source)],
             writes=[self.writes[i] for i in writes],
             write_ms=[self.write_ms[i] for i in writes if i < len(self.write_ms)],
             errors=self.errors,
@@ -161,6 +164,7 @@ def summarize(
         "write_latency_ms": distribution(raw.write_ms),
         "errors_by_kind": raw.errors,
         "reads_by_kind": _by_kind(raw),
+        "cache_hit_ratio": _hit_ratio(raw.read_source),
         **lag_fields,
         "locust_cpu_percent": raw.cpu_percent,
         "warmup_s": warmup_s,
@@ -213,14 +217,26 @@ def _count(values: Iterable[str]) -> dict[str, int]:
     return counts
 
 
+def _hit_ratio(sources: Sequence[str]) -> float | None:
+    """Share of reads served by a cache tier (X-Cache L1 or L2); None without the header."""
+    if not sources:
+        return None
+    return round(sum(1 for s in sources if s in ("L1", "L2")) / len(sources), 4)
+
+
 def _by_kind(raw: RawRun) -> dict[str, Any]:
     body: dict[str, Any] = {}
+    sources = raw.read_source if len(raw.read_source) == len(raw.read_kind) else None
     for kind in READ_KINDS:
         latencies = [ms for ms, k in zip(raw.read_ms, raw.read_kind, strict=True) if k == kind]
         stale = [
             s for s, k in zip(raw.read_stale_ms, raw.read_kind, strict=True) if k == kind and s
         ]
         body[kind] = {"reads": len(latencies), "stale": len(stale), **distribution(latencies)}
+        if sources is not None:
+            mine = [s for s, k in zip(sources, raw.read_kind, strict=True) if k == kind]
+            body[kind]["sources"] = _count(mine)
+            body[kind]["hit_ratio"] = _hit_ratio(mine)
     return body
 
 
