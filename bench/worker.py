@@ -13,6 +13,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -151,7 +152,7 @@ class Bench:
             "entries": entries,
             "total_s": round(total_s, 3),
             "entries_per_s": round(entries / total_s),
-            "purge_commands": len(purge_commands),
+            "purge_commands": dict(Counter(_command_name(e) for e in purge_commands)),
             "longest_command_ms": round(longest / 1000, 3),
         }
 

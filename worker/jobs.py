@@ -103,10 +103,11 @@ async def purge_dead(cache: RedisCache, chunk: int) -> tuple[int, int]:
     cursor = 0
     while True:
         cursor, keys = await cache.client.scan(cursor, match=ks.value_pattern, count=chunk)
-        if keys:
-            scanned += len(keys)
-            names = [_text(k) for k in keys]
-            unlinked += int(await unlink_dead(keys=[ks.epoch, *names], args=["0"]))
+        names = [_text(k) for k in keys]
+        scanned += len(names)
+        for start in range(0, len(names), chunk):  # SCAN's COUNT is only a hint
+            batch = names[start : start + chunk]
+            unlinked += int(await unlink_dead(keys=[ks.epoch, *batch], args=["0"]))
         if int(cursor) == 0:
             return scanned, unlinked
 
