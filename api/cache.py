@@ -2,7 +2,8 @@
 
     read(entry)
       L1 hit                                   -> payload, "L1"
-      same entry already loading here          -> join it (single-flight per instance)
+      same entry already loading here          -> join it (single-flight per instance),
+                                                  unless that load's ticket was voided
       ticket = L1.ticket(entry)                   (before any lower read: the L1 fill guard)
       Redis GET_OR_LEASE
         Hit    -> L1.put(ticket)               -> payload, "L2"
@@ -71,7 +72,7 @@ class TieredCache:
         self.ttl_ms = ttl_ms
         # Test hook: runs between the Postgres read and the fill (forces stale-fill races).
         self.after_load = after_load
-        self._inflight: dict[str, asyncio.Task[ReadResult]] = {}
+        self._inflight: dict[str, tuple[asyncio.Task[ReadResult], Ticket]] = {}
         # bound once: a label lookup per request is measurable on the L1-hit path
         self._l1_hit = metrics.hits.labels("l1")
         self._l1_miss = metrics.misses.labels("l1")
@@ -84,20 +85,28 @@ class TieredCache:
             self._l1_hit.inc()
             return ReadResult(payload, "L1")
         self._l1_miss.inc()
-        task = self._inflight.get(entry)
-        if task is None:
-            task = asyncio.create_task(self._read_lower(entry, self.l2))
-            self._inflight[entry] = task
-            task.add_done_callback(lambda _: self._inflight.pop(entry, None))
-        else:
+        flight = self._inflight.get(entry)
+        if flight is not None and flight[1].valid:
             self.metrics.single_flight_joins.inc()
+            task = flight[0]
+        else:
+            # no load in flight, or one that started before an invalidation of the entry
+            # (joining it could return the pre-write value after the write's response)
+            ticket = self.l1.ticket(entry)
+            task = asyncio.create_task(self._read_lower(entry, self.l2, ticket))
+            self._inflight[entry] = (task, ticket)
+            task.add_done_callback(lambda done: self._landed(entry, done))
         # shield: a client that goes away must not cancel the load others are waiting for
         return await asyncio.shield(task)
 
+    def _landed(self, entry: str, task: asyncio.Task[ReadResult]) -> None:
+        flight = self._inflight.get(entry)
+        if flight is not None and flight[0] is task:
+            del self._inflight[entry]
+
     # --- below L1 -------------------------------------------------------------------------
 
-    async def _read_lower(self, entry: str, l2: RedisCache) -> ReadResult:
-        ticket = self.l1.ticket(entry)
+    async def _read_lower(self, entry: str, l2: RedisCache, ticket: Ticket) -> ReadResult:
         try:
             return await self._read_l2(entry, l2, ticket)
         finally:

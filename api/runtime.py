@@ -67,6 +67,7 @@ class Runtime:
         )
         runtime = cls(settings, l1, metrics, db, redis_client, l2, cache)
         if settings.subscribes and l2 is not None:
+            l1.disable()  # until the subscription is confirmed
             runtime._pubsub_redis = pubsub_client(settings.redis_url)
             runtime.subscriber = Subscriber(runtime._pubsub_redis, l2, l1, metrics)
             runtime._spawn(runtime.subscriber.run())

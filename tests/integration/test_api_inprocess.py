@@ -392,3 +392,20 @@ async def test_epoch_change_without_a_message_still_flushes_l1(
     await l2.client.incr(l2.keyspace.epoch)  # a flush whose message this instance never saw
     await eventually(lambda: "product:15" not in runtime.l1, within_s=3)
     assert (await client.get("/products/15")).headers["X-Cache"] == "MISS"
+
+
+async def test_read_after_a_write_does_not_join_a_load_that_started_before_it(
+    make_api: MakeApi,
+) -> None:
+    client, runtime = await make_api()
+    pause = Pause("product:16")
+    runtime.cache.after_load = pause
+    early = asyncio.create_task(client.get("/products/16"))
+    await asyncio.wait_for(pause.loaded.wait(), 5)  # a load of version 1 is in flight
+    patched = await client.patch("/products/16", json={"stock": 3}, headers=AUTH)
+    assert patched.json()["version"] == 2
+    late = await client.get("/products/16")  # must not join the early load
+    assert late.json()["version"] == 2
+    pause.resume.set()
+    assert (await early).json()["version"] == 1
+    assert (await client.get("/products/16")).json()["version"] == 2
