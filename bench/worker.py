@@ -211,21 +211,25 @@ def run(out: Path, quick: bool) -> None:
             redis_server.stop(keep_snapshot=False)
     data = {"quick": quick, "warm": warm, "purge": purge, "audit": audit}
     w, a = warm["invalidation_to_refilled_ms"], audit["duration_ms"]
-    table = report.markdown_table(
-        ["measure", "p50", "p99", "max", "n"],
-        [
+    table = (
+        report.markdown_table(
+            ["measure", "p50", "p99", "max", "n"],
             [
-                "hot key: invalidation -> refilled by worker (ms)",
-                w["p50"],
-                w["p99"],
-                w["max"],
-                w["n"],
+                [
+                    "hot key: invalidation -> refilled by worker (ms)",
+                    w["p50"],
+                    w["p99"],
+                    w["max"],
+                    w["n"],
+                ],
+                [f"audit of {audit['sample']} entries (ms)", a["p50"], a["p99"], a["max"], a["n"]],
             ],
-            [f"audit of {audit['sample']} entries (ms)", a["p50"], a["p99"], a["max"], a["n"]],
-        ],
-    ) + report.markdown_table(
-        ["purge after flush", "value"],
-        [[key, value] for key, value in purge.items()],
+        )
+        + "\n"
+        + report.markdown_table(
+            ["purge after flush", "value"],
+            [[key, value] for key, value in purge.items()],
+        )
     )
     report.write(out, "worker", data, table)
     print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
