@@ -84,8 +84,7 @@ class Sink:
             if failures == 1:
                 log.warning("redis unreachable (%s); retrying, %d events pending", exc, len(batch))
                 self._hand_over(batch, "redis unreachable")
-            if absorb is not None:
-                absorb(batch)
+                batch.add_flush("redis_back", "redis was unreachable")
 
         try:
             async for attempt in AsyncRetrying(
@@ -97,8 +96,8 @@ class Sink:
                 reraise=True,
             ):
                 with attempt:
-                    if failures:
-                        batch.add_flush("redis_back", "redis was unreachable")
+                    if failures and absorb is not None:
+                        absorb(batch)  # what arrived meanwhile rides along
                     await self._send(batch)
         except (RedisError, OSError) as exc:
             log.error(

@@ -259,8 +259,19 @@ async def test_killed_listener_connection_reconnects_and_bumps_the_epoch(
 
 
 async def test_redis_outage_keeps_pending_changes_and_bumps_the_epoch_when_back(
-    database_url: str, seeded: Counts, namespace: str, pg: Conn, tmp_path: Any
+    database_url: str,
+    seeded: Counts,
+    namespace: str,
+    pg: Conn,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import worker.client
+
+    handed: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(
+        worker.client, "enqueue_retry_invalidation", lambda *args: handed.append(args)
+    )
     private = RedisServer(tmp_path / "redis")
     private.start()
     settings = Settings(
@@ -282,6 +293,10 @@ async def test_redis_outage_keeps_pending_changes_and_bumps_the_epoch_when_back(
             lambda: _true(sample(m, "pgbust_invalidator_errors_total", kind="redis") >= 2)
         )
         assert not inv.sink.redis_ok
+        assert await eventually(lambda: _true(bool(handed)))
+        keys, tags, flush, reason = handed[0]
+        assert keys == [P1] and tags == ["category:2"] and not flush
+        assert "redis unreachable" in reason
         pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 2")
         private.start()
         assert await eventually(
@@ -293,3 +308,53 @@ async def test_redis_outage_keeps_pending_changes_and_bumps_the_epoch_when_back(
         inv.stop()
         await asyncio.wait_for(task, 15)
         private.stop()
+
+
+async def test_medium_statement_arrives_in_chunks_and_deletes_every_key_without_flush(
+    seeded: Counts, daemon: Invalidator, cache: RedisCache, pg: Conn
+) -> None:
+    await fill(cache, *ALL)
+    epoch = await cache.current_epoch()
+    pg.execute(
+        "INSERT INTO products (category_id, name, price_cents, stock)"
+        " SELECT 1 + g % 3, 'bulk', 1, 1 FROM generate_series(1, 700) g"
+    )
+    pg.execute("UPDATE products SET stock = stock + 1 WHERE id <= 3")
+    assert await eventually(lambda: gone(cache, P1, P2, P3, C2, C3, C4))
+    assert await cached(cache, C5)
+    assert await cache.current_epoch() == epoch  # precise, not a flush
+    assert sample(daemon.metrics, "pgbust_invalidator_events_total", table="products") >= 6
+
+
+async def test_hot_entries_are_handed_to_the_warm_task(
+    seeded: Counts,
+    daemon: Invalidator,
+    cache: RedisCache,
+    pg: Conn,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import worker.client
+
+    warmed: list[list[str]] = []
+    monkeypatch.setattr(worker.client, "enqueue_warm", lambda entries: warmed.append(entries))
+    await cache.client.zincrby(cache.keyspace.hot, 5, P1)
+    await cache.client.zincrby(cache.keyspace.hot, 5, C3)
+    await daemon.hot.refresh()
+    pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 1")
+    assert await eventually(lambda: _true(bool(warmed)))
+    assert warmed[0] == [P1]  # category 3 was not touched
+
+
+async def test_lost_lock_connection_stops_serving_then_takes_the_lock_again(
+    seeded: Counts, daemon: Invalidator, cache: RedisCache, pg: Conn
+) -> None:
+    pg.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE application_name = 'pgbust-invalidator-lock' AND datname = current_database()"
+    )
+    assert await eventually(lambda: _true(not daemon.started.is_set()))
+    assert await eventually(lambda: _true(daemon.started.is_set() and daemon.listener.connected))
+    assert daemon.role == "active"
+    await fill(cache, P1)
+    pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 1")
+    assert await eventually(lambda: gone(cache, P1))
