@@ -51,6 +51,7 @@ class Recorder:
         self.read_kind: list[str] = []
         self.read_stale_ms: list[float | None] = []
         self.read_source: list[str] = []  # X-Cache: L1, L2 or MISS
+        self.read_cause: list[str] = []  # stale reads: who wrote the first newer version
         self.writes: list[tuple[int, int, float, float, bool]] = []
         self.write_ms: list[float] = []
         self.errors: dict[str, int] = {"read": 0, "write": 0, "oob": 0}
@@ -64,6 +65,7 @@ class Recorder:
     ) -> None:
         self.read_sent.append(sent)
         self.read_source.append(source)
+        self.read_cause.append(verdict.cause if verdict is not None else "")
         self.read_ms.append(ms)
         self.read_kind.append(kind)
         if verdict is None:
@@ -73,6 +75,7 @@ class Recorder:
         self.read_stale_ms.append(staleness_ms)
         if verdict.stale:
             self.stale += 1
+
             self.max_staleness_ms = max(self.max_staleness_ms, staleness_ms)
             REQUEST_EVENT.fire(
                 request_type="STALE",
@@ -84,7 +87,7 @@ class Recorder:
             )
 
     def write(self, product_id: int, version: int, sent: float, acked: float, oob: bool) -> None:
-        self.oracle.record_ack(product_id, version, acked)
+        self.oracle.record_ack(product_id, version, acked, "oob" if oob else "api")
         self.writes.append((product_id, version, sent, acked, oob))
         self.write_ms.append((acked - sent) * 1000.0)
 
@@ -101,6 +104,7 @@ class Recorder:
                     "kind": self.read_kind,
                     "stale_ms": self.read_stale_ms,
                     "source": self.read_source,
+                    "cause": self.read_cause,
                 },
                 "writes": self.writes,
                 "write_ms": self.write_ms,

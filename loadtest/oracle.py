@@ -29,6 +29,7 @@ class Judgement:
     stale: bool
     staleness_s: float = 0.0  # 0 when fresh
     newest_acked: int | None = None  # the newest version acknowledged before the read
+    cause: str = ""  # who wrote the first newer version (the writer's label given to record_ack)
 
 
 FRESH = Judgement(stale=False)
@@ -42,17 +43,20 @@ class _History:
     versions: list[int] = field(default_factory=list)
     # running_max[i] = max(versions[: i + 1]); non-decreasing, so bisect finds "first newer"
     running_max: list[int] = field(default_factory=list)
+    writers: list[str] = field(default_factory=list)
 
-    def add(self, version: int, ack_time: float) -> None:
+    def add(self, version: int, ack_time: float, writer: str) -> None:
         index = bisect_right(self.times, ack_time)
         if index == len(self.times):  # the usual case: acks arrive in time order
             self.times.append(ack_time)
             self.versions.append(version)
+            self.writers.append(writer)
             previous = self.running_max[-1] if self.running_max else version
             self.running_max.append(max(previous, version))
             return
         insort(self.times, ack_time)
         self.versions.insert(index, version)
+        self.writers.insert(index, writer)
         self.running_max.insert(index, 0)
         running = self.running_max[index - 1] if index else version
         for i in range(index, len(self.versions)):
@@ -68,7 +72,10 @@ class _History:
             return Judgement(stale=False, newest_acked=newest)
         first_newer = bisect_right(self.running_max, version)  # < known, since newest > version
         return Judgement(
-            stale=True, staleness_s=sent_at - self.times[first_newer], newest_acked=newest
+            stale=True,
+            staleness_s=sent_at - self.times[first_newer],
+            newest_acked=newest,
+            cause=self.writers[first_newer],
         )
 
 
@@ -79,12 +86,14 @@ class Oracle:
         self._histories: dict[int, _History] = {}
         self.acks = 0
 
-    def record_ack(self, product_id: int, version: int, ack_time: float) -> None:
-        """A write of product_id produced `version`; its commit was acknowledged at ack_time."""
+    def record_ack(self, product_id: int, version: int, ack_time: float, writer: str = "") -> None:
+        """A write of product_id produced `version`; its commit was acknowledged at ack_time.
+
+        `writer` labels who wrote it ("api", "oob"); a stale read names it as its cause."""
         history = self._histories.get(product_id)
         if history is None:
             history = self._histories[product_id] = _History()
-        history.add(version, ack_time)
+        history.add(version, ack_time, writer)
         self.acks += 1
 
     def judge(self, product_id: int, version: int, sent_at: float) -> Judgement:

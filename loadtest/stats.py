@@ -73,6 +73,7 @@ class RawRun:
     read_kind: list[str] = field(default_factory=list)
     read_stale_ms: list[float | None] = field(default_factory=list)
     read_source: list[str] = field(default_factory=list)  # X-Cache; may be empty
+    read_cause: list[str] = field(default_factory=list)  # writer behind a stale read; may be empty
     writes: list[Write] = field(default_factory=list)
     write_ms: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
@@ -91,6 +92,7 @@ class RawRun:
             read_kind=list(reads["kind"]),
             read_stale_ms=list(reads["stale_ms"]),
             read_source=list(reads.get("source", [])),
+            read_cause=list(reads.get("cause", [])),
             writes=[Write(int(w[0]), int(w[1]), w[2], w[3], bool(w[4])) for w in body["writes"]],
             write_ms=list(body.get("write_ms", [])),
             errors=dict(body.get("errors", {})),
@@ -111,6 +113,7 @@ class RawRun:
             read_kind=[self.read_kind[i] for i in keep],
             read_stale_ms=[self.read_stale_ms[i] for i in keep],
             read_source=[self.read_source[i] for i in keep if i < len(self.read_source)],
+            read_cause=[self.read_cause[i] for i in keep if i < len(self.read_cause)],
             writes=[self.writes[i] for i in writes],
             write_ms=[self.write_ms[i] for i in writes if i < len(self.write_ms)],
             errors=self.errors,
@@ -159,6 +162,9 @@ def summarize(
         "judged_reads": len(judged),
         "stale_reads_over_100ms": sum(1 for ms in staleness if ms > 100.0),
         "stale_reads_over_1s": sum(1 for ms in staleness if ms > 1000.0),
+        "stale_reads_by_writer": _count(
+            c for c, ms in zip(raw.read_cause, raw.read_stale_ms, strict=False) if ms
+        ),
         "api_writes": len(raw.writes) - oob_writes,
         "oob_write_rps": round(oob_writes / duration, 2),
         "write_latency_ms": distribution(raw.write_ms),

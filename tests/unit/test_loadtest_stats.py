@@ -93,6 +93,7 @@ def _raw(mode: str = "cdc") -> RawRun:
         read_kind=["product", "product", "page", "summary"],
         read_stale_ms=[0.0, 150.0, 0.0, None],
         read_source=["L1", "MISS", "L2", "L1"],
+        read_cause=["", "oob", "", ""],
         writes=[Write(1, 2, 100.0, 100.01, False), Write(2, 2, 101.0, 101.01, True)],
         write_ms=[10.0, 10.0],
         errors={"read": 1},
@@ -121,6 +122,7 @@ def test_summary_has_the_design_fields_and_counts() -> None:
     assert summary["writes_never_invalidated"] == 0
     assert summary["locust_cpu_percent"] == 42.0
     assert summary["cache_hit_ratio"] == 0.75
+    assert summary["stale_reads_by_writer"] == {"oob": 1}
     assert summary["reads_by_kind"]["product"]["sources"] == {"L1": 1, "MISS": 1}
     assert len(summary["timeline"]) == 10
     assert summary["timeline"][1]["stale"] == 1

@@ -99,3 +99,11 @@ def test_many_versions_of_a_hot_product_judge_correctly() -> None:
         assert verdict.stale
         assert verdict.staleness_s == pytest.approx(1000.5 - (version + 1))
     assert not o.judge(1, version=1000, sent_at=1000.5).stale
+
+
+def test_a_stale_read_names_the_writer_of_the_first_newer_version() -> None:
+    o = Oracle()
+    o.record_ack(1, version=2, ack_time=1.0, writer="oob")
+    o.record_ack(1, version=3, ack_time=2.0, writer="api")
+    assert o.judge(1, version=1, sent_at=3.0).cause == "oob"
+    assert o.judge(1, version=2, sent_at=3.0).cause == "api"
