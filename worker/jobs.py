@@ -7,6 +7,7 @@ idempotent: running it twice, or again after being killed halfway, ends in the s
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,26 +91,51 @@ async def collect_garbage(cache: RedisCache, garbage_keys: list[str], chunk: int
     return freed
 
 
-async def purge_dead(cache: RedisCache, chunk: int) -> tuple[int, int]:
-    """SCAN the namespace's values and UNLINK those of an old epoch, `chunk` keys per command.
+@dataclass(frozen=True, slots=True)
+class PurgeOutcome:
+    scanned: int
+    unlinked: int
+    unlisted: int  # tag-set members whose value is gone
+
+
+async def purge_dead(cache: RedisCache, chunk: int) -> PurgeOutcome:
+    """SCAN the namespace's values and UNLINK those of an old epoch, `chunk` keys per command,
+    then drop the tag-set members whose value is gone.
 
     After an epoch bump (flush, TRUNCATE, Redis came back) every old value is already a miss;
-    this only frees the memory, without any command that holds Redis for long. Returns
-    (values scanned, values unlinked).
+    this only frees the memory, without any command that holds Redis for long.
     """
     ks = cache.keyspace
     unlink_dead = _unlink_dead(cache)
     scanned = unlinked = 0
+    async for names in _scan_batches(cache, ks.value_pattern, chunk):
+        scanned += len(names)
+        unlinked += int(await unlink_dead(keys=[ks.epoch, *names], args=["0"]))
+    unlisted = 0
+    unlist_missing = cache.client.register_script(lua.UNLIST_MISSING)
+    async for tag_sets in _scan_batches(cache, ks.tag_members("*"), chunk):
+        for tag_set in tag_sets:
+            cursor = 0
+            while True:
+                cursor, members = await cache.client.sscan(tag_set, cursor, count=chunk)
+                if members:
+                    keys = [tag_set, *(_text(m) for m in members)]
+                    unlisted += int(await unlist_missing(keys=keys))
+                if int(cursor) == 0:
+                    break
+    return PurgeOutcome(scanned, unlinked, unlisted)
+
+
+async def _scan_batches(cache: RedisCache, pattern: str, chunk: int) -> AsyncIterator[list[str]]:
+    """Key names matching pattern, in lists of at most `chunk` (SCAN's COUNT is only a hint)."""
     cursor = 0
     while True:
-        cursor, keys = await cache.client.scan(cursor, match=ks.value_pattern, count=chunk)
+        cursor, keys = await cache.client.scan(cursor, match=pattern, count=chunk)
         names = [_text(k) for k in keys]
-        scanned += len(names)
-        for start in range(0, len(names), chunk):  # SCAN's COUNT is only a hint
-            batch = names[start : start + chunk]
-            unlinked += int(await unlink_dead(keys=[ks.epoch, *batch], args=["0"]))
+        for start in range(0, len(names), chunk):
+            yield names[start : start + chunk]
         if int(cursor) == 0:
-            return scanned, unlinked
+            return
 
 
 # --- refresh-ahead -------------------------------------------------------------------------

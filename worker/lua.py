@@ -1,4 +1,4 @@
-"""The workers' one Lua script, next to the stamp format it reads (see pgbust/lua.py).
+"""The workers' Lua scripts, next to the stamp format they read (see pgbust/lua.py).
 
 Stored values are "<epoch>.<tag generation>|<payload>". A value is dead when its stamp is not
 the current one; readers already treat it as a miss, the workers reclaim its memory.
@@ -21,6 +21,20 @@ for i = first, #KEYS do
   local head = redis.call('GETRANGE', KEYS[i], 0, #live - 1)
   if head ~= live then
     n = n + redis.call('UNLINK', KEYS[i])
+  end
+end
+return n
+"""
+
+# KEYS: tag member set, value keys (members of it)
+# SREMs the members whose value no longer exists (purged, evicted, expired), atomically: a
+# value filled meanwhile stays listed. Keeps tag bookkeeping as small as the live cache.
+# -> number of members removed
+UNLIST_MISSING = """
+local n = 0
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    n = n + redis.call('SREM', KEYS[1], KEYS[i])
   end
 end
 return n

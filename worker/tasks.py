@@ -112,18 +112,21 @@ def collect_garbage(keys: list[str]) -> None:
 
 @_task(name="pgbust.purge_dead")
 def purge_dead(reason: str = "") -> None:
-    async def job(cache: RedisCache) -> tuple[int, int]:
-        scanned, unlinked = await jobs.purge_dead(cache, settings.purge_chunk)
-        await stats.count(cache.client, cache.keyspace, purged=unlinked)
-        return scanned, unlinked
+    async def job(cache: RedisCache) -> jobs.PurgeOutcome:
+        outcome = await jobs.purge_dead(cache, settings.purge_chunk)
+        await stats.count(
+            cache.client, cache.keyspace, purged=outcome.unlinked, unlisted=outcome.unlisted
+        )
+        return outcome
 
     started = time.perf_counter()
-    scanned, unlinked = run_with_cache(job)
+    outcome = run_with_cache(job)
     log.info(
-        "purged dead values (%s): scanned=%d unlinked=%d in %.0f ms",
+        "purged dead values (%s): scanned=%d unlinked=%d unlisted=%d in %.0f ms",
         reason,
-        scanned,
-        unlinked,
+        outcome.scanned,
+        outcome.unlinked,
+        outcome.unlisted,
         (time.perf_counter() - started) * 1000,
     )
 

@@ -196,3 +196,27 @@ def test_beat_runs_the_audit_and_the_worker_exports_its_ratio(
     assert wait_until(lambda: "pgbust_worker_audit_stale 1.0" in exported(), timeout=30)
     assert "pgbust_worker_audit_inconsistency_ratio 1.0" in exported()
     assert peek(redis_server, keyspace, entry) is None
+
+
+def test_purge_after_a_flush_also_empties_the_tag_sets_of_purged_entries(
+    procs: ProcessManager,
+    sender: TaskSender,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    keyspace: Keyspace,
+) -> None:
+    entries = [category_page_entry(2, 10, offset) for offset in range(0, 200, 10)]
+    fill_many(redis_server, keyspace, dict.fromkeys(entries, b'{"items": []}'))
+    members = keyspace.tag_members(category_tag(2))
+    assert redis_client.scard(members) == 20
+    flush = Targets(flush=True)
+    run(redis_server, keyspace, lambda c: c.invalidate(flush, Invalidation.of(flush, origin="t")))
+    live = category_page_entry(2, 10, 1_000)  # filled after the flush: stays, and stays listed
+    fill(redis_server, keyspace, live, b'{"items": []}')
+    start_worker(procs)
+
+    sender.purge("flush")
+
+    assert wait_until(lambda: redis_client.scard(members) == 1, timeout=20)
+    assert redis_client.smembers(members) == {keyspace.value(live).encode()}
+    assert value_keys(redis_client, keyspace) == [keyspace.value(live).encode()]
