@@ -249,12 +249,12 @@ class Scenario:
     cold_keys: bool = False  # every request a different product: a true MISS each time
 
 
-def measure(scenario: Scenario, seconds: float, round_no: int) -> dict[str, Any]:
+def measure(scenario: Scenario, seconds: float, round_no: int, rounds: int) -> dict[str, Any]:
     drive: Driver = run_wrk if shutil.which("wrk") else run_httpx
     url = scenario.server.base_url + scenario.path
     if scenario.cold_keys:
         # each round starts on keys no earlier round touched
-        return {**drive(url, seconds, round_no * (PRODUCTS // 5)), "x_cache": "MISS"}
+        return {**drive(url, seconds, round_no * (PRODUCTS // rounds)), "x_cache": "MISS"}
     drive(url, min(1.0, seconds / 2), None)  # warm up: connections, caches, code paths
     numbers = drive(url, seconds, None)
     return {**numbers, "x_cache": httpx.get(url, timeout=5).headers.get("X-Cache", "-")}
@@ -322,7 +322,7 @@ def run(out: Path, quick: bool) -> None:
             # of background load on this shared machine hits both sides of a ratio alike
             order = scenarios if round_no % 2 == 0 else scenarios[::-1]
             for scenario in order:
-                samples[scenario.name].append(measure(scenario, seconds, round_no))
+                samples[scenario.name].append(measure(scenario, seconds, round_no, rounds))
             print(f"bench http: round {round_no + 1}/{rounds} done", file=sys.stderr)
     results = [median_of(name, numbers) for name, numbers in samples.items()]
     ratios = {
