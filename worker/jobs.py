@@ -14,7 +14,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from redis.commands.core import AsyncScript
 
-from api.loaders import load_entry
+from api.loaders import UnknownEntry, load_entry
 from pgbust.protocol import Busy, Hit, Invalidation, Targets
 from pgbust.redis_cache import RedisCache
 from worker import lua
@@ -147,6 +147,7 @@ class WarmOutcome:
     already_cached: int = 0
     busy: int = 0
     missing: int = 0
+    unknown: int = 0
     refused: int = 0
 
     def as_counts(self) -> dict[str, int]:
@@ -155,6 +156,7 @@ class WarmOutcome:
             "warm_already_cached": self.already_cached,
             "warm_busy": self.busy,
             "warm_missing": self.missing,
+            "warm_unknown": self.unknown,
             "warm_refused": self.refused,
         }
 
@@ -181,7 +183,11 @@ async def warm(
         if isinstance(lease, Busy):
             outcome.busy += 1
             continue
-        payload = await load_entry(conn, entry)
+        try:
+            payload = await load_entry(conn, entry)
+        except UnknownEntry:
+            outcome.unknown += 1  # not an entry of this version: nothing to warm
+            continue
         if payload is None:
             outcome.missing += 1  # the lease expires by itself; readers get 404 from the API
             continue

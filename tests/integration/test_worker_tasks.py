@@ -20,6 +20,7 @@ import redis
 from pgbust.devservers import free_port
 from pgbust.keys import Keyspace, category_page_entry, category_tag, product_entry
 from pgbust.protocol import Invalidation, Targets
+from pgbust.redis_cache import RedisCache
 from tests.integration.test_worker_helpers import (
     fill,
     fill_many,
@@ -220,3 +221,20 @@ def test_purge_after_a_flush_also_empties_the_tag_sets_of_purged_entries(
     assert wait_until(lambda: redis_client.scard(members) == 1, timeout=20)
     assert redis_client.smembers(members) == {keyspace.value(live).encode()}
     assert value_keys(redis_client, keyspace) == [keyspace.value(live).encode()]
+
+
+def test_warm_fills_what_exists_and_skips_the_rest(
+    redis_server: RedisServer, keyspace: Keyspace, database_url: str, seeded: object
+) -> None:
+    cached, absent, unknown, fresh = "product:1", "product:999999", "nope:1", "product:2"
+    fill(redis_server, keyspace, cached, load(database_url, cached) or b"")
+
+    async def job(cache: RedisCache) -> jobs.WarmOutcome:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            return await jobs.warm(cache, conn, [cached, absent, unknown, fresh])
+
+    outcome = run(redis_server, keyspace, job)
+
+    assert outcome.filled == [fresh]
+    assert (outcome.already_cached, outcome.missing, outcome.unknown) == (1, 1, 1)
+    assert peek(redis_server, keyspace, fresh) == load(database_url, fresh)
