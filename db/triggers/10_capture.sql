@@ -95,16 +95,30 @@ DECLARE
     head text := '{"v":1,"t":' || to_json(TG_TABLE_NAME::text)::text || ',"op":"'
                  || left(TG_OP, 1) || '","ts":'
                  || (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
-    n bigint;
+    n bigint;       -- rows the statement touched, counted up to max_rows + 1
+    keys text;      -- their distinct key columns as one JSON array
     chunk text;
 BEGIN
+    -- One query in the common case: count (bounded) and the keys as JSON together.
     IF TG_OP = 'TRUNCATE' THEN
         PERFORM pg_notify(%2$L, head || ',"all":true}');
         RETURN NULL;
-    ELSIF TG_OP = 'DELETE' THEN
-        SELECT count(*) INTO n FROM (SELECT 1 FROM pgbust_old LIMIT %3$s + 1) s;
+    ELSIF TG_OP = 'INSERT' THEN
+        SELECT (SELECT count(*) FROM (SELECT 1 FROM pgbust_new LIMIT %3$s + 1) c),
+               json_agg(json_build_array(%5$s))::text
+        INTO n, keys
+        FROM (SELECT DISTINCT %5$s FROM (SELECT %5$s FROM pgbust_new LIMIT %3$s + 1) l) d;
+    ELSIF TG_OP = 'UPDATE' THEN
+        SELECT (SELECT count(*) FROM (SELECT 1 FROM pgbust_new LIMIT %3$s + 1) c),
+               json_agg(json_build_array(%5$s))::text
+        INTO n, keys
+        FROM ((SELECT %5$s FROM pgbust_old LIMIT %3$s + 1)
+              UNION (SELECT %5$s FROM pgbust_new LIMIT %3$s + 1)) d;
     ELSE
-        SELECT count(*) INTO n FROM (SELECT 1 FROM pgbust_new LIMIT %3$s + 1) s;
+        SELECT (SELECT count(*) FROM (SELECT 1 FROM pgbust_old LIMIT %3$s + 1) c),
+               json_agg(json_build_array(%5$s))::text
+        INTO n, keys
+        FROM (SELECT DISTINCT %5$s FROM (SELECT %5$s FROM pgbust_old LIMIT %3$s + 1) l) d;
     END IF;
     IF n = 0 THEN
         RETURN NULL;  -- a statement that touched no row changes nothing
@@ -112,37 +126,21 @@ BEGIN
         PERFORM pg_notify(%2$L, head || ',"all":true,"n":' || n || '}');
         RETURN NULL;
     END IF;
-    IF TG_OP = 'INSERT' THEN
-        FOR chunk IN
-            SELECT head || %4$L || json_agg(json_build_array(%5$s))::text || '}'
-            FROM (SELECT d.*, (row_number() OVER () - 1) / %6$s AS part
-                  FROM (SELECT DISTINCT %5$s FROM pgbust_new) d) p
-            GROUP BY part
-        LOOP
-            EXIT WHEN octet_length(chunk) > 7900;
-            PERFORM pg_notify(%2$L, chunk);
-        END LOOP;
-    ELSIF TG_OP = 'UPDATE' THEN
-        FOR chunk IN
-            SELECT head || %4$L || json_agg(json_build_array(%5$s))::text || '}'
-            FROM (SELECT d.*, (row_number() OVER () - 1) / %6$s AS part
-                  FROM (SELECT %5$s FROM pgbust_old UNION SELECT %5$s FROM pgbust_new) d) p
-            GROUP BY part
-        LOOP
-            EXIT WHEN octet_length(chunk) > 7900;
-            PERFORM pg_notify(%2$L, chunk);
-        END LOOP;
-    ELSE
-        FOR chunk IN
-            SELECT head || %4$L || json_agg(json_build_array(%5$s))::text || '}'
-            FROM (SELECT d.*, (row_number() OVER () - 1) / %6$s AS part
-                  FROM (SELECT DISTINCT %5$s FROM pgbust_old) d) p
-            GROUP BY part
-        LOOP
-            EXIT WHEN octet_length(chunk) > 7900;
-            PERFORM pg_notify(%2$L, chunk);
-        END LOOP;
+    chunk := head || %4$L || keys || '}';
+    IF octet_length(chunk) <= 7900 THEN
+        PERFORM pg_notify(%2$L, chunk);
+        RETURN NULL;
     END IF;
+    -- Too big for one notification: split the keys into chunks of %6$s rows.
+    FOR chunk IN
+        SELECT head || %4$L || json_agg(e)::text || '}'
+        FROM (SELECT e, (o - 1) / %6$s AS part
+              FROM json_array_elements(keys::json) WITH ORDINALITY AS a(e, o)) p
+        GROUP BY part
+    LOOP
+        EXIT WHEN octet_length(chunk) > 7900;
+        PERFORM pg_notify(%2$L, chunk);
+    END LOOP;
     IF octet_length(chunk) > 7900 THEN
         -- keys too long for a notification: degrade to a table-wide event, never raise
         PERFORM pg_notify(%2$L, head || ',"all":true,"n":' || n || '}');

@@ -317,13 +317,13 @@ async def test_medium_statement_arrives_in_chunks_and_deletes_every_key_without_
     epoch = await cache.current_epoch()
     pg.execute(
         "INSERT INTO products (category_id, name, price_cents, stock)"
-        " SELECT 1 + g % 3, 'bulk', 1, 1 FROM generate_series(1, 700) g"
+        " SELECT 1 + g % 3, 'bulk', 1, 1 FROM generate_series(1, 900) g"
     )
     pg.execute("UPDATE products SET stock = stock + 1 WHERE id <= 3")
     assert await eventually(lambda: gone(cache, P1, P2, P3, C2, C3, C4))
     assert await cached(cache, C5)
     assert await cache.current_epoch() == epoch  # precise, not a flush
-    assert sample(daemon.metrics, "pgbust_invalidator_events_total", table="products") >= 6
+    assert sample(daemon.metrics, "pgbust_invalidator_events_total", table="products") >= 3
 
 
 async def test_hot_entries_are_handed_to_the_warm_task(
