@@ -16,6 +16,7 @@ from psycopg_pool import PoolTimeout
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.cache import AfterLoadHook
+from api.fastpath import L1FastPath
 from api.l1 import L1Cache
 from api.metrics import Metrics
 from api.routes import router
@@ -86,8 +87,19 @@ def create_app(
     app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
     app.add_exception_handler(Exception, _internal_error)
+    app.add_middleware(L1FastPath, lookup=_l1_lookup)
     app.add_middleware(LatencyMiddleware, histogram=metrics.request_latency)
     return app
+
+
+def _l1_lookup(scope: Scope, entry: str) -> bytes | None:
+    runtime: Runtime | None = getattr(scope["app"].state, "runtime", None)
+    if runtime is None:
+        return None
+    payload = runtime.cache.l1_hit(entry)
+    if payload is not None:
+        runtime.sample_read(entry)
+    return payload
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:

@@ -77,6 +77,15 @@ class TieredCache:
         self._l1_hit = metrics.hits.labels("l1")
         self._l1_miss = metrics.misses.labels("l1")
 
+    def l1_hit(self, entry: str) -> bytes | None:
+        """The L1 payload of an entry, counting only hits (for the pre-routing fast path)."""
+        if self.l2 is None or not self.l1.enabled:
+            return None
+        payload = self.l1.get(entry)
+        if payload is not None:
+            self._l1_hit.inc()
+        return payload
+
     async def read(self, entry: str) -> ReadResult:
         if self.l2 is None:
             return ReadResult(await self._load(entry), "MISS")
