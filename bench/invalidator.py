@@ -51,6 +51,15 @@ CREATE TRIGGER bench_row_notify AFTER UPDATE ON products
     FOR EACH ROW EXECUTE FUNCTION pgbust.bench_row_notify();
 """
 DROP_ROW_TRIGGER_SQL = "DROP TRIGGER IF EXISTS bench_row_notify ON products"
+# N distinct single-row payloads, notified in one transaction (so delivered as one burst).
+BURST_SQL = """
+SELECT count(pg_notify('pgbust_changes', json_build_object(
+    'v', 1, 't', 'products', 'op', 'U',
+    'ts', (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+    'c', json_build_array('id', 'category_id'),
+    'r', json_build_array(json_build_array(g, 1 + mod(g, 20))))::text))
+FROM generate_series(1, %(events)s) g
+"""
 
 
 # --- scratch database ----------------------------------------------------------------------
@@ -195,6 +204,7 @@ async def lag_at_rates(
     url: str, redis_url: str, rates: list[int], seconds: float
 ) -> list[dict[str, Any]]:
     trigger_lags_ms: list[float] = []
+    daemon_ms: list[float] = []
     deleted: dict[int, list[int]] = {}
     collecting = False
 
@@ -202,6 +212,8 @@ async def lag_at_rates(
         if not collecting:
             return
         trigger_lags_ms.extend((done_us - ts) / 1000 for ts in batch.timestamps)
+        if batch.opened_us is not None:
+            daemon_ms.append((done_us - batch.opened_us) / 1000)
         for key in batch.keys:
             deleted.setdefault(int(key.rsplit(":", 1)[1]), []).append(done_us)
 
@@ -222,6 +234,7 @@ async def lag_at_rates(
         for rate in rates:
             writers = max(1, min(8, rate // 400))
             trigger_lags_ms.clear()
+            daemon_ms.clear()
             deleted.clear()
             batches_before = _batches(daemon)
             start_at = time.time() + 3.0  # writers are spawned processes: let them start
@@ -247,12 +260,52 @@ async def lag_at_rates(
                     "batches": int(_batches(daemon) - batches_before),
                     "trigger_to_delete_ms": report.percentiles(trigger_lags_ms),
                     "ack_to_delete_ms": report.percentiles(_ack_lags(writes, deleted)),
+                    "daemon_batch_ms": report.percentiles(daemon_ms),
                 }
             )
     finally:
         daemon.stop()
         await asyncio.wait_for(task, 20)
     return results
+
+
+async def end_to_end_throughput(url: str, redis_url: str, events: int) -> dict[str, Any]:
+    """Feed `events` distinct notifications in one transaction (delivered as one burst at
+    COMMIT) and time until the daemon has applied all of them to Redis."""
+    settings = Settings(
+        database_url=url,
+        redis_url=redis_url,
+        namespace=f"bench{uuid.uuid4().hex[:8]}",
+        lock_id=random.randint(1, 2**40),
+        warm_top=0,
+    )
+    daemon = Invalidator(settings, serve_http=False)
+    task = asyncio.create_task(daemon.run())
+    registry = daemon.metrics.registry
+    try:
+        await asyncio.wait_for(daemon.started.wait(), 20)
+        await asyncio.sleep(0.5)
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        async with conn:
+            await conn.execute(BURST_SQL, {"events": events})
+        committed = time.perf_counter()
+        label = {"table": "products"}
+        while (registry.get_sample_value("pgbust_invalidator_events_total", label) or 0) < events:
+            await asyncio.sleep(0.005)
+            if time.perf_counter() - committed > 120:
+                break
+        elapsed = time.perf_counter() - committed
+        seen = registry.get_sample_value("pgbust_invalidator_events_total", label) or 0
+        batches = _batches(daemon)
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 20)
+    return {
+        "events": int(seen),
+        "seconds": round(elapsed, 3),
+        "events_per_s": round(seen / elapsed),
+        "batches": int(batches),
+    }
 
 
 def _batches(daemon: Invalidator) -> float:
@@ -325,12 +378,25 @@ def _table(data: dict[str, Any]) -> str:
             for r in data["lag"]
         ],
     )  # fmt: skip
+    md += "\nInside the daemon (batch taken from the queue -> Redis call returned), ms: "
+    md += ", ".join(
+        f"{r['target_writes_per_s']}/s p50 {r['daemon_batch_ms']['p50']} "
+        f"p99 {r['daemon_batch_ms']['p99']}"
+        for r in data["lag"]
+    )
+    md += ".\n"
     load = data["load_average_1m"]
     md += f"\n1-minute load average on {os.cpu_count()} cores: {load['start']} at the start, "
     md += f"{load['end']} at the end (the machine is shared).\n"
     md += "\n### Throughput of parse + rules + batching (one core, no I/O)\n\n"
     md += report.markdown_table(
         ["events", "seconds", "events/s"], [[thr["events"], thr["seconds"], thr["events_per_s"]]]
+    )
+    e2e = data["end_to_end"]
+    md += "\n### End-to-end throughput (a burst of notifications -> applied to Redis)\n\n"
+    md += report.markdown_table(
+        ["events", "seconds", "events/s", "batches"],
+        [[e2e["events"], e2e["seconds"], e2e["events_per_s"], e2e["batches"]]],
     )
     md += "\n### Write overhead: pgbench single-row UPDATE TPS\n\n"
     md += report.markdown_table(
@@ -367,6 +433,7 @@ async def _run(quick: bool) -> dict[str, Any]:
         script.write_text(UPDATE_SCRIPT)
         with scratch_database(server) as url:
             lag = await lag_at_rates(url, redis_url, [100, 1000, 5000], seconds)
+            end_to_end = await end_to_end_throughput(url, redis_url, 20_000 if quick else 100_000)
             overhead = await trigger_overhead(
                 url, [1, 8, 32], seconds, script, repeats=1 if quick else 2
             )
@@ -375,6 +442,7 @@ async def _run(quick: bool) -> dict[str, Any]:
         "load_average_1m": {"start": load_before, "end": round(os.getloadavg()[0], 2)},
         "seconds_per_run": seconds,
         "throughput": throughput(50_000 if quick else 300_000),
+        "end_to_end": end_to_end,
         "lag": lag,
         "overhead": overhead,
     }

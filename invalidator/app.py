@@ -182,6 +182,7 @@ class Invalidator:
         while running:
             batch = Batch()
             running = self._add(batch, await self.queue.get())
+            batch.opened_us = time.time_ns() // 1000
             if running:
                 running = self._drain(batch)
             if running:

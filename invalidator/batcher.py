@@ -25,6 +25,7 @@ class Batch:
     problems: Counter[str] = field(default_factory=Counter)
     reasons: list[str] = field(default_factory=list)  # why this batch flushes, if it does
     flush_kind: str | None = None  # low-cardinality label of the first reason to flush
+    opened_us: int | None = None  # when the daemon took the batch's first event (wall clock)
 
     def __len__(self) -> int:
         return self.events
