@@ -106,3 +106,72 @@ def test_compare_writes_the_table_json_and_chart(
     assert "| nocache |" in table and "| ttl |" in table and "| cdc |" in table
     assert set(json.loads((out / "compare.json").read_text())["modes"]) == {"nocache", "ttl", "cdc"}
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _processes_with_env(marker: bytes) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_sigterm_stops_the_run_and_every_process_it_started(
+    database_url: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.support.servers import wait_until
+
+    seed.seed(database_url, products=200, categories=5, replace=True)
+    namespace = f"tsig{os.getpid()}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_server.url,
+        "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_server.port}/1",
+        "PGBUST_NAMESPACE": namespace,
+        "PGBUST_LOADTEST_USERS": "8",
+        "PGBUST_LOADTEST_WRITE_RPS": "10",
+        "PGBUST_LOADTEST_WORKER": "false",
+    }
+    log = tmp_path / "runner.log"
+    with log.open("wb") as out:
+        runner = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "loadtest",
+                "--mode",
+                "cdc",
+                "--duration",
+                "60",
+                "--out",
+                str(tmp_path / "run"),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    marker = f"PGBUST_NAMESPACE={namespace}-lt-".encode()
+    try:
+        assert wait_until(lambda: b"readers" in log.read_bytes(), timeout=40), log.read_text()
+        assert _processes_with_env(marker), "the runner started no process"
+        time.sleep(1.0)
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(timeout=40) != 0
+        assert wait_until(lambda: not _processes_with_env(marker), timeout=10)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        for pid in _processes_with_env(marker):
+            os.kill(pid, signal.SIGKILL)
