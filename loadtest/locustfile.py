@@ -121,6 +121,11 @@ def _cpu_seconds() -> float:
 
 RECORD = Recorder()
 PRODUCTS = ZipfSampler(PLAN.product_ids[0], PLAN.product_ids[1], PLAN.zipf_s)
+WRITTEN = (
+    PRODUCTS
+    if PLAN.write_zipf_s == PLAN.zipf_s
+    else ZipfSampler(PLAN.product_ids[0], PLAN.product_ids[1], PLAN.write_zipf_s)
+)
 
 
 def _api() -> str:
@@ -201,7 +206,7 @@ class ApiWriterUser(FastHttpUser):
 
     @task
     def patch(self) -> None:
-        product_id = PRODUCTS()
+        product_id = WRITTEN()
         sent = time.time()
         response = self.client.request(
             "PATCH",
@@ -230,7 +235,7 @@ class OobWriterUser(User):
 
     @task
     def update(self) -> None:
-        product_id = PRODUCTS()
+        product_id = WRITTEN()
         sent = time.time()
         started = time.perf_counter()
         error: Exception | None = None

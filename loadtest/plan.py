@@ -40,6 +40,7 @@ class Plan:
     page_share: float
     summary_share: float
     zipf_s: float
+    write_zipf_s: float
     product_ids: tuple[int, int]  # first, last
     category_ids: tuple[int, int]
 
@@ -106,6 +107,11 @@ def make_plan(
         page_share=settings.loadtest_page_share,
         summary_share=settings.loadtest_summary_share,
         zipf_s=settings.loadtest_zipf_s,
+        write_zipf_s=(
+            settings.loadtest_zipf_s
+            if settings.loadtest_write_zipf_s is None
+            else settings.loadtest_write_zipf_s
+        ),
         product_ids=product_ids,
         category_ids=category_ids,
     )

@@ -232,6 +232,7 @@ def run_mode(
                 "target_write_rps": round(plan.api_write_rps + plan.oob_write_rps, 1),
                 "oob_fraction": settings.loadtest_oob_fraction,
                 "zipf_s": plan.zipf_s,
+                "write_zipf_s": plan.write_zipf_s,
                 "page_share": plan.page_share,
                 "summary_share": plan.summary_share,
                 "api_instances": len(api_urls),

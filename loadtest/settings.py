@@ -37,6 +37,9 @@ class Settings(CommonSettings):
     loadtest_warmup_s: float = Field(
         default=5.0, ge=0, description="first seconds of each run left out of the numbers"
     )
+    loadtest_write_zipf_s: float | None = Field(
+        default=None, ge=0, le=3, description="skew of written ids; unset = same as reads"
+    )
     loadtest_api_instances: int = Field(default=2, ge=1, le=8)
     loadtest_ttl_s: float = Field(default=30.0, gt=0, description="cache TTL of the ttl mode")
     loadtest_seed_products: int = Field(default=100_000, ge=1)

@@ -171,6 +171,7 @@ def summarize(
         "errors_by_kind": raw.errors,
         "reads_by_kind": _by_kind(raw),
         "cache_hit_ratio": _hit_ratio(raw.read_source),
+        "read_latency_by_source_ms": _by_source(raw),
         **lag_fields,
         "locust_cpu_percent": raw.cpu_percent,
         "warmup_s": warmup_s,
@@ -221,6 +222,16 @@ def _count(values: Iterable[str]) -> dict[str, int]:
     for value in values:
         counts[value] = counts.get(value, 0) + 1
     return counts
+
+
+def _by_source(raw: RawRun) -> dict[str, Any]:
+    """Read latency per X-Cache value: what an L1 hit, an L2 hit and a miss each cost."""
+    if len(raw.read_source) != len(raw.read_ms):
+        return {}
+    groups: dict[str, list[float]] = {}
+    for source, ms in zip(raw.read_source, raw.read_ms, strict=True):
+        groups.setdefault(source, []).append(ms)
+    return {source: distribution(samples) for source, samples in sorted(groups.items())}
 
 
 def _hit_ratio(sources: Sequence[str]) -> float | None:
