@@ -67,7 +67,8 @@ class Invalidator:
         )
         self.role = "starting"
         self.stopping = asyncio.Event()
-        self.started = asyncio.Event()  # set once serving as the active instance
+        self.started = asyncio.Event()  # set while serving as the active instance
+        self.terms = 0  # how many times this process became the active one
         self._started_at = time.monotonic()
 
     # --- health ---------------------------------------------------------------------------
@@ -119,6 +120,7 @@ class Invalidator:
 
     async def _serve(self) -> None:
         self.role = "active"
+        self.terms += 1
         self.metrics.active.set(1)
         self.queue = asyncio.Queue()
         self.listener.queue = self.queue
@@ -132,6 +134,7 @@ class Invalidator:
         self.started.set()
         waited: set[asyncio.Task[Any]] = {listener, consumer, watch, stop}
         done, _ = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+        self.started.clear()
         for task in (listener, watch, hot):
             task.cancel()
         if stop in done:
@@ -149,7 +152,6 @@ class Invalidator:
             await self.leadership.release()
             await asyncio.sleep(self.settings.standby_poll_s)
         await asyncio.gather(listener, watch, hot, consumer, stop, return_exceptions=True)
-        self.started.clear()
         self.metrics.active.set(0)
 
     # --- batching -------------------------------------------------------------------------

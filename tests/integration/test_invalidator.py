@@ -352,8 +352,10 @@ async def test_lost_lock_connection_stops_serving_then_takes_the_lock_again(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
         " WHERE application_name = 'pgbust-invalidator-lock' AND datname = current_database()"
     )
-    assert await eventually(lambda: _true(not daemon.started.is_set()))
-    assert await eventually(lambda: _true(daemon.started.is_set() and daemon.listener.connected))
+    assert daemon.terms == 1
+    assert await eventually(
+        lambda: _true(daemon.terms == 2 and daemon.started.is_set() and daemon.listener.connected)
+    )
     assert daemon.role == "active"
     await fill(cache, P1)
     pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 1")
