@@ -183,6 +183,8 @@ def run_mode(
     raw_path = out / "raw.json"
     raw_path.unlink(missing_ok=True)
     started = time.time()
+    cpu_before: dict[str, float] = {}
+    cpu_after: dict[str, float] = {}
     try:
         parts = [f"{settings.loadtest_api_instances} API instances ({API_CACHE_MODE[mode]})"]
         api_urls = stack.start_apis(settings.loadtest_api_instances, {})
@@ -193,6 +195,8 @@ def run_mode(
                 stack.start_worker()
                 parts.append("celery worker")
         say(f"{mode}: started {', '.join(parts)} in namespace {namespace}")
+        cpu_before = stack.cpu_seconds()
+        load_started = time.time()
         recorder = ChannelRecorder(settings.redis_url, Keyspace(namespace)).start()
         plan = make_plan(
             settings,
@@ -209,6 +213,8 @@ def run_mode(
             f"(~{plan.oob_write_rps:.0f}/s) for {duration_s}s"
         )
         _run_locust(plan, env, out, duration_s, quiet)
+        cpu_after = stack.cpu_seconds()
+        load_wall = time.time() - load_started
         time.sleep(DRAIN_S)
     finally:
         messages = recorder.stop() if recorder is not None else []
@@ -243,6 +249,10 @@ def run_mode(
             },
             "wall_s": round(time.time() - started, 1),
             "load_average": [round(x, 2) for x in os.getloadavg()],
+            "stack_cpu_percent": {
+                name: round(100.0 * (cpu_after[name] - cpu_before.get(name, 0.0)) / load_wall, 1)
+                for name in cpu_after
+            },
             "cpus": os.cpu_count(),
         },
     )

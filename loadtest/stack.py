@@ -71,6 +71,21 @@ class Child:
             os.killpg(self.process.pid, signal.SIGKILL)  # uvicorn or celery children
         return self.process.returncode
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of every live process in this child's process group."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == self.process.pid:  # fields[2] is the pgrp
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / tick
+
     def tail(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -124,6 +139,10 @@ class Stack:
         time.sleep(0.5)
         if not child.alive():
             raise StartupError(f"celery worker exited at start; see {child.log_path}")
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far by each started process (with its own children)."""
+        return {child.name: round(child.cpu_seconds(), 2) for child in self.children}
 
     def stop(self) -> None:
         for child in reversed(self.children):
