@@ -116,6 +116,14 @@ def headline(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
             f"reads, {cdc.get('stale_reads_over_100ms', '?')} stale by more than 100 ms, at "
             f"{cdc['write_rps']:g} writes/s ({cdc.get('oob_write_rps', 0):g}/s out-of-band)"
         )
+    if cdc and cdc.get("invalidation_lag_oob_ms", {}).get("p99") is not None:
+        oob = cdc["invalidation_lag_oob_ms"]
+        message = cdc.get("cdc_message_lag_ms") or {}
+        notes.append(
+            f"cdc: out-of-band write acknowledged -> entry gone from every tier p50 "
+            f"{oob['p50']:g} ms, p99 {oob['p99']:g} ms; trigger -> invalidation received p50 "
+            f"{message.get('p50')} ms, p99 {message.get('p99')} ms"
+        )
     ttl = summaries.get("ttl")
     if ttl:
         notes.append(
