@@ -9,7 +9,9 @@ import logging
 import time
 from collections.abc import Callable
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -26,6 +28,8 @@ from pgbust.redis_cache import RedisCache
 
 log = logging.getLogger(__name__)
 ORIGIN = "cdc"
+# Errors that mean "Redis is not reachable right now": retried with backoff.
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 # Called after each applied batch with the time (µs) Redis confirmed it (benchmarks use it).
 AppliedHook = Callable[[Batch, int], None]
 
@@ -88,7 +92,7 @@ class Sink:
 
         try:
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type((RedisError, OSError)),
+                retry=retry_if_exception_type(_UNREACHABLE),
                 wait=wait_exponential(multiplier=0.02, max=self.retry_max_s),
                 stop=give_up,
                 sleep=sleep,
@@ -98,8 +102,8 @@ class Sink:
                 with attempt:
                     if failures and absorb is not None:
                         absorb(batch)  # what arrived meanwhile rides along
-                    await self._send(batch)
-        except (RedisError, OSError) as exc:
+                    await self._send_or_widen(batch)
+        except _UNREACHABLE as exc:
             log.error(
                 "stopping with %d events not applied (%s); handed to the worker", len(batch), exc
             )
@@ -110,6 +114,21 @@ class Sink:
             log.warning("redis reachable again after %d failed attempts; epoch bumped", failures)
         self.redis_ok = True
         return True
+
+    async def _send_or_widen(self, batch: Batch) -> None:
+        """Send; if Redis refuses the command itself (not a connection problem), retrying the
+        same thing cannot help: widen to a flush (epoch bump, another script) instead."""
+        try:
+            await self._send(batch)
+        except _UNREACHABLE:
+            raise
+        except RedisError as exc:
+            if batch.flush:
+                raise
+            self.metrics.errors.labels("redis_command").inc()
+            log.error("redis refused the invalidation (%s); flushing instead", exc)
+            batch.add_flush("redis_error", f"redis refused the invalidation: {exc}"[:200])
+            await self._send(batch)
 
     def _hand_over(self, batch: Batch, reason: str) -> None:
         targets = batch.targets()

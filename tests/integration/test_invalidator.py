@@ -360,3 +360,15 @@ async def test_lost_lock_connection_stops_serving_then_takes_the_lock_again(
     await fill(cache, P1)
     pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 1")
     assert await eventually(lambda: gone(cache, P1))
+
+
+async def test_redis_refusing_the_script_widens_to_a_flush_instead_of_retrying(
+    seeded: Counts, daemon: Invalidator, cache: RedisCache, pg: Conn
+) -> None:
+    await fill(cache, *ALL)
+    await cache.client.set(cache.keyspace.tag_generation("category:2"), "not-a-number")
+    pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 1")  # category 2: INCR fails
+    assert await eventually(lambda: gone(cache, *ALL))
+    m = daemon.metrics
+    assert sample(m, "pgbust_invalidator_errors_total", kind="redis_command") == 1
+    assert sample(m, "pgbust_invalidator_epoch_bumps_total", why="redis_error") == 1
