@@ -66,7 +66,7 @@ def run_scenario(
     record.read_errors, record.write_errors = stats.read_errors, stats.write_errors
     assert record.time_to_recover_s is not None, "never recovered:\n" + stack.logs()
     drained = stack.drain(timeout=60)
-    assert drained is not None, "invalidation did not drain:\n" + stack.logs()
+    assert drained is not None, f"did not drain: {stack.drain_problem}\n{stack.logs(40)}"
     record.drain_s = round(drained, 3)
     sweep = stack.sweep()
     record.stale_after_sweep = sweep.stale

@@ -79,6 +79,7 @@ class ChaosStack:
         self.invalidators: list[ManagedProcess] = []
         self.workers: list[ManagedProcess] = []
         self._spawned = 0
+        self.drain_problem = ""
 
     # --- start / stop ------------------------------------------------------------------------
 
@@ -251,19 +252,42 @@ class ChaosStack:
 
     def drain(self, timeout: float = 30.0) -> float | None:
         """Wait until invalidation has drained: the Celery queue is empty and a probe write,
-        committed after every other write, has reached every instance. Seconds, or None."""
+        committed after every other write, has reached every instance. Seconds, or None
+        (then `drain_problem` says which step did not finish)."""
         started = time.monotonic()
+        self.drain_problem = ""
         broker = redis.Redis(host="127.0.0.1", port=self.redis.port, db=1)
         try:
             if not wait_until(lambda: queue_empty(broker, self.queue), timeout):
+                self.drain_problem = f"celery queue not empty: {broker.llen(self.queue)} tasks"
                 return None
             if wait_propagated(self.api_urls, self.database_url, DRAIN_PROBE, timeout) is None:
+                self.drain_problem = "probe write never visible on every instance: " + (
+                    self._probe_state(DRAIN_PROBE)
+                )
                 return None
             if not wait_until(lambda: queue_empty(broker, self.queue), timeout):
+                self.drain_problem = f"celery queue not empty: {broker.llen(self.queue)} tasks"
                 return None
         finally:
             broker.close()
         return time.monotonic() - started
+
+    def _probe_state(self, product_id: int) -> str:
+        with psycopg.connect(self.database_url) as conn:
+            row = conn.execute("SELECT version FROM products WHERE id = %s", (product_id,))
+            db_version = row.fetchone()
+        seen = []
+        for base in self.api_urls:
+            try:
+                response = httpx.get(f"{base}/products/{product_id}", timeout=2)
+                seen.append(
+                    f"{base} {response.status_code} {response.headers.get('x-cache')} "
+                    f"{response.text[:120]}"
+                )
+            except httpx.HTTPError as exc:
+                seen.append(f"{base} {exc!r}")
+        return f"db version {db_version}; " + "; ".join(seen)
 
     def sweep(self) -> SweepResult:
         return final_sweep(
