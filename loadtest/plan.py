@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import orjson
 
 from loadtest.settings import Settings
+from pgbust.errors import ConfigError
 
 PLAN_ENV = "PGBUST_LOADTEST_PLAN"
 # A writer user sends at most this many writes per second (keeps each one well below its
@@ -19,8 +20,8 @@ PLAN_ENV = "PGBUST_LOADTEST_PLAN"
 WRITES_PER_WRITER = 8.0
 
 
-class PlanError(ValueError):
-    pass
+class PlanError(ConfigError):
+    """Settings that cannot make a run (exit 2 with one line, like every config error)."""
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import secrets
 import signal
@@ -182,6 +183,15 @@ def run_mode(
     recorder: ChannelRecorder | None = None
     raw_path = out / "raw.json"
     raw_path.unlink(missing_ok=True)
+    plan = make_plan(
+        settings,
+        mode=mode,
+        api_urls=[],
+        api_token=token,
+        raw_out=str(raw_path),
+        product_ids=product_ids,
+        category_ids=category_ids,
+    )
     started = time.time()
     cpu_before: dict[str, float] = {}
     cpu_after: dict[str, float] = {}
@@ -198,15 +208,7 @@ def run_mode(
         cpu_before = stack.cpu_seconds()
         load_started = time.time()
         recorder = ChannelRecorder(settings.redis_url, Keyspace(namespace)).start()
-        plan = make_plan(
-            settings,
-            mode=mode,
-            api_urls=api_urls,
-            api_token=token,
-            raw_out=str(raw_path),
-            product_ids=product_ids,
-            category_ids=category_ids,
-        )
+        plan = dataclasses.replace(plan, api_urls=tuple(api_urls))
         say(
             f"{mode}: {plan.readers} readers (~{plan.read_rps:.0f}/s), {plan.api_writers} API "
             f"writers (~{plan.api_write_rps:.0f}/s), {plan.oob_writers} out-of-band writers "
