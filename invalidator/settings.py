@@ -15,9 +15,10 @@ class Settings(CommonSettings):
 
     # Postgres NOTIFY channel; must match pgbust.capture.channel (db/triggers/).
     channel: str = Field(default="pgbust_changes", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
-    # A batch is sent when no more events are immediately available, after at most this
-    # window, or at batch_max events, whichever comes first.
-    batch_window_ms: float = Field(default=1.0, ge=0, le=1000)
+    # A batch is sent as soon as no more events are immediately available (events that arrive
+    # while a batch is in flight form the next one), or at batch_max events. A window > 0 also
+    # waits that long for more: fewer Redis calls under load, but it adds to every lag.
+    batch_window_ms: float = Field(default=0.0, ge=0, le=1000)
     batch_max: int = Field(default=2000, ge=1, le=1_000_000)
     metrics_host: str = Field(
         default="0.0.0.0",  # noqa: S104 - served inside a container; no secrets on it
