@@ -232,12 +232,12 @@ async def lag_at_rates(
     results = []
     try:
         for rate in rates:
-            writers = max(1, min(8, rate // 400))
+            writers = max(1, min(12, rate // 200))  # open loop: enough writers in flight
             trigger_lags_ms.clear()
             daemon_ms.clear()
             deleted.clear()
             batches_before = _batches(daemon)
-            start_at = time.time() + 3.0  # writers are spawned processes: let them start
+            start_at = time.time() + 5.0  # writers are spawned processes: let them start
             with ProcessPoolExecutor(writers, mp_context=get_context("spawn")) as pool:
                 futures = [
                     loop.run_in_executor(
