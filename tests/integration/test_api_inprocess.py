@@ -409,3 +409,16 @@ async def test_read_after_a_write_does_not_join_a_load_that_started_before_it(
     pause.resume.set()
     assert (await early).json()["version"] == 1
     assert (await client.get("/products/16")).json()["version"] == 2
+
+
+async def test_reads_are_sampled_into_the_hot_set(make_api: MakeApi, l2: RedisCache) -> None:
+    client, _ = await make_api(hot_sample_rate=1.0)
+    for _ in range(3):
+        await client.get("/products/17")
+    score = None
+    for _ in range(200):  # the counting is fire-and-forget: poll until it landed
+        score = await l2.client.zscore(l2.keyspace.hot, "product:17")
+        if score == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert score == 3
