@@ -57,8 +57,7 @@ async def make_api(
                 redis_url=redis_server.url,
                 namespace=namespace,
                 api_token=API_TOKEN,
-                hot_sample_rate=0.0,
-                **overrides,
+                **{"hot_sample_rate": 0.0, **overrides},
             )
             app: FastAPI = create_app(settings)
             await stack.enter_async_context(app.router.lifespan_context(app))
