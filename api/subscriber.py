@@ -57,6 +57,7 @@ class Subscriber:
         self.last_error = ""
         self.subscribed_once = asyncio.Event()
         self._epoch: int | None = None
+        self._echoes: dict[str, asyncio.Future[None]] = {}
 
     @property
     def healthy(self) -> bool:
@@ -142,6 +143,15 @@ class Subscriber:
             self.l1.flush()
             self.metrics.messages.labels("epoch_check").inc()
 
+    def expect_echo(self, reason: str) -> asyncio.Future[None]:
+        """A future resolved when a message with this reason comes back on the channel."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._echoes[reason] = future
+        return future
+
+    def forget_echo(self, reason: str) -> None:
+        self._echoes.pop(reason, None)
+
     def handle(self, raw: bytes | str) -> None:
         try:
             message = Invalidation.decode(raw)
@@ -156,6 +166,9 @@ class Subscriber:
         else:
             self.metrics.messages.labels("evict").inc()
             self.l1.evict(message.keys, message.tags)
+        echo = self._echoes.pop(message.reason, None) if message.reason else None
+        if echo is not None and not echo.done():
+            echo.set_result(None)
         if message.ts_us is not None:
             lag_s = time.time() - message.ts_us / 1_000_000
             self.metrics.invalidation_lag.observe(max(0.0, lag_s))

@@ -9,8 +9,10 @@ TTL is the only bound, by design of that mode); in off mode there is no cache.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import uuid
 from typing import Any
 
 import orjson
@@ -26,6 +28,7 @@ from invalidator.rules import product_write_targets
 from pgbust.protocol import Invalidation
 
 log = logging.getLogger(__name__)
+ECHO_WAIT_S = 0.25
 
 
 async def _returning(runtime: Runtime, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
@@ -74,11 +77,21 @@ async def delete_product(runtime: Runtime, product_id: int) -> bool:
 
 
 async def invalidate(runtime: Runtime, product_id: int, *category_ids: int) -> None:
-    """Invalidate a write's targets in L2 (and every L1 via the message) and in this L1."""
+    """Invalidate a write's targets in L2 (and every L1 via the message) and in this L1.
+
+    Then wait, briefly (at most ECHO_WAIT_S), for the message to come back on this process's
+    own subscription: Redis writes one PUBLISH to every subscriber's connection at once, so
+    by then it is on its way into every other instance too, which narrows the window in which
+    a client whose next read lands on another instance could still see the old value there to
+    that instance's own processing delay.
+    """
     if runtime.settings.cache_mode != "cdc" or runtime.l2 is None:
         return
     targets = product_write_targets(product_id, *category_ids)
-    message = Invalidation.of(targets, origin="api", ts_us=time.time_ns() // 1000)
+    reason = f"api write {uuid.uuid4().hex}"
+    message = Invalidation.of(targets, origin="api", ts_us=time.time_ns() // 1000, reason=reason)
+    subscriber = runtime.subscriber
+    echo = subscriber.expect_echo(reason) if subscriber and subscriber.healthy else None
     try:
         await runtime.l2.invalidate(targets, message)
         runtime.metrics.invalidations_sent.labels("ok").inc()
@@ -86,7 +99,15 @@ async def invalidate(runtime: Runtime, product_id: int, *category_ids: int) -> N
         # committed already: the CDC path (and the worker's retries) will invalidate L2
         runtime.metrics.invalidations_sent.labels("redis_error").inc()
         log.warning("write-path invalidation of %s failed: %s", sorted(targets.keys), exc)
+        echo = None
     if targets.flush:
         runtime.l1.flush()
     else:
         runtime.l1.evict(targets.keys, targets.tags)
+    if echo is not None and subscriber is not None:
+        try:
+            await asyncio.wait_for(echo, ECHO_WAIT_S)
+        except TimeoutError:
+            runtime.metrics.invalidations_sent.labels("echo_timeout").inc()
+        finally:
+            subscriber.forget_echo(reason)

@@ -19,6 +19,7 @@ from db.seed import Counts
 from pgbust.devservers import free_port
 from pgbust.keys import Keyspace
 from pgbust.protocol import Invalidation
+from tests.conftest import API_TOKEN
 from tests.support.processes import ManagedProcess, ProcessManager
 from tests.support.servers import wait_until
 
@@ -176,3 +177,19 @@ def test_config_error_is_one_line_and_exit_2(stack_env: dict[str, str]) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "PGBUST_CACHE_MODE" in done.stderr
+
+
+def test_a_write_on_one_instance_is_read_on_the_other_right_after_it(apis: Apis) -> None:
+    a, b = apis
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    stale = []
+    with httpx.Client(timeout=5) as client:
+        for i in range(40):
+            path = f"/products/{30 + i}"
+            client.get(b.base_url + path)
+            assert client.get(b.base_url + path).headers["X-Cache"] == "L1"
+            patched = client.patch(a.base_url + path, json={"stock": i}, headers=auth).json()
+            read = client.get(b.base_url + path).json()
+            if read["version"] != patched["version"]:
+                stale.append(path)
+    assert not stale, f"instance B served a pre-write version right after the write: {stale}"
