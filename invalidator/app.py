@@ -135,6 +135,7 @@ class Invalidator:
         waited: set[asyncio.Task[Any]] = {listener, consumer, watch, stop}
         done, _ = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
         self.started.clear()
+        self.metrics.active.set(0)
         for task in (listener, watch, hot):
             task.cancel()
         if stop in done:
@@ -144,6 +145,7 @@ class Invalidator:
             except TimeoutError:
                 log.error("could not drain the last batch in time")
         else:
+            self.role = "standby"  # not serving any more: someone else may take over
             consumer.cancel()
             stop.cancel()
             for task in done:
@@ -152,7 +154,6 @@ class Invalidator:
             await self.leadership.release()
             await asyncio.sleep(self.settings.standby_poll_s)
         await asyncio.gather(listener, watch, hot, consumer, stop, return_exceptions=True)
-        self.metrics.active.set(0)
 
     # --- batching -------------------------------------------------------------------------
 
