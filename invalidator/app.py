@@ -20,6 +20,7 @@ from invalidator.server import HealthServer
 from invalidator.settings import Settings
 from invalidator.sink import AppliedHook, Sink
 from invalidator.tasks import Tasks
+from pgbust.errors import StartupError
 from pgbust.keys import Keyspace
 from pgbust.redis_cache import RedisCache
 
@@ -94,7 +95,14 @@ class Invalidator:
 
     async def run(self) -> None:
         if self.server is not None:
-            await self.server.start()
+            try:
+                await self.server.start()
+            except OSError as exc:
+                await self.redis.aclose()
+                raise StartupError(
+                    f"cannot serve /healthz on {self.server.host}:{self.server.port} "
+                    f"(PGBUST_INVALIDATOR_METRICS_PORT / --metrics-port): {exc.strerror or exc}"
+                ) from None
         try:
             while not self.stopping.is_set():
                 self.role = "standby"

@@ -101,3 +101,22 @@ def test_unreachable_postgres_is_one_line_and_exit_1(stack_env: dict[str, str]) 
     )
     assert result.returncode == 1
     assert "DATABASE_URL" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_metrics_port_in_use_is_one_line_and_exit_1(stack_env: dict[str, str]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "invalidator", "--metrics-port", str(port)],
+            env={**stack_env, "PGBUST_INVALIDATOR_METRICS_HOST": "127.0.0.1"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "metrics-port" in lines[0], result.stderr
