@@ -7,6 +7,7 @@ its subscriber received. Everything numeric in summary.json is computed here.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -100,6 +101,19 @@ class RawRun:
             extra=dict(body.get("extra", {})),
         )
 
+    def shifted(self, offset: float) -> RawRun:
+        """The same run with every time moved by offset seconds."""
+        return dataclasses.replace(
+            self,
+            started_at=self.started_at + offset,
+            stopped_at=self.stopped_at + offset,
+            read_sent=[t + offset for t in self.read_sent],
+            writes=[
+                dataclasses.replace(w, sent_at=w.sent_at + offset, acked_at=w.acked_at + offset)
+                for w in self.writes
+            ],
+        )
+
     def after(self, start: float) -> RawRun:
         """The part of the run from `start` on (reads sent and writes sent at or after it)."""
         keep = [i for i, sent in enumerate(self.read_sent) if sent >= start]
@@ -122,6 +136,52 @@ class RawRun:
         )
 
 
+def _shift_messages(messages: Sequence[Received], offset: float) -> list[Received]:
+    return [
+        dataclasses.replace(
+            m, at=m.at + offset, ts_us=None if m.ts_us is None else m.ts_us + round(offset * 1e6)
+        )
+        for m in messages
+    ]
+
+
+def concat(
+    rounds: Sequence[tuple[RawRun, Sequence[Received] | None]],
+) -> tuple[RawRun, list[Received] | None]:
+    """Several rounds of one mode laid end to end, as if they were one run (with messages)."""
+    first = rounds[0][0]
+    merged = RawRun(
+        mode=first.mode,
+        started_at=first.started_at,
+        stopped_at=first.started_at,
+        errors={},
+        cpu_percent=first.cpu_percent,
+        extra=first.extra,
+    )
+    messages: list[Received] | None = [] if rounds[0][1] is not None else None
+    cpu: list[float] = []
+    for raw, received in rounds:
+        offset = merged.stopped_at - raw.started_at
+        moved = raw.shifted(offset)
+        merged.stopped_at = moved.stopped_at
+        merged.read_sent += moved.read_sent
+        merged.read_ms += moved.read_ms
+        merged.read_kind += moved.read_kind
+        merged.read_stale_ms += moved.read_stale_ms
+        merged.read_source += moved.read_source
+        merged.read_cause += moved.read_cause
+        merged.writes += moved.writes
+        merged.write_ms += moved.write_ms
+        for kind, count in raw.errors.items():
+            merged.errors[kind] = merged.errors.get(kind, 0) + count
+        if raw.cpu_percent is not None:
+            cpu.append(raw.cpu_percent)
+        if messages is not None and received is not None:
+            messages += _shift_messages(received, offset)
+    merged.cpu_percent = round(sum(cpu) / len(cpu), 1) if cpu else None
+    return merged, messages
+
+
 def summarize(
     full: RawRun,
     messages: Sequence[Received] | None,
@@ -130,13 +190,34 @@ def summarize(
     timeline_step_s: float = 1.0,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """summary.json of one run: see summarize_rounds."""
+    return summarize_rounds(
+        [(full, messages)], warmup_s=warmup_s, timeline_step_s=timeline_step_s, extra=extra
+    )
+
+
+def summarize_rounds(
+    rounds: Sequence[tuple[RawRun, Sequence[Received] | None]],
+    *,
+    warmup_s: float = 0.0,
+    timeline_step_s: float = 1.0,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """summary.json: the DESIGN.md fields first, then the extras.
 
-    The first warmup_s seconds (caches filling up) are left out of every number but the
-    timeline. messages=None means the mode has no invalidation channel (nocache, ttl): the lag
-    fields are null rather than a misleading zero.
+    The first warmup_s seconds of each round (caches filling up) are left out of every number
+    but the timeline; rounds count as one run laid end to end. messages=None means the mode
+    has no invalidation channel (nocache, ttl): the lag fields are null rather than a
+    misleading zero.
     """
-    raw = full.after(full.started_at + warmup_s) if warmup_s > 0 else full
+    full, _ = concat(rounds)
+    windows = [(r.after(r.started_at + warmup_s), m) for r, m in rounds]
+    raw, messages = concat(
+        [
+            (window, None if m is None else [x for x in m if x.at >= window.started_at])
+            for window, m in windows
+        ]
+    )
     duration = max(raw.stopped_at - raw.started_at, 1e-9)
     judged = [ms for ms in raw.read_stale_ms if ms is not None]
     staleness = [ms for ms in judged if ms > 0]

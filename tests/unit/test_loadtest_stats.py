@@ -156,3 +156,21 @@ def test_warmup_is_left_out_of_the_numbers_but_not_the_timeline() -> None:
     assert summary["duration_s"] == pytest.approx(8.5)
     assert summary["warmup_s"] == 1.5
     assert sum(row["reads"] for row in summary["timeline"]) == 4
+
+
+def test_rounds_count_as_one_run_laid_end_to_end() -> None:
+    from loadtest.stats import summarize_rounds
+
+    first = _raw()
+    second = _raw().shifted(500.0)  # a later round of the same mode
+    messages = [Received(100.011, ("product:1",)), Received(101.02, ("product:2",))]
+    later = [Received(m.at + 500.0, m.keys) for m in messages]
+    summary = summarize_rounds([(first, messages), (second, later)])
+    assert summary["duration_s"] == pytest.approx(20.0)
+    assert summary["reads"] == 8
+    assert summary["writes"] == 4
+    assert summary["read_rps"] == pytest.approx(0.4)
+    assert summary["invalidation_lag_ms"]["max"] == pytest.approx(10.0, abs=0.01)
+    assert summary["writes_never_invalidated"] == 0
+    assert summary["errors"] == 2
+    assert len(summary["timeline"]) == 20
