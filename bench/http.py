@@ -297,7 +297,7 @@ def run(out: Path, quick: bool) -> None:
     rounds, seconds = (3, 1.0) if quick else (7, 2.0)
     database_url = prepare_database()
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    log = out / "http-servers.log"
+    log = Path(tempfile.gettempdir()) / "pgbust-bench-http-servers.log"
     out.mkdir(parents=True, exist_ok=True)
 
     with ExitStack() as stack:
