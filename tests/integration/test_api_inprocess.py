@@ -26,6 +26,7 @@ from pgbust.keys import Keyspace
 from pgbust.protocol import Invalidation
 from pgbust.redis_cache import RedisCache
 from tests.conftest import API_TOKEN
+from tests.support.processes import ProcessManager
 from tests.support.servers import RedisServer
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -182,6 +183,26 @@ async def test_invalidation_between_db_read_and_fill_leaves_no_stale_value_in_l1
     assert await l2.peek("product:7") is None
     fresh = await client.get("/products/7")
     assert fresh.headers["X-Cache"] == "MISS" and fresh.json()["version"] == 2
+
+
+async def test_psql_update_during_a_fill_through_the_real_invalidator_is_not_filled_stale(
+    make_api: MakeApi, l2: RedisCache, pg: psycopg.Connection[Any], procs: ProcessManager
+) -> None:
+    procs.invalidator()
+    client, runtime = await make_api()
+    pause = Pause("product:18")
+    runtime.cache.after_load = pause
+    reader = asyncio.create_task(client.get("/products/18"))
+    await asyncio.wait_for(pause.loaded.wait(), 5)
+    pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 18")
+    evicted = "pgbust_api_invalidation_messages_total"
+    await eventually(lambda: metric(runtime, evicted, kind="evict") >= 1, within_s=10)
+    pause.resume.set()
+    assert (await reader).json()["version"] == 1
+    refused = "pgbust_api_fills_refused_total"
+    assert sum(metric(runtime, refused, tier="l2", reason=r) for r in ("lease_lost", "invalidated"))
+    assert "product:18" not in runtime.l1 and await l2.peek("product:18") is None
+    assert (await client.get("/products/18")).json()["version"] == 2
 
 
 async def test_stale_aggregate_is_not_filled_after_its_category_was_invalidated(
