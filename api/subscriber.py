@@ -82,6 +82,10 @@ class Subscriber:
                 except (RedisError, OSError) as exc:
                     failures = 0 if self.state == "subscribed" else failures + 1
                     self._on_lost(exc)
+                except Exception as exc:  # a bug must not leave the L1 unguarded: same path
+                    log.exception("subscriber session failed unexpectedly")
+                    failures += 1
+                    self._on_lost(exc)
                 delay = min(MAX_RETRY_S, FIRST_RETRY_S * 2**failures)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
         finally:
