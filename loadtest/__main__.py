@@ -47,6 +47,13 @@ def _compare_parser() -> argparse.ArgumentParser:
     )
     _common(parser, 20)
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="split each mode's duration into this many runs, in alternating mode order "
+        "(fairer on a shared machine)",
+    )
     return parser
 
 
@@ -68,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
                 unknown = [m for m in modes if m not in MODES]
                 if unknown:
                     raise SystemExit(f"python -m loadtest compare: unknown mode(s) {unknown}")
-                compare(settings, args.out, args.duration, modes)
+                compare(settings, args.out, args.duration, modes, rounds=max(1, args.rounds))
             else:
                 run_mode(settings, args.mode, args.out, args.duration)
 

@@ -173,7 +173,10 @@ def chart(summaries: Mapping[str, Mapping[str, Any]], path: Path) -> None:
     middle.legend(fontsize="small")
     bottom.set_ylabel("max staleness (ms)")
     bottom.set_yscale("log")
-    bottom.set_xlabel("seconds into the run")
+    rounds = max(int(s.get("rounds", 1)) for s in summaries.values()) if summaries else 1
+    bottom.set_xlabel(
+        "seconds into the run" if rounds == 1 else f"seconds of load ({rounds} rounds end to end)"
+    )
     bottom.legend(fontsize="small")
     for axis in (top, middle, bottom):
         axis.grid(True, which="both", alpha=0.3)

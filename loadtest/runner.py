@@ -23,10 +23,11 @@ import redis
 from db import migrate, seed
 from db.queries import parse_queries
 from loadtest import report
+from loadtest.lag import Received
 from loadtest.plan import PLAN_ENV, Plan, make_plan
 from loadtest.settings import Settings
 from loadtest.stack import Stack
-from loadtest.stats import RawRun, summarize
+from loadtest.stats import RawRun, summarize_rounds
 from loadtest.subscriber import ChannelRecorder
 from pgbust.checks import require_postgres, require_redis
 from pgbust.errors import StartupError
@@ -161,21 +162,31 @@ def _drop_namespace(redis_url: str, namespace: str) -> None:
         client.close()
 
 
-def run_mode(
+@dataclasses.dataclass
+class Round:
+    """What one run of one mode recorded, before it is summarised."""
+
+    raw: RawRun
+    messages: list[Received] | None  # None: the mode has no invalidation channel
+    extra: dict[str, Any]
+
+
+def collect_round(
     settings: Settings,
     mode: str,
     out: Path,
     duration_s: int,
-    *,
-    ranges: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    ranges: tuple[tuple[int, int], tuple[int, int]],
     quiet: bool = False,
-) -> dict[str, Any]:
-    """One headless run of one mode; writes out/summary.json (+ Locust CSV/HTML) and returns it."""
+) -> Round:
+    """Start what the mode needs, run Locust for duration_s, stop everything, return the record.
+
+    Locust's CSV/HTML report and the processes' logs stay in `out`."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
     out.mkdir(parents=True, exist_ok=True)
     require_redis(settings.redis_url)
-    product_ids, category_ids = ranges or prepare_database(settings)
+    product_ids, category_ids = ranges
     namespace = f"{settings.namespace}-lt-{mode}-{uuid.uuid4().hex[:6]}"
     token = settings.api_token or secrets.token_urlsafe(24)
     env = _mode_env(settings, mode, namespace, token)
@@ -195,6 +206,7 @@ def run_mode(
     started = time.time()
     cpu_before: dict[str, float] = {}
     cpu_after: dict[str, float] = {}
+    load_wall = 0.0
     try:
         parts = [f"{settings.loadtest_api_instances} API instances ({API_CACHE_MODE[mode]})"]
         api_urls = stack.start_apis(settings.loadtest_api_instances, {})
@@ -216,7 +228,7 @@ def run_mode(
         )
         _run_locust(plan, env, out, duration_s, quiet)
         cpu_after = stack.cpu_seconds()
-        load_wall = time.time() - load_started
+        load_wall = max(time.time() - load_started, 1e-9)
         time.sleep(DRAIN_S)
     finally:
         messages = recorder.stop() if recorder is not None else []
@@ -225,41 +237,66 @@ def run_mode(
     if not raw_path.exists():
         raise StartupError(f"the load generator wrote no record; see {out / 'locust.log'}")
     raw = RawRun.from_json(orjson.loads(raw_path.read_bytes()))
-    warmup = min(settings.loadtest_warmup_s, duration_s / 2)
-    summary = summarize(
-        raw,
-        messages if mode == "cdc" else None,
-        warmup_s=warmup,
-        extra={
-            "settings": {
-                "users": plan.users,
-                "readers": plan.readers,
-                "api_writers": plan.api_writers,
-                "oob_writers": plan.oob_writers,
-                "target_read_rps": round(plan.read_rps, 1),
-                "target_write_rps": round(plan.api_write_rps + plan.oob_write_rps, 1),
-                "oob_fraction": settings.loadtest_oob_fraction,
-                "zipf_s": plan.zipf_s,
-                "write_zipf_s": plan.write_zipf_s,
-                "page_share": plan.page_share,
-                "summary_share": plan.summary_share,
-                "api_instances": len(api_urls),
-                "ttl_s": settings.loadtest_ttl_s if mode == "ttl" else None,
-                "products": product_ids[1] - product_ids[0] + 1,
-                "categories": category_ids[1] - category_ids[0] + 1,
-                "namespace": namespace,
-            },
-            "wall_s": round(time.time() - started, 1),
-            "load_average": [round(x, 2) for x in os.getloadavg()],
-            "stack_cpu_percent": {
-                name: round(100.0 * (cpu_after[name] - cpu_before.get(name, 0.0)) / load_wall, 1)
-                for name in cpu_after
-            },
-            "cpus": os.cpu_count(),
-        },
-    )
-    (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     raw_path.unlink(missing_ok=True)  # large; summary.json and Locust's CSV are the record
+    extra = {
+        "settings": {
+            "users": plan.users,
+            "readers": plan.readers,
+            "api_writers": plan.api_writers,
+            "oob_writers": plan.oob_writers,
+            "target_read_rps": round(plan.read_rps, 1),
+            "target_write_rps": round(plan.api_write_rps + plan.oob_write_rps, 1),
+            "oob_fraction": settings.loadtest_oob_fraction,
+            "zipf_s": plan.zipf_s,
+            "write_zipf_s": plan.write_zipf_s,
+            "page_share": plan.page_share,
+            "summary_share": plan.summary_share,
+            "api_instances": len(api_urls),
+            "ttl_s": settings.loadtest_ttl_s if mode == "ttl" else None,
+            "products": product_ids[1] - product_ids[0] + 1,
+            "categories": category_ids[1] - category_ids[0] + 1,
+            "worker": mode == "cdc" and settings.loadtest_worker,
+        },
+        "namespaces": [namespace],
+        "wall_s": round(time.time() - started, 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "stack_cpu_percent": {
+            name: round(100.0 * (cpu_after[name] - cpu_before.get(name, 0.0)) / load_wall, 1)
+            for name in cpu_after
+        },
+        "cpus": os.cpu_count(),
+    }
+    return Round(raw, messages if mode == "cdc" else None, extra)
+
+
+def _merged_extra(rounds: list[Round]) -> dict[str, Any]:
+    extra = dict(rounds[0].extra)
+    extra["rounds"] = len(rounds)
+    extra["namespaces"] = [ns for r in rounds for ns in r.extra["namespaces"]]
+    extra["wall_s"] = round(sum(r.extra["wall_s"] for r in rounds), 1)
+    loads = [r.extra["load_average"] for r in rounds]
+    extra["load_average"] = [round(sum(col) / len(col), 2) for col in zip(*loads, strict=True)]
+    extra["load_average_by_round"] = [load[0] for load in loads]
+    names = {name for r in rounds for name in r.extra["stack_cpu_percent"]}
+    extra["stack_cpu_percent"] = {
+        name: round(
+            sum(r.extra["stack_cpu_percent"].get(name, 0.0) for r in rounds) / len(rounds), 1
+        )
+        for name in sorted(names)
+    }
+    return extra
+
+
+def finish(
+    settings: Settings, mode: str, rounds: list[Round], out: Path, round_s: int
+) -> dict[str, Any]:
+    """Summarise a mode's rounds into out/summary.json."""
+    warmup = min(settings.loadtest_warmup_s, round_s / 2)
+    summary = summarize_rounds(
+        [(r.raw, r.messages) for r in rounds], warmup_s=warmup, extra=_merged_extra(rounds)
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     say(
         f"{mode}: {summary['reads']} reads ({summary['read_rps']:g}/s, p50 "
         f"{summary['read_latency_ms']['p50']} ms), {summary['writes']} writes "
@@ -269,14 +306,45 @@ def run_mode(
     return summary
 
 
+def run_mode(
+    settings: Settings,
+    mode: str,
+    out: Path,
+    duration_s: int,
+    *,
+    ranges: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """One headless run of one mode; writes out/summary.json (+ Locust CSV/HTML) and returns it."""
+    ranges = ranges or prepare_database(settings)
+    one = collect_round(settings, mode, out, duration_s, ranges, quiet)
+    return finish(settings, mode, [one], out, duration_s)
+
+
 def compare(
-    settings: Settings, out: Path, duration_s: int, modes: tuple[str, ...] = MODES
+    settings: Settings,
+    out: Path,
+    duration_s: int,
+    modes: tuple[str, ...] = MODES,
+    rounds: int = 1,
 ) -> dict[str, dict[str, Any]]:
-    """Run every mode with the same data and load; write compare.json/.md/.png; print the table."""
+    """Run every mode with the same data and load; write compare.json/.md/.png; print the table.
+
+    With rounds > 1 each mode runs duration_s / rounds at a time, in alternating order
+    (A B C C B A ...), so a neighbour's load on a shared machine falls on every mode alike."""
     ranges = prepare_database(settings)
-    summaries: dict[str, dict[str, Any]] = {}
-    for mode in modes:
-        summaries[mode] = run_mode(settings, mode, out / mode, duration_s, ranges=ranges)
+    round_s = max(1, duration_s // rounds)
+    collected: dict[str, list[Round]] = {mode: [] for mode in modes}
+    for index in range(rounds):
+        order = modes if index % 2 == 0 else tuple(reversed(modes))
+        for mode in order:
+            folder = out / mode if rounds == 1 else out / mode / f"round-{index + 1}"
+            if rounds > 1:
+                say(f"{mode}: round {index + 1} of {rounds}")
+            collected[mode].append(collect_round(settings, mode, folder, round_s, ranges))
+    summaries = {
+        mode: finish(settings, mode, collected[mode], out / mode, round_s) for mode in modes
+    }
     write_comparison(summaries, out)
     print(report.markdown(summaries))
     return summaries
