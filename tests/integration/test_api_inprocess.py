@@ -442,3 +442,15 @@ async def test_reads_are_sampled_into_the_hot_set(make_api: MakeApi, l2: RedisCa
             break
         await asyncio.sleep(0.01)
     assert score == 3
+
+
+async def test_l1_hits_before_and_through_routing_answer_alike(make_api: MakeApi) -> None:
+    client, _ = await make_api()
+    for path in ("/products/19", "/categories/2/products?limit=3&offset=1"):
+        first = await client.get(path)
+        fast = await client.get(path)  # canonical path: answered before FastAPI routing
+        routed = await client.get(path.replace("/19", "/019").replace("/2/", "/02/"))
+        assert first.headers["X-Cache"] == "MISS"
+        for hit in (fast, routed):
+            assert hit.headers["X-Cache"] == "L1" and hit.content == first.content
+            assert hit.headers["content-type"] == "application/json"
