@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import orjson
@@ -21,6 +22,7 @@ from pgbust.keys import Keyspace
 from pgbust.protocol import Invalidation
 from tests.conftest import API_TOKEN
 from tests.support.processes import ManagedProcess, ProcessManager
+from tests.support.proxy import TcpProxy
 from tests.support.servers import wait_until
 
 Apis = tuple[ManagedProcess, ManagedProcess]
@@ -193,3 +195,31 @@ def test_a_write_on_one_instance_is_read_on_the_other_right_after_it(apis: Apis)
             if read["version"] != patched["version"]:
                 stale.append(path)
     assert not stale, f"instance B served a pre-write version right after the write: {stale}"
+
+
+def test_postgres_outage_is_503_not_500_and_cached_reads_keep_working(
+    procs: ProcessManager, seeded: Counts, database_url: str
+) -> None:
+    parts = urlsplit(database_url)
+    proxy = TcpProxy(parts.port or 5432).start()
+    try:
+        through_proxy = urlunsplit(
+            parts._replace(netloc=f"{parts.username or ''}@127.0.0.1:{proxy.port}")
+        )
+        api = procs.api("api-pg-proxy", env={"DATABASE_URL": through_proxy})
+        get(api, "/products/6")
+        assert get(api, "/products/6").headers["X-Cache"] == "L1"
+        proxy.block()
+        cached = get(api, "/products/6")
+        assert cached.status_code == 200 and cached.headers["X-Cache"] == "L1"
+        uncached = httpx.get(api.base_url + "/products/66", timeout=15)
+        assert uncached.status_code == 503 and "database" in uncached.json()["detail"]
+        health = httpx.get(api.base_url + "/healthz", timeout=15)
+        assert health.status_code == 503 and health.json()["database"].startswith("error")
+        proxy.unblock()
+        assert wait_until(
+            lambda: httpx.get(api.base_url + "/healthz", timeout=15).status_code == 200, timeout=20
+        )
+        assert get(api, "/products/66").status_code == 200
+    finally:
+        proxy.stop()
