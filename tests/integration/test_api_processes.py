@@ -65,6 +65,11 @@ def test_update_via_psql_evicts_l1_on_every_instance_and_redis(
 ) -> None:
     procs.invalidator()
     a, b = apis
+    # the invalidator flushes everything when its listener connects (what it may have missed)
+    flushed = 'kind="flush"'
+    assert wait_until(
+        lambda: all(metric(p, "pgbust_api_invalidation_messages_total", flushed) >= 1 for p in apis)
+    )
     for proc in (a, b, a, b):
         get(proc, "/products/3")
     assert get(a, "/products/3").headers["X-Cache"] == "L1"
