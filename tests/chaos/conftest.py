@@ -2,12 +2,11 @@
 
 Short form (default, part of `make test`): a few seconds per scenario. Full form
 (`make chaos`: `pytest tests/chaos --chaos-full`, or PGBUST_CHAOS_FULL=1): longer faults,
-more of them, more load; results in bench/results/chaos.json (short: chaos-short.json).
+more of them, more load; results in bench/results/chaos.json and chaos.md.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from bench import report
+from bench.report import markdown_table
 from tests.chaos.stack import ChaosStack, ScenarioRecord
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "bench" / "results"
@@ -30,24 +31,51 @@ def chaos_full(request: pytest.FixtureRequest) -> bool:
 
 @pytest.fixture(scope="session")
 def chaos_results(chaos_full: bool) -> Iterator[list[ScenarioRecord]]:
+    """Collects one record per scenario; written as bench/results/chaos.json (+ .md) by the
+    full run. The short run (make test) writes only where PGBUST_CHAOS_OUT points."""
     records: list[ScenarioRecord] = []
     started = time.time()
     yield records
-    if not records:
-        return
     override = os.environ.get("PGBUST_CHAOS_OUT", "")
-    out = Path(override) if override else RESULTS_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    name = "chaos.json" if chaos_full else "chaos-short.json"
+    if not records or not (chaos_full or override):
+        return
     data = {
         "mode": "full" if chaos_full else "short",
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "duration_s": round(time.time() - started, 1),
-        "scenarios": [asdict(record) for record in records],
         "all_passed": all(record.passed for record in records),
         "stale_after_sweep_total": sum(max(0, r.stale_after_sweep) for r in records),
+        "scenarios": [asdict(record) for record in records],
     }
-    (out / name).write_text(json.dumps(data, indent=2) + "\n")
+    header = [
+        "scenario",
+        "faults",
+        "reads",
+        "writes",
+        "reads in fault",
+        "stale reads in fault",
+        "stale after sweep",
+        "recover s",
+        "drain s",
+        "passed",
+    ]
+    rows = [
+        [
+            r.scenario,
+            r.faults_injected,
+            r.reads,
+            r.writes,
+            r.reads_during_fault,
+            r.stale_reads_during_fault,
+            r.stale_after_sweep,
+            r.time_to_recover_s,
+            r.drain_s,
+            "yes" if r.passed else "**no**",
+        ]
+        for r in records
+    ]
+    report.write(
+        Path(override) if override else RESULTS_DIR, "chaos", data, markdown_table(header, rows)
+    )
 
 
 @pytest.fixture(scope="module")
