@@ -36,7 +36,7 @@ from fastapi import FastAPI, Response
 
 from bench.report import markdown_table, percentiles, write
 from db import migrate, seed
-from pgbust.devservers import ensure_database, free_port, with_database
+from pgbust.devservers import apt_install, ensure_database, free_port, with_database
 
 PRODUCTS = 100_000
 CATEGORIES = 20
@@ -293,7 +293,20 @@ def prepare_database() -> str:
     return url
 
 
+def ensure_wrk() -> None:
+    """Install wrk with apt-get when it is missing and we may (as devservers does for the
+    servers): the httpx fallback driver saturates its own CPU before the server's, so its
+    ratios say little."""
+    if shutil.which("wrk") or not shutil.which("apt-get") or os.geteuid() != 0:
+        return
+    try:
+        apt_install("wrk")
+    except (SystemExit, subprocess.CalledProcessError) as exc:
+        print(f"bench http: could not install wrk ({exc}); using the httpx driver", file=sys.stderr)
+
+
 def run(out: Path, quick: bool) -> None:
+    ensure_wrk()
     rounds, seconds = (3, 1.0) if quick else (7, 2.0)
     database_url = prepare_database()
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
