@@ -136,8 +136,24 @@ class TieredCache:
             self.metrics.misses.labels("l2").inc()
             return await self._load_and_fill(entry, l2, result, ticket)
         self.metrics.hits.labels("l2").inc()
-        self._put_l1(ticket, result.payload)
+        await self._put_l1_copy_of_l2(entry, l2, ticket, result.payload)
         return ReadResult(result.payload, "L2")
+
+    async def _put_l1_copy_of_l2(
+        self, entry: str, l2: RedisCache, ticket: Ticket, payload: bytes
+    ) -> None:
+        """With a TTL, the L1 copy expires when the L2 entry does, not a full TTL later
+        (else a TTL-mode read could be stale for up to twice the TTL)."""
+        if self.ttl_ms <= 0:
+            self._put_l1(ticket, payload)
+            return
+        try:
+            remaining_ms = int(await l2.client.pttl(l2.keyspace.value(entry)))
+        except RedisError:
+            self.metrics.redis_errors.labels("pttl").inc()
+            return
+        if remaining_ms > 0:
+            self._put_l1(ticket, payload, min(self.ttl_ms, remaining_ms) / 1000)
 
     async def _wait_for_other_loader(self, entry: str, l2: RedisCache) -> Hit | Lease | None:
         deadline = time.monotonic() + self.lease_ms / 1000
@@ -193,8 +209,8 @@ class TieredCache:
         self.metrics.db_loads.inc()
         return await self.db.load(entry)
 
-    def _put_l1(self, ticket: Ticket, payload: bytes) -> None:
-        if self.l1.put(ticket, payload):
+    def _put_l1(self, ticket: Ticket, payload: bytes, ttl_s: float | None = None) -> None:
+        if self.l1.put(ticket, payload, ttl_s):
             self.metrics.fills.labels("l1").inc()
         elif not ticket.valid:
             self.metrics.fills_refused.labels("l1", "invalidated").inc()

@@ -97,8 +97,11 @@ class L1Cache:
             self._pending.setdefault(entry, set()).add(ticket)
         return ticket
 
-    def put(self, ticket: Ticket, payload: bytes) -> bool:
-        """Store payload unless the entry was invalidated since the ticket was taken."""
+    def put(self, ticket: Ticket, payload: bytes, ttl_s: float | None = None) -> bool:
+        """Store payload unless the entry was invalidated since the ticket was taken.
+
+        ttl_s overrides the cache's TTL for this entry (a copy of an L2 entry lives no longer
+        than the L2 entry itself)."""
         self.release(ticket)
         if not ticket.valid or not self.enabled:
             self.stats.refused_fills += 1
@@ -108,7 +111,8 @@ class L1Cache:
             return False
         if ticket.entry in self._items:
             self._remove(ticket.entry)
-        expires_at = self.clock() + self.ttl_s if self.ttl_s > 0 else 0.0
+        ttl = self.ttl_s if ttl_s is None else ttl_s
+        expires_at = self.clock() + ttl if ttl > 0 else 0.0
         self._items[ticket.entry] = _Item(payload, size, expires_at)
         self._bytes += size
         if ticket.tag is not None:

@@ -454,3 +454,14 @@ async def test_l1_hits_before_and_through_routing_answer_alike(make_api: MakeApi
         for hit in (fast, routed):
             assert hit.headers["X-Cache"] == "L1" and hit.content == first.content
             assert hit.headers["content-type"] == "application/json"
+
+
+async def test_ttl_mode_l1_copy_of_an_l2_entry_expires_with_it(make_api: MakeApi) -> None:
+    a, _ = await make_api(cache_mode="ttl", cache_ttl_s=3.0)
+    b, runtime_b = await make_api(cache_mode="ttl", cache_ttl_s=3.0)
+    await a.get("/products/20")  # fills L2 with a 3 s TTL
+    await asyncio.sleep(1.0)
+    assert (await b.get("/products/20")).headers["X-Cache"] == "L2"
+    item = runtime_b.l1._items["product:20"]
+    # B copied an entry 1 s into its life: it must not outlive it (expire ~2 s from now)
+    assert item.expires_at - runtime_b.l1.clock() <= 2.05

@@ -119,3 +119,11 @@ def test_in_flight_tickets_are_forgotten_once_released() -> None:
     for ticket in tickets:
         l1.release(ticket)
     assert not l1._pending
+
+
+def test_a_per_entry_ttl_overrides_the_cache_ttl() -> None:
+    now = [0.0]
+    l1 = L1Cache(max_entries=10, max_bytes=10**6, ttl_s=30.0, clock=lambda: now[0])
+    l1.put(l1.ticket("product:1"), b"x", ttl_s=2.0)
+    now[0] = 2.0
+    assert l1.get("product:1") is None
