@@ -144,7 +144,10 @@ def chart(summaries: Mapping[str, Mapping[str, Any]], path: Path) -> None:
     for summary in ordered(summaries):
         mode = str(summary["mode"])
         color = MODE_COLORS.get(mode)
-        rows: Sequence[Mapping[str, Any]] = summary.get("timeline", [])
+        timeline: Sequence[Mapping[str, Any]] = summary.get("timeline", [])
+        busiest = max((row["reads"] for row in timeline), default=0)
+        # a bucket cut short at the end of a round holds a handful of reads: not a trend
+        rows = [row for row in timeline if row["reads"] >= busiest / 4]
         seconds = [row["t"] for row in rows]
         top.plot(seconds, [r["p50_ms"] for r in rows], color=color, label=f"{mode} p50")
         top.plot(
