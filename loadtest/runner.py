@@ -30,8 +30,10 @@ from loadtest.stack import Stack
 from loadtest.stats import RawRun, summarize_rounds
 from loadtest.subscriber import ChannelRecorder
 from pgbust.checks import require_postgres, require_redis
-from pgbust.errors import StartupError
+from pgbust.errors import ConfigError, StartupError
 from pgbust.keys import Keyspace
+from pgbust.settings import load_settings
+from worker.settings import Settings as WorkerSettings
 
 MODES = ("nocache", "ttl", "cdc")
 API_CACHE_MODE = {"nocache": "off", "ttl": "ttl", "cdc": "cdc"}
@@ -157,6 +159,27 @@ def _drain(raw: RawRun, recorder: ChannelRecorder) -> None:
         time.sleep(0.1)
 
 
+def _drop_task_queue(settings: Settings, namespace: str) -> None:
+    """Warm-up tasks the invalidator queued after the worker stopped: delete them (Redis
+    brokers only; a RabbitMQ queue of a finished run is left to its broker)."""
+    try:
+        worker_settings = load_settings(
+            WorkerSettings, redis_url=settings.redis_url, namespace=namespace
+        )
+    except ConfigError:
+        return
+    broker = worker_settings.broker_url
+    if not broker.startswith(("redis://", "rediss://")):
+        return
+    client = redis.Redis.from_url(broker)
+    try:
+        client.delete(worker_settings.task_queue)
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
+
+
 def _drop_namespace(redis_url: str, namespace: str) -> None:
     client = redis.Redis.from_url(redis_url)
     try:
@@ -248,6 +271,8 @@ def collect_round(
         messages = recorder.stop() if recorder is not None else []
         stack.stop()
         _drop_namespace(settings.redis_url, namespace)
+        if mode == "cdc":
+            _drop_task_queue(settings, namespace)
     if not raw_path.exists():
         raise StartupError(f"the load generator wrote no record; see {out / 'locust.log'}")
     raw = RawRun.from_json(orjson.loads(raw_path.read_bytes()))
