@@ -173,7 +173,8 @@ def _drop_task_queue(settings: Settings, namespace: str) -> None:
         return
     client = redis.Redis.from_url(broker)
     try:
-        client.delete(worker_settings.task_queue)
+        queue = worker_settings.task_queue
+        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
     except redis.RedisError:
         pass
     finally:
