@@ -7,68 +7,31 @@ import dataclasses
 import os
 import secrets
 import signal
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any
 
 import orjson
-import psycopg
-import redis
 
-from db import migrate, seed
-from db.queries import parse_queries
 from loadtest import report
 from loadtest.lag import LagTracker, Received
+from loadtest.launch import run_locust
 from loadtest.plan import PLAN_ENV, Plan, make_plan
+from loadtest.servers import drop_namespace, drop_task_queue, prepare_database, say
 from loadtest.settings import Settings
 from loadtest.stack import Stack
 from loadtest.stats import RawRun, summarize_rounds
 from loadtest.subscriber import ChannelRecorder
-from pgbust.checks import require_postgres, require_redis
-from pgbust.errors import ConfigError, StartupError
+from pgbust.checks import require_redis
+from pgbust.errors import StartupError
 from pgbust.keys import Keyspace
-from pgbust.settings import load_settings
-from worker.settings import Settings as WorkerSettings
 
 MODES = ("nocache", "ttl", "cdc")
 API_CACHE_MODE = {"nocache": "off", "ttl": "ttl", "cdc": "cdc"}
-LOCUSTFILE = Path(__file__).with_name("locustfile.py")
-QUERIES = parse_queries(Path(__file__).with_name("queries.sql").read_text())
 DRAIN_S = 0.5  # after the load stops, the least time left for late invalidations
 DRAIN_MAX_S = 5.0  # cdc: wait up to this long for every write's invalidation to arrive
-
-
-def say(message: str) -> None:
-    print(f"[loadtest] {message}", file=sys.stderr, flush=True)
-
-
-def _ids(conn: psycopg.Connection[Any], name: str) -> tuple[int, int]:
-    row = conn.execute(QUERIES[name].encode()).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
-
-
-def prepare_database(settings: Settings) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Schema there, catalogue seeded (only when empty); returns product and category id ranges."""
-    require_postgres(settings.database_url)
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT to_regclass('products') IS NOT NULL").fetchone()
-        if not (exists and exists[0]):
-            say("no schema yet: python -m db upgrade")
-            migrate.upgrade(settings.database_url)
-        counts = seed.count(conn)
-        if counts.products == 0:
-            products = settings.loadtest_seed_products
-            categories = settings.loadtest_seed_categories
-            say(f"empty catalogue: seeding {products} products in {categories} categories")
-            seed.seed(settings.database_url, products, categories)
-            conn.execute("VACUUM (ANALYZE) products")  # index-only scans for the summaries
-        return _ids(conn, "product_id_range"), _ids(conn, "category_id_range")
 
 
 def _mode_env(settings: Settings, mode: str, namespace: str, token: str) -> dict[str, str]:
@@ -87,67 +50,6 @@ def _mode_env(settings: Settings, mode: str, namespace: str, token: str) -> dict
     return env
 
 
-def _relay(stream: TextIO, log: Path, quiet: bool) -> None:
-    with log.open("a") as out:
-        for line in stream:
-            out.write(line)
-            if "[progress]" in line and not quiet:
-                print("  " + line.strip().replace("[progress] ", ""), file=sys.stderr, flush=True)
-
-
-def _run_locust(plan: Plan, env: dict[str, str], out: Path, duration_s: int, quiet: bool) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(LOCUSTFILE),
-        "--headless",
-        "--users",
-        str(plan.users),
-        "--spawn-rate",
-        str(plan.users),
-        "--run-time",
-        f"{duration_s}s",
-        "--stop-timeout",
-        "2",
-        "--csv",
-        str(out / "locust"),
-        "--html",
-        str(out / "locust.html"),
-        "--only-summary",
-        "--exit-code-on-error",
-        "0",
-        "--loglevel",
-        "WARNING",
-        *plan.user_classes,
-    ]
-    locust = subprocess.Popen(
-        cmd,
-        env={**env, PLAN_ENV: plan.to_json()},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    assert locust.stdout is not None
-    relay = threading.Thread(target=_relay, args=(locust.stdout, out / "locust.log", quiet))
-    relay.start()
-    try:
-        locust.wait(timeout=duration_s + 60)
-    finally:
-        if locust.poll() is None:  # interrupted: let locust stop and write its reports
-            locust.send_signal(signal.SIGTERM)
-            try:
-                locust.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                locust.kill()
-                locust.wait()
-        relay.join(timeout=5)
-    if locust.returncode not in (0, None):
-        raise StartupError(f"locust exited with {locust.returncode}; see {out / 'locust.log'}")
-
-
 def _drain(raw: RawRun, recorder: ChannelRecorder) -> None:
     """Wait (up to DRAIN_MAX_S) until an invalidation for every write has arrived, so a slow
     invalidator at the very end of the run is measured as slow, not as never."""
@@ -159,45 +61,6 @@ def _drain(raw: RawRun, recorder: ChannelRecorder) -> None:
         time.sleep(0.1)
 
 
-def _drop_task_queue(settings: Settings, namespace: str) -> None:
-    """Warm-up tasks the invalidator queued after the worker stopped: delete them (Redis
-    brokers only; a RabbitMQ queue of a finished run is left to its broker)."""
-    try:
-        worker_settings = load_settings(
-            WorkerSettings, redis_url=settings.redis_url, namespace=namespace
-        )
-    except ConfigError:
-        return
-    broker = worker_settings.broker_url
-    if not broker.startswith(("redis://", "rediss://")):
-        return
-    client = redis.Redis.from_url(broker)
-    try:
-        queue = worker_settings.task_queue
-        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
-    except redis.RedisError:
-        pass
-    finally:
-        client.close()
-
-
-def _drop_namespace(redis_url: str, namespace: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        batch = []
-        for key in client.scan_iter(match=f"{namespace}:*", count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                client.unlink(*batch)
-                batch.clear()
-        if batch:
-            client.unlink(*batch)
-    except redis.RedisError as exc:
-        say(f"could not clean namespace {namespace}: {exc}")
-    finally:
-        client.close()
-
-
 @dataclasses.dataclass
 class Round:
     """What one run of one mode recorded, before it is summarised."""
@@ -205,6 +68,27 @@ class Round:
     raw: RawRun
     messages: list[Received] | None  # None: the mode has no invalidation channel
     extra: dict[str, Any]
+
+
+def _settings_used(settings: Settings, mode: str, plan: Plan) -> dict[str, Any]:
+    return {
+        "users": plan.users,
+        "readers": plan.readers,
+        "api_writers": plan.api_writers,
+        "oob_writers": plan.oob_writers,
+        "target_read_rps": round(plan.read_rps, 1),
+        "target_write_rps": round(plan.api_write_rps + plan.oob_write_rps, 1),
+        "oob_fraction": settings.loadtest_oob_fraction,
+        "zipf_s": plan.zipf_s,
+        "write_zipf_s": plan.write_zipf_s,
+        "page_share": plan.page_share,
+        "summary_share": plan.summary_share,
+        "api_instances": len(plan.api_urls),
+        "ttl_s": settings.loadtest_ttl_s if mode == "ttl" else None,
+        "products": plan.product_ids[1] - plan.product_ids[0] + 1,
+        "categories": plan.category_ids[1] - plan.category_ids[0] + 1,
+        "worker": mode == "cdc" and settings.loadtest_worker,
+    }
 
 
 def collect_round(
@@ -262,7 +146,7 @@ def collect_round(
             f"writers (~{plan.api_write_rps:.0f}/s), {plan.oob_writers} out-of-band writers "
             f"(~{plan.oob_write_rps:.0f}/s) for {duration_s}s"
         )
-        _run_locust(plan, env, out, duration_s, quiet)
+        run_locust(plan, env, out, duration_s, quiet)
         cpu_after = stack.cpu_seconds()
         load_wall = max(time.time() - load_started, 1e-9)
         time.sleep(DRAIN_S)
@@ -271,32 +155,15 @@ def collect_round(
     finally:
         messages = recorder.stop() if recorder is not None else []
         stack.stop()
-        _drop_namespace(settings.redis_url, namespace)
+        drop_namespace(settings.redis_url, namespace)
         if mode == "cdc":
-            _drop_task_queue(settings, namespace)
+            drop_task_queue(settings, namespace)
     if not raw_path.exists():
         raise StartupError(f"the load generator wrote no record; see {out / 'locust.log'}")
     raw = RawRun.from_json(orjson.loads(raw_path.read_bytes()))
     raw_path.unlink(missing_ok=True)  # large; summary.json and Locust's CSV are the record
     extra = {
-        "settings": {
-            "users": plan.users,
-            "readers": plan.readers,
-            "api_writers": plan.api_writers,
-            "oob_writers": plan.oob_writers,
-            "target_read_rps": round(plan.read_rps, 1),
-            "target_write_rps": round(plan.api_write_rps + plan.oob_write_rps, 1),
-            "oob_fraction": settings.loadtest_oob_fraction,
-            "zipf_s": plan.zipf_s,
-            "write_zipf_s": plan.write_zipf_s,
-            "page_share": plan.page_share,
-            "summary_share": plan.summary_share,
-            "api_instances": len(api_urls),
-            "ttl_s": settings.loadtest_ttl_s if mode == "ttl" else None,
-            "products": product_ids[1] - product_ids[0] + 1,
-            "categories": category_ids[1] - category_ids[0] + 1,
-            "worker": mode == "cdc" and settings.loadtest_worker,
-        },
+        "settings": _settings_used(settings, mode, plan),
         "namespaces": [namespace],
         "wall_s": round(time.time() - started, 1),
         "load_average": [round(x, 2) for x in os.getloadavg()],
