@@ -56,6 +56,7 @@ def chaos_results(chaos_full: bool) -> Iterator[list[ScenarioRecord]]:
         "stale after sweep",
         "recover s",
         "drain s",
+        "worker restarts",
         "passed",
     ]
     rows = [
@@ -69,6 +70,7 @@ def chaos_results(chaos_full: bool) -> Iterator[list[ScenarioRecord]]:
             r.stale_after_sweep,
             r.time_to_recover_s,
             r.drain_s,
+            r.worker_restarts,
             "yes" if r.passed else "**no**",
         ]
         for r in records

@@ -44,6 +44,7 @@ def run_scenario(
     record = ScenarioRecord(scenario=name)
     results.append(record)
     stack.heal()
+    stack.worker_deaths = []
     load = stack.load(write_rate=write_rate).start()
     try:
         assert load.wait_for_writes(plan.warmup_writes), "load did not start:\n" + stack.logs()
@@ -64,10 +65,15 @@ def run_scenario(
     record.stale_reads_during_fault = stats.stale_reads_during_fault
     record.stale_reads_total = stats.stale_reads
     record.read_errors, record.write_errors = stats.read_errors, stats.write_errors
+    record.error_statuses = {str(k): v for k, v in stats.error_statuses.items()}
+    record.leaked_internals = stats.leaked_internals
+    assert stats.leaked_internals == 0, "an error response showed internals (traceback)"
     assert record.time_to_recover_s is not None, "never recovered:\n" + stack.logs()
     drained = stack.drain(timeout=60)
     assert drained is not None, f"did not drain: {stack.drain_problem}\n{stack.logs(40)}"
     record.drain_s = round(drained, 3)
+    record.worker_restarts = len(stack.worker_deaths)
+    record.notes += [f"celery worker died and was restarted: {d}" for d in stack.worker_deaths]
     sweep = stack.sweep()
     record.stale_after_sweep = sweep.stale
     record.sweep_checked = sweep.checked

@@ -53,11 +53,14 @@ class ScenarioRecord:
     stale_reads_total: int = 0
     read_errors: int = 0
     write_errors: int = 0
+    error_statuses: dict[str, int] = field(default_factory=dict)
+    leaked_internals: int = 0
     stale_after_sweep: int = -1
     sweep_checked: int = 0
     redis_entries_checked: int = 0
     time_to_recover_s: float | None = None
     drain_s: float | None = None
+    worker_restarts: int = 0  # Celery workers that exited and were restarted (a supervisor's job)
     passed: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -80,6 +83,7 @@ class ChaosStack:
         self.workers: list[ManagedProcess] = []
         self._spawned = 0
         self.drain_problem = ""
+        self.worker_deaths: list[str] = []
 
     # --- start / stop ------------------------------------------------------------------------
 
@@ -174,6 +178,20 @@ class ChaosStack:
         except psycopg.Error:
             return False
 
+    def supervise(self) -> list[str]:
+        """Restart Celery workers that exited, as compose's `restart: unless-stopped` would;
+        returns the last log line of each one that died (why it died)."""
+        died = []
+        for index, proc in enumerate(self.workers):
+            if not proc.alive():
+                tail = proc.log_tail(400).splitlines()
+                last = tail[-1] if tail else "?"
+                reason = next((line for line in tail if "Unrecoverable" in line), last)
+                died.append(f"{proc.name}: {reason}"[:300])
+                self.workers[index] = self.start_worker()
+        self.worker_deaths += died
+        return died
+
     def heal(self) -> None:
         """Bring back every server and process a previous scenario stopped or killed."""
         assert self.proxy is not None
@@ -258,7 +276,9 @@ class ChaosStack:
         self.drain_problem = ""
         broker = redis.Redis(host="127.0.0.1", port=self.redis.port, db=1)
         try:
-            if not wait_until(lambda: queue_empty(broker, self.queue), timeout):
+            if not wait_until(
+                lambda: not self.supervise() and queue_empty(broker, self.queue), timeout
+            ):
                 self.drain_problem = f"celery queue not empty: {broker.llen(self.queue)} tasks"
                 return None
             if wait_propagated(self.api_urls, self.database_url, DRAIN_PROBE, timeout) is None:

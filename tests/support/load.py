@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 import psycopg
 
+INTERNALS = ("Traceback", 'File "/', "psycopg.", "redis.exceptions")
+
 
 @dataclass
 class LoadStats:
@@ -36,10 +38,13 @@ class LoadStats:
     stale_reads_during_fault: int = 0
     max_staleness_versions: int = 0
     x_cache: Counter[str] = field(default_factory=Counter)
+    error_statuses: Counter[int] = field(default_factory=Counter)
+    leaked_internals: int = 0  # error bodies with a traceback or a driver's exception name
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["x_cache"] = dict(self.x_cache)
+        data["error_statuses"] = dict(self.error_statuses)
         return data
 
 
@@ -191,8 +196,15 @@ class LoadDriver:
         url = f"{rng.choice(self.api_urls)}/products/{product_id}"
         response = http.patch(url, json={"stock": rng.randrange(1000)})
         if response.status_code != 200:
+            with self._lock:
+                self._error_response(response)
             raise ValueError(f"PATCH {response.status_code}")
         self._record_write(product_id, int(response.json()["version"]), oob=False)
+
+    def _error_response(self, response: httpx.Response) -> None:
+        self.stats.error_statuses[response.status_code] += 1
+        if any(marker in response.text for marker in INTERNALS):
+            self.stats.leaked_internals += 1
 
     # --- the readers -------------------------------------------------------------------------
 
@@ -213,6 +225,8 @@ class LoadDriver:
                 if not ok or response is None:
                     with self._lock:
                         self.stats.read_errors += 1
+                        if response is not None:
+                            self._error_response(response)
                     self._stop.wait(0.02)
                     continue
                 with self._lock:
