@@ -28,11 +28,43 @@ from locust import FastHttpUser, User, constant_throughput, events, task
 
 from db.queries import parse_queries
 from loadtest.oracle import FRESH, Judgement, Oracle
-from loadtest.plan import PLAN_ENV, Plan
+from loadtest.plan import PLAN_ENV, Plan, make_plan
+from loadtest.settings import Settings
 from loadtest.skew import ZipfSampler
+from pgbust.settings import load_settings
 
-PLAN = Plan.from_json(os.environ[PLAN_ENV])
 QUERIES = parse_queries((Path(__file__).parent / "queries.sql").read_text())
+
+
+def _id_range(conn: psycopg.Connection[Any], name: str) -> tuple[int, int]:
+    row = conn.execute(QUERIES[name].encode()).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _load_plan() -> Plan:
+    """The runner's plan; or, run straight with `locust -f` (compose, the web UI), one made
+    from the PGBUST_LOADTEST_* settings: requests go to --host, ids come from the database,
+    and the raw record goes to PGBUST_LOADTEST_RAW_OUT when set."""
+    text = os.environ.get(PLAN_ENV)
+    if text:
+        return Plan.from_json(text)
+    settings = load_settings(Settings)
+    with psycopg.connect(settings.database_url) as conn:
+        products = _id_range(conn, "product_id_range")
+        categories = _id_range(conn, "category_id_range")
+    return make_plan(
+        settings,
+        mode=os.environ.get("PGBUST_CACHE_MODE", "standalone"),
+        api_urls=[],
+        api_token=settings.api_token,
+        raw_out=os.environ.get("PGBUST_LOADTEST_RAW_OUT", ""),
+        product_ids=products,
+        category_ids=categories,
+    )
+
+
+PLAN = _load_plan()
 PAGE_OFFSETS = (0, 0, 0, 20, 40)
 EVENTS: Any = events  # untyped in locust
 REQUEST_EVENT: Any = events.request
@@ -129,7 +161,8 @@ WRITTEN = (
 
 
 def _api() -> str:
-    return random.choice(PLAN.api_urls)
+    """A random API instance of the runner's, or "" (the --host given to locust)."""
+    return random.choice(PLAN.api_urls) if PLAN.api_urls else ""
 
 
 def _items(body: Any) -> list[tuple[int, int]]:
@@ -146,8 +179,8 @@ def _items(body: Any) -> list[tuple[int, int]]:
 
 
 class ReaderUser(FastHttpUser):
-    host = PLAN.api_urls[0]
-    fixed_count = PLAN.readers
+    host = PLAN.api_urls[0] if PLAN.api_urls else None
+    fixed_count = PLAN.readers if PLAN.api_urls else 0  # standalone: whoever is not a writer
     wait_time = constant_throughput(PLAN.read_rps / max(PLAN.readers, 1))
 
     @task
@@ -199,7 +232,7 @@ class ReaderUser(FastHttpUser):
 
 
 class ApiWriterUser(FastHttpUser):
-    host = PLAN.api_urls[0]
+    host = PLAN.api_urls[0] if PLAN.api_urls else None
     fixed_count = PLAN.api_writers
     wait_time = constant_throughput(PLAN.api_write_rps / max(PLAN.api_writers, 1))
     default_headers = {"Authorization": f"Bearer {PLAN.api_token}"}
@@ -291,8 +324,9 @@ def _on_stop(**_: Any) -> None:
     wall = RECORD.stopped_at - RECORD.started_at
     if wall > 0:
         RECORD.cpu_percent = round(100.0 * (_cpu_seconds() - RECORD.cpu_start) / wall, 1)
-    Path(PLAN.raw_out).write_bytes(RECORD.dump())
-    print(f"[progress] {PLAN.mode}: raw record written to {PLAN.raw_out}", file=sys.stderr)
+    if PLAN.raw_out:
+        Path(PLAN.raw_out).write_bytes(RECORD.dump())
+        print(f"[progress] {PLAN.mode}: raw record written to {PLAN.raw_out}", file=sys.stderr)
 
 
 EVENTS.test_start.add_listener(_on_start)
