@@ -64,6 +64,7 @@ def run_scenario(
     record.writes_during_fault = stats.writes_during_fault
     record.stale_reads_during_fault = stats.stale_reads_during_fault
     record.stale_reads_total = stats.stale_reads
+    record.stale_reads_by_tier = dict(stats.stale_by_tier)
     record.read_errors, record.write_errors = stats.read_errors, stats.write_errors
     record.error_statuses = {str(k): v for k, v in stats.error_statuses.items()}
     record.leaked_internals = stats.leaked_internals

@@ -51,6 +51,7 @@ class ScenarioRecord:
     writes_during_fault: int = 0
     stale_reads_during_fault: int = 0
     stale_reads_total: int = 0
+    stale_reads_by_tier: dict[str, int] = field(default_factory=dict)  # X-Cache of stale reads
     read_errors: int = 0
     write_errors: int = 0
     error_statuses: dict[str, int] = field(default_factory=dict)

@@ -39,12 +39,17 @@ class LoadStats:
     max_staleness_versions: int = 0
     x_cache: Counter[str] = field(default_factory=Counter)
     error_statuses: Counter[int] = field(default_factory=Counter)
+    stale_by_tier: Counter[str] = field(default_factory=Counter)  # X-Cache of stale reads
+    # (monotonic time sent, instance, X-Cache, product, version got, acked floor): diagnostics
+    stale_samples: list[tuple[float, str, str, int, int, int]] = field(default_factory=list)
     leaked_internals: int = 0  # error bodies with a traceback or a driver's exception name
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["x_cache"] = dict(self.x_cache)
         data["error_statuses"] = dict(self.error_statuses)
+        data["stale_by_tier"] = dict(self.stale_by_tier)
+        del data["stale_samples"]
         return data
 
 
@@ -216,6 +221,7 @@ class LoadDriver:
                 base = self.api_urls[rng.randrange(len(self.api_urls))]
                 floor = self.acked_version(product_id)  # snapshot BEFORE sending
                 in_fault = self._in_fault
+                sent_at = time.monotonic()
                 try:
                     response = http.get(f"{base}/products/{product_id}")
                     ok = response.status_code == 200
@@ -236,6 +242,12 @@ class LoadDriver:
                         self.stats.reads_during_fault += 1
                     if version < floor:
                         self.stats.stale_reads += 1
+                        tier = response.headers.get("x-cache", "?")
+                        self.stats.stale_by_tier[tier] += 1
+                        if len(self.stats.stale_samples) < 1000:
+                            self.stats.stale_samples.append(
+                                (sent_at, base, tier, product_id, version, floor)
+                            )
                         self.stats.max_staleness_versions = max(
                             self.stats.max_staleness_versions, floor - version
                         )
