@@ -1,0 +1,89 @@
+"""The one way components open a cache client to Redis: `connect(url, keyspace, origin)`.
+
+Every new connection of the client's pool runs a hook (redis-py's `redis_connect_func`)
+BEFORE the pool hands it out: it reads the server's run_id (`INFO server`) and runs the
+ENSURE_SERVER script, which bumps the namespace epoch when that run_id differs from the
+identity stored in the namespace. A Redis that restarted (possibly from an old snapshot
+that still holds values deleted by later invalidations) is therefore detected before the
+first read, lease or fill on the new server — not seconds later when some background loop
+notices. Redis restarts close every connection, so every command after a restart goes
+through a new, checked connection. If the check fails the connection is dropped and the
+command fails (callers fall back to Postgres): never served unchecked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ResponseError
+
+from pgbust import lua
+from pgbust.keys import Keyspace
+from pgbust.protocol import flush_message
+from pgbust.redis_cache import now_ms
+
+
+def run_id_of(info: Any) -> str:
+    """The run_id from an `INFO server` reply (raw text from a connection, or parsed dict)."""
+    if isinstance(info, dict):
+        return str(info["run_id"])
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        if line.startswith("run_id:"):
+            return line.split(":", 1)[1].strip()
+    raise ResponseError("INFO server reply without run_id")
+
+
+class ServerIdentityCheck:
+    """The per-connection restart check; counts what it saw (for metrics and tests)."""
+
+    def __init__(self, keyspace: Keyspace, origin: str) -> None:
+        self.keyspace = keyspace
+        self.origin = origin
+        self.checks = 0  # connections checked
+        self.bumps = 0  # epoch bumps this process made because the server was new
+        self.last_run_id = ""
+
+    async def on_connect(self, connection: AbstractConnection) -> None:
+        """redis_connect_func: handshake first (AUTH/SELECT/...), then the identity check."""
+        await connection.on_connect()
+        await connection.send_command("INFO", "server")
+        run_id = run_id_of(await connection.read_response())
+        ks = self.keyspace
+        message = flush_message("redis server restarted", self.origin).encode()
+        await connection.send_command(
+            "EVAL",
+            lua.ENSURE_SERVER,
+            2,
+            ks.server_identity,
+            ks.epoch,
+            run_id,
+            now_ms(),
+            ks.channel,
+            message,
+        )
+        reply = await connection.read_response()
+        self.checks += 1
+        self.last_run_id = run_id
+        if reply:
+            self.bumps += 1
+
+
+def connect(url: str, keyspace: Keyspace, origin: str, **kwargs: Any) -> aioredis.Redis:
+    """A redis.asyncio client whose every new connection is checked for a restarted server.
+
+    origin ("api", "cdc", "worker") goes into the flush message of a bump; kwargs go to
+    `Redis.from_url` (timeouts, retry, ...).
+    """
+    check = ServerIdentityCheck(keyspace, origin)
+    # a bound async method: redis-py awaits it (it tests asyncio.iscoroutinefunction)
+    return aioredis.Redis.from_url(url, redis_connect_func=check.on_connect, **kwargs)
+
+
+def identity_check(client: aioredis.Redis) -> ServerIdentityCheck | None:
+    """The check a client made by `connect` runs on each new connection (None otherwise)."""
+    hook = client.connection_pool.connection_kwargs.get("redis_connect_func")
+    owner = getattr(hook, "__self__", None)
+    return owner if isinstance(owner, ServerIdentityCheck) else None
