@@ -9,9 +9,12 @@
         Hit    -> L1.put(ticket)               -> payload, "L2"
         Lease  -> load Postgres, [after_load hook], FILL (guarded in Lua); L1.put only if
                   the L2 fill was stored      -> payload, "MISS"
-        Busy   -> another reader (maybe another instance) is loading: poll with short
-                  backoff up to the lease time; a hit is served, a granted lease makes us the
-                  loader; on timeout read Postgres without filling
+        Busy   -> another reader (maybe another instance, or a warming worker) is loading:
+                  poll with backoff 0.5 ms doubling to 10 ms, for at most
+                  BUSY_WAIT_BUDGET_S (and never past the lease time); a hit is served, a
+                  granted lease makes us the loader; past the budget read Postgres without
+                  filling (a fresh read: it cannot be a stale fill, and single-flight keeps
+                  it to one such load per entry and process)
       Redis unreachable -> Postgres, no fill   -> payload, "MISS"
 
 The payload is always exactly the loader's bytes, so the HTTP layer serves it unchanged.
@@ -38,8 +41,13 @@ log = logging.getLogger(__name__)
 Source = Literal["L1", "L2", "MISS"]
 AfterLoadHook = Callable[[str, bytes | None], Awaitable[None]]
 
-FIRST_BACKOFF_S = 0.002
-MAX_BACKOFF_S = 0.05
+# Waiting behind another loader's lease: the first poll comes soon (a fill usually lands
+# within a few ms), the polls stay frequent (a hit found 40 ms late is 40 ms of latency for
+# nothing), and the wait is bounded well below the lease time: past the budget, reading
+# Postgres without filling is cheaper than waiting for a slow or vanished lease holder.
+FIRST_BACKOFF_S = 0.0005
+MAX_BACKOFF_S = 0.01
+BUSY_WAIT_BUDGET_S = 0.1
 
 
 class Loader(Protocol):
@@ -72,6 +80,7 @@ class TieredCache:
         self.ttl_ms = ttl_ms
         # Test hook: runs between the Postgres read and the fill (forces stale-fill races).
         self.after_load = after_load
+        self.busy_wait_budget_s = BUSY_WAIT_BUDGET_S
         self._inflight: dict[str, tuple[asyncio.Task[ReadResult], Ticket]] = {}
         # bound once: a label lookup per request is measurable on the L1-hit path
         self._l1_hit = metrics.hits.labels("l1")
@@ -156,10 +165,10 @@ class TieredCache:
             self._put_l1(ticket, payload, min(self.ttl_ms, remaining_ms) / 1000)
 
     async def _wait_for_other_loader(self, entry: str, l2: RedisCache) -> Hit | Lease | None:
-        deadline = time.monotonic() + self.lease_ms / 1000
+        deadline = time.monotonic() + min(self.busy_wait_budget_s, self.lease_ms / 1000)
         backoff = FIRST_BACKOFF_S
-        while time.monotonic() < deadline:
-            await asyncio.sleep(backoff)
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(backoff, left))
             backoff = min(backoff * 2, MAX_BACKOFF_S)
             try:
                 result = await l2.get_or_lease(entry, self.lease_ms)

@@ -23,7 +23,7 @@ from api.settings import Settings
 from db.seed import Counts
 from invalidator.rules import product_write_targets
 from pgbust.keys import Keyspace
-from pgbust.protocol import Invalidation
+from pgbust.protocol import Invalidation, Lease
 from pgbust.redis_cache import RedisCache
 from tests.conftest import API_TOKEN
 from tests.support.processes import ProcessManager
@@ -147,6 +147,26 @@ async def test_reader_waits_for_the_lease_holder_of_another_instance(make_api: M
     waited = await second
     assert waited.headers["X-Cache"] == "L2" and waited.content == (await first).content
     assert metric(runtime_b, "pgbust_api_db_loads_total") == 0
+
+
+async def test_reader_behind_a_stalled_lease_reads_postgres_after_its_budget_without_filling(
+    make_api: MakeApi, l2: RedisCache
+) -> None:
+    client, runtime = await make_api()
+    runtime.cache.busy_wait_budget_s = 0.05
+    held = await l2.get_or_lease("product:13", lease_ms=10_000)  # a stalled warmer, say
+    assert isinstance(held, Lease)
+    started = asyncio.get_running_loop().time()
+    response = await client.get("/products/13")
+    waited_s = asyncio.get_running_loop().time() - started
+    assert response.status_code == 200 and response.headers["X-Cache"] == "MISS"
+    assert response.json()["id"] == 13
+    assert waited_s < 1.5  # the budget, not the lease time (2 s) or the holder's 10 s
+    assert metric(runtime, "pgbust_api_busy_waits_total", outcome="timeout") == 1
+    assert metric(runtime, "pgbust_api_db_loads_total") == 1
+    # read without filling: nothing stored, the holder's lease untouched and still usable
+    assert await l2.client.exists(l2.keyspace.value("product:13")) == 0
+    assert await l2.fill("product:13", held.token, held.stamp, response.content) == 1
 
 
 async def test_unknown_ids_are_404_and_give_their_lease_back(
