@@ -20,6 +20,7 @@ from api.settings import Settings
 from api.subscriber import Subscriber, pubsub_client
 from pgbust.keys import Keyspace
 from pgbust.redis_cache import RedisCache
+from pgbust.redis_connect import connect
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ class Runtime:
         redis_client: aioredis.Redis | None = None
         l2: RedisCache | None = None
         if settings.cache_mode != "off":
-            redis_client = aioredis.Redis.from_url(
-                settings.redis_url, socket_connect_timeout=2.0, socket_timeout=5.0
+            redis_client = connect(
+                settings.redis_url, keyspace, "api", socket_connect_timeout=2.0, socket_timeout=5.0
             )
             l2 = RedisCache(redis_client, keyspace)
         cache = TieredCache(

@@ -8,8 +8,6 @@ import logging
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from invalidator.batcher import Batch
 from invalidator.hot import HotEntries
 from invalidator.leader import Leadership
@@ -23,6 +21,7 @@ from invalidator.tasks import Tasks
 from pgbust.errors import StartupError
 from pgbust.keys import Keyspace
 from pgbust.redis_cache import RedisCache
+from pgbust.redis_connect import connect
 
 log = logging.getLogger(__name__)
 _STOP = FlushRequest("stop", "")  # sentinel: everything queued before it is still applied
@@ -40,8 +39,8 @@ class Invalidator:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.keyspace = Keyspace(settings.namespace)
-        self.redis = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2, socket_timeout=5
+        self.redis = connect(
+            settings.redis_url, self.keyspace, "cdc", socket_connect_timeout=2, socket_timeout=5
         )
         self.cache = RedisCache(self.redis, self.keyspace)
         self.tasks = Tasks(self.metrics)
@@ -54,11 +53,17 @@ class Invalidator:
             retry_max_s=settings.redis_retry_max_s,
             on_applied=on_applied,
         )
-        self.leadership = Leadership(
-            settings.database_url, settings.lock_id, settings.standby_poll_s
-        )
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self.listener = Listener(settings.database_url, settings.channel, self.queue, self.metrics)
+        self.leadership = Leadership(
+            settings.database_url,
+            settings.effective_lock_id,
+            settings.standby_poll_s,
+            namespace=settings.namespace,
+            heartbeat_s=settings.heartbeat_s,
+            takeover_after_s=settings.takeover_after_s,
+            listener_pid=lambda: self.listener.backend_pid,
+        )
         self.server = (
             HealthServer(
                 settings.metrics_host, settings.metrics_port, self.health, self.metrics.render
@@ -82,6 +87,8 @@ class Invalidator:
             "redis_ok": self.sink.redis_ok,
             "queued": self.queue.qsize(),
             "namespace": self.settings.namespace,
+            "lock_id": self.leadership.lock_id,
+            "takeovers": self.leadership.takeovers,
             "uptime_s": round(time.monotonic() - self._started_at, 1),
         }
         return (200 if self.role != "stopping" else 503), details

@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import psycopg
-import redis.asyncio as aioredis
 
 from pgbust.keys import Keyspace
 from pgbust.redis_cache import RedisCache
+from pgbust.redis_connect import connect
 from worker.settings import Settings
 
 T = TypeVar("T")
@@ -28,10 +28,11 @@ class Runtime:
         self.settings = settings
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
-        self.redis = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2.0, socket_timeout=10.0
+        keyspace = Keyspace(settings.namespace)
+        self.redis = connect(
+            settings.redis_url, keyspace, "worker", socket_connect_timeout=2.0, socket_timeout=10.0
         )
-        self.cache = RedisCache(self.redis, Keyspace(settings.namespace))
+        self.cache = RedisCache(self.redis, keyspace)
         self._conn: psycopg.AsyncConnection[Any] | None = None
 
     def run(self, job: Callable[[RedisCache], Awaitable[T]]) -> T:
