@@ -47,6 +47,7 @@ class Listener:
         self.retry_max_s = retry_max_s
         self.connected = False
         self.connections = 0
+        self.backend_pid: int | None = None  # of the LISTEN session (in the heartbeat row)
 
     async def _connect(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
         async for attempt in AsyncRetrying(
@@ -89,6 +90,7 @@ class Listener:
                     FlushRequest(kind, f"listener {kind}: notifications may have been missed")
                 )
                 self.connected = True
+                self.backend_pid = conn.info.backend_pid
                 async for notify in conn.notifies():
                     self.queue.put_nowait(notify.payload)
             except psycopg.OperationalError as exc:
@@ -97,4 +99,5 @@ class Listener:
                 self.metrics.reconnects.labels("postgres").inc()
             finally:
                 self.connected = False
+                self.backend_pid = None
                 await conn.close()

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from pydantic import AliasChoices, Field
 
 from pgbust.settings import CommonSettings
 
-# "pgbusi" as a number: the advisory lock that elects the one active invalidator per database.
-DEFAULT_LOCK_ID = 0x70676275_7369
+
+def default_lock_id(namespace: str) -> int:
+    """The advisory lock that elects the one active invalidator of a namespace: a stable 63-bit
+    hash, so several namespaces on one database each get their own active instance."""
+    digest = hashlib.blake2b(f"pgbust-invalidator:{namespace}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 class Settings(CommonSettings):
@@ -30,14 +36,27 @@ class Settings(CommonSettings):
         le=65535,
         validation_alias=AliasChoices("PGBUST_INVALIDATOR_METRICS_PORT", "metrics_port"),
     )
-    lock_id: int = Field(
-        default=DEFAULT_LOCK_ID,
+    # None: derived from the namespace (default_lock_id); set it only to share or split
+    # leadership differently.
+    lock_id: int | None = Field(
+        default=None,
+        ge=-(2**63),
+        le=2**63 - 1,
         validation_alias=AliasChoices("PGBUST_INVALIDATOR_LOCK_ID", "lock_id"),
     )
-    # How often a standby tries to take the lock, and the active one checks it still holds it.
+    # How often a standby tries to take the lock.
     standby_poll_s: float = Field(default=0.25, gt=0, le=10)
+    # How often the active one records its heartbeat (and checks it still holds the lock).
+    heartbeat_s: float = Field(default=0.5, gt=0, le=10)
+    # A standby terminates an active one whose heartbeat is older than this (paused, hung) and
+    # takes over; keep it several heartbeats long. 0 = only take over from a dead session.
+    takeover_after_s: float = Field(default=3.0, ge=0, le=3600)
     # Hot entries (sampled by the API) re-warmed after they are invalidated.
     warm_top: int = Field(default=100, ge=0, le=100_000)
     hot_refresh_s: float = Field(default=1.0, gt=0, le=60)
     # Longest pause between two attempts while Redis is unreachable.
     redis_retry_max_s: float = Field(default=2.0, gt=0, le=60)
+
+    @property
+    def effective_lock_id(self) -> int:
+        return self.lock_id if self.lock_id is not None else default_lock_id(self.namespace)

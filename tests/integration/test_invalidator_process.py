@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -10,9 +11,13 @@ from typing import Any
 
 import httpx
 import psycopg
+import redis.asyncio as aioredis
 
 from db.seed import Counts
-from pgbust.keys import Keyspace
+from invalidator.settings import Settings
+from pgbust.keys import Keyspace, product_entry
+from pgbust.protocol import Lease
+from pgbust.redis_cache import RedisCache
 from tests.support.processes import ManagedProcess, ProcessManager
 from tests.support.servers import wait_until
 
@@ -57,6 +62,76 @@ def test_standby_takes_over_within_2s_after_the_active_one_is_killed(
     pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 4")
     assert wait_until(lambda: metric(standby, "pgbust_invalidator_events_total") > before)
     assert redis_client.get(keyspace.epoch) is not None  # takeover bumped the epoch
+
+
+def _fill(redis_url: str, keyspace: Keyspace, entry: str) -> None:
+    async def run() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            cache = RedisCache(client, keyspace)
+            lease = await cache.get_or_lease(entry)
+            assert isinstance(lease, Lease)
+            assert await cache.fill(entry, lease.token, lease.stamp, b'{"cached":true}') == 1
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def _cached(redis_url: str, keyspace: Keyspace, entry: str) -> bool:
+    async def run() -> bool:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            return await RedisCache(client, keyspace).peek(entry) is not None
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def test_a_paused_active_one_is_taken_over_and_goes_standby_when_continued(
+    seeded: Counts,
+    procs: ProcessManager,
+    pg: Conn,
+    keyspace: Keyspace,
+    redis_client: Any,
+    stack_env: dict[str, str],
+) -> None:
+    takeover_after = Settings.model_fields["takeover_after_s"].default  # the default, 3 s
+    redis_url = stack_env["REDIS_URL"]
+    active = procs.invalidator("inv-a")
+    assert wait_until(lambda: role(active) == "active", timeout=10)
+    standby = procs.invalidator("inv-b")
+    assert wait_until(lambda: role(standby) == "standby", timeout=5)
+    entry = product_entry(6)
+    _fill(redis_url, keyspace, entry)
+    epoch = int(redis_client.get(keyspace.epoch))
+
+    active.signal(signal.SIGSTOP)  # keeps its session, its lock and its LISTEN connection
+    paused_at = time.monotonic()
+    try:
+        pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 6")  # out of band
+        assert wait_until(lambda: role(standby) == "active", timeout=takeover_after + 1.5)
+        took = time.monotonic() - paused_at
+        print(f"takeover after SIGSTOP: {took:.2f} s (PGBUST_TAKEOVER_AFTER_S={takeover_after})")
+        assert took < takeover_after + 1.0
+        # the write made during the pause is invalidated (the takeover bumps the epoch) ...
+        assert wait_until(lambda: not _cached(redis_url, keyspace, entry), timeout=2)
+        assert int(redis_client.get(keyspace.epoch)) > epoch
+        # ... and the new active one listens: a write during the pause is applied by it
+        _fill(redis_url, keyspace, entry)
+        pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 6")
+        assert wait_until(lambda: not _cached(redis_url, keyspace, entry), timeout=2)
+    finally:
+        active.signal(signal.SIGCONT)
+
+    # the old one notices it lost its lock connection and stands by: never two actives
+    assert wait_until(lambda: role(active) == "standby", timeout=5), active.log_tail()
+    for _ in range(10):
+        assert (role(active), role(standby)) == ("standby", "active")
+        time.sleep(0.1)
+    assert "silent for" in standby.log_tail(200)
+    assert "lost the invalidator lock connection" in active.log_tail(200)
 
 
 def test_sigterm_drains_and_exits_0(seeded: Counts, procs: ProcessManager, pg: Conn) -> None:
