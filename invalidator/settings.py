@@ -54,8 +54,10 @@ class Settings(CommonSettings):
     # Hot entries (sampled by the API) re-warmed after they are invalidated.
     warm_top: int = Field(default=100, ge=0, le=100_000)
     hot_refresh_s: float = Field(default=1.0, gt=0, le=60)
-    # Longest pause between two attempts while Redis is unreachable.
-    redis_retry_max_s: float = Field(default=2.0, gt=0, le=60)
+    # Longest pause between two attempts while Redis is unreachable. Short: a refused connection
+    # costs nothing, and a commit made after Redis is back but before the next attempt would
+    # be served stale from the API's fresh fills until then.
+    redis_retry_max_s: float = Field(default=0.25, gt=0, le=60)
 
     @property
     def effective_lock_id(self) -> int:

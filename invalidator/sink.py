@@ -46,7 +46,7 @@ class Sink:
         tasks: Tasks,
         hot: HotEntries,
         *,
-        retry_max_s: float = 2.0,
+        retry_max_s: float = 0.25,
         on_applied: AppliedHook | None = None,
     ) -> None:
         self.cache = cache

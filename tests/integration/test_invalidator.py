@@ -310,6 +310,39 @@ async def test_redis_outage_keeps_pending_changes_and_bumps_the_epoch_when_back(
         private.stop()
 
 
+async def test_after_a_long_redis_outage_the_catch_up_follows_its_return_within_the_back_off(
+    seeded: Counts, database_url: str, namespace: str, pg: Conn, tmp_path: Any
+) -> None:
+    """The default back-off is short: a commit made after Redis is back (API instances fill
+    again at once) must not wait seconds for the invalidator's next attempt."""
+    private = RedisServer(tmp_path / "redis")
+    private.start()
+    settings = Settings(database_url=database_url, redis_url=private.url, namespace=namespace)
+    assert settings.redis_retry_max_s <= 0.25
+    inv = Invalidator(settings, serve_http=False)
+    task = asyncio.create_task(inv.run())
+    try:
+        await asyncio.wait_for(inv.started.wait(), 10)
+        m = inv.metrics
+        assert await eventually(lambda: _true(sample(m, "pgbust_invalidator_batches_total") >= 1))
+        await asyncio.to_thread(private.stop)
+        pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 1")
+        # long enough for the exponential back-off to reach its maximum
+        assert await eventually(
+            lambda: _true(sample(m, "pgbust_invalidator_errors_total", kind="redis") >= 8)
+        )
+        await asyncio.to_thread(private.start)
+        back = time.monotonic()
+        assert await eventually(
+            lambda: _true(sample(m, "pgbust_invalidator_epoch_bumps_total", why="redis_back") == 1)
+        )
+        assert time.monotonic() - back < settings.redis_retry_max_s + 0.5
+    finally:
+        inv.stop()
+        await asyncio.wait_for(task, 15)
+        private.stop()
+
+
 async def test_medium_statement_arrives_in_chunks_and_deletes_every_key_without_flush(
     seeded: Counts, daemon: Invalidator, cache: RedisCache, pg: Conn
 ) -> None:
