@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from invalidator.payload import Parsed
-from invalidator.rules import RULES, targets_for
+from invalidator.rules import RULES, explain
 from pgbust.protocol import Targets
 
 
@@ -39,7 +39,9 @@ class Batch:
             self.timestamps.append(change.ts_us)
         if parsed.problem is not None:
             self.problems[parsed.problem] += 1
-        targets = targets_for(change)
+        targets, unkeyable = explain(change)
+        if unkeyable is not None and parsed.problem is None:
+            self.problems[unkeyable] += 1  # well-formed JSON, but a row without a usable key
         if targets.flush and not self.flush:
             if parsed.problem is not None:
                 kind = "malformed"
@@ -50,7 +52,7 @@ class Batch:
             else:
                 kind = "unkeyable_row"
             self.flush_kind = kind
-            self.reasons.append(f"{parsed.problem or kind} change of {change.table}")
+            self.reasons.append(f"{parsed.problem or unkeyable or kind} change of {change.table}")
         self.add_targets(targets)
 
     def add_targets(self, targets: Targets) -> None:

@@ -35,40 +35,67 @@ class Change:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
+# Keys are bigint columns: a value outside this range cannot be a row's key.
+_BIGINT = range(-(2**63), 2**63)
+
+
+class Unkeyable(Exception):
+    """A row whose key columns cannot be read; `reason` is a low-cardinality metric label."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _key(row: Row, column: str) -> int:
+    if column not in row:
+        raise Unkeyable("unkeyable_missing_column")
+    value = row[column]
+    if value is None:
+        raise Unkeyable("unkeyable_null")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise Unkeyable("unkeyable_not_integer")
+    if value not in _BIGINT:
+        raise Unkeyable("unkeyable_out_of_range")
+    return value
+
+
 def _product_rows(rows: Iterable[Row]) -> Targets:
     keys: set[str] = set()
     tags: set[str] = set()
     for row in rows:
-        product_id, category_id = row.get("id"), row.get("category_id")
-        if not isinstance(product_id, int) or not isinstance(category_id, int):
-            return EVERYTHING  # a row we cannot key: invalidate wider, never drop
-        keys.add(product_entry(product_id))
-        tags.add(category_tag(category_id))
+        keys.add(product_entry(_key(row, "id")))
+        tags.add(category_tag(_key(row, "category_id")))
     return Targets(frozenset(keys), frozenset(tags))
 
 
 def _category_rows(rows: Iterable[Row]) -> Targets:
-    tags: set[str] = set()
-    for row in rows:
-        category_id = row.get("id")
-        if not isinstance(category_id, int):
-            return EVERYTHING
-        tags.add(category_tag(category_id))
-    return Targets(tags=frozenset(tags))
+    return Targets(tags=frozenset(category_tag(_key(row, "id")) for row in rows))
 
 
+# A rule raises Unkeyable for a row it cannot key: the change is then invalidated wider
+# (everything), never dropped.
 RULES: dict[str, Callable[[Iterable[Row]], Targets]] = {
     "products": _product_rows,
     "categories": _category_rows,
 }
 
 
-def targets_for(change: Change) -> Targets:
-    """The entries a change invalidates. Unknown tables and table-wide changes flush all."""
+def explain(change: Change) -> tuple[Targets, str | None]:
+    """The entries a change invalidates, and why its rows could not be keyed (if so)."""
     rule = RULES.get(change.table)
     if rule is None or change.table_wide:
-        return EVERYTHING
-    return rule(change.rows)
+        return EVERYTHING, None
+    try:
+        return rule(change.rows), None
+    except Unkeyable as exc:
+        return EVERYTHING, exc.reason
+
+
+def targets_for(change: Change) -> Targets:
+    """The entries a change invalidates. Unknown tables, table-wide changes and rows that
+    cannot be keyed flush all."""
+    return explain(change)[0]
 
 
 def product_write_targets(product_id: int, *category_ids: int) -> Targets:

@@ -231,6 +231,19 @@ async def test_malformed_payload_flushes_and_is_counted(
     assert sample(daemon.metrics, "pgbust_invalidator_epoch_bumps_total", why="malformed") == 1
 
 
+async def test_well_formed_payload_with_an_unkeyable_row_flushes_and_is_counted(
+    seeded: Counts, daemon: Invalidator, cache: RedisCache, pg: Conn
+) -> None:
+    await fill(cache, *ALL)
+    payload = '{"v":1,"t":"products","op":"U","ts":1,"c":["id","category_id"],"r":[["3",4]]}'
+    pg.execute("SELECT pg_notify('pgbust_changes', %s)", (payload,))
+    assert await eventually(lambda: gone(cache, *ALL))
+    m = daemon.metrics
+    name = "pgbust_invalidator_malformed_payloads_total"
+    assert sample(m, name, reason="unkeyable_not_integer") == 1
+    assert sample(m, "pgbust_invalidator_epoch_bumps_total", why="unkeyable_row") == 1
+
+
 async def test_killed_listener_connection_reconnects_and_bumps_the_epoch(
     seeded: Counts, daemon: Invalidator, cache: RedisCache, pg: Conn
 ) -> None:

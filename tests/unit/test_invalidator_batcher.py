@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from invalidator.batcher import Batch
 from invalidator.payload import parse
@@ -70,3 +71,44 @@ def test_add_flush_keeps_the_first_reason_kind() -> None:
     assert batch.flush_kind == "reconnect"
     assert batch.targets() == Targets(flush=True)
     assert batch  # a flush with no events is still something to send
+
+
+UNKEYABLE_ROWS = {
+    '"r":[["3",4]]': "unkeyable_not_integer",
+    '"r":[[3.5,4]]': "unkeyable_not_integer",
+    '"r":[[true,4]]': "unkeyable_not_integer",
+    '"r":[[null,4]]': "unkeyable_null",
+    '"r":[[3,null]]': "unkeyable_null",
+    '"r":[[123456789012345678901234567890,4]]': "unkeyable_not_integer",  # a float to orjson
+    '"r":[[9223372036854775808,4]]': "unkeyable_out_of_range",  # 2**63: not a bigint
+    '"r":[[1,2],[3,"x"]]': "unkeyable_not_integer",  # one bad row is enough
+}
+
+
+@pytest.mark.parametrize(("rows", "reason"), UNKEYABLE_ROWS.items())
+def test_well_formed_rows_without_a_usable_key_flush_and_are_counted_as_malformed(
+    rows: str, reason: str
+) -> None:
+    batch = Batch()
+    batch.add(parse(f'{{"v":1,"t":"products","op":"U","ts":7,"c":["id","category_id"],{rows}}}'))
+    assert batch.targets() == Targets(flush=True)
+    assert batch.flush_kind == "unkeyable_row"
+    assert batch.problems == {reason: 1}
+    assert reason in batch.reason
+
+
+def test_a_missing_key_column_is_counted_with_its_own_reason() -> None:
+    batch = Batch()
+    batch.add(parse(b'{"v":1,"t":"categories","op":"U","ts":7,"c":["name"],"r":[["x"]]}'))
+    assert batch.targets() == Targets(flush=True)
+    assert batch.problems == {"unkeyable_missing_column": 1}
+
+
+def test_keyable_rows_and_table_wide_changes_count_no_problem() -> None:
+    batch = Batch()
+    batch.add(parse(event(1, 2, 5)))
+    batch.add(parse(b'{"v":1,"t":"products","op":"U","ts":7,"c":["id","category_id"],'
+                    b'"r":[[-9223372036854775808,9223372036854775807]]}'))  # fmt: skip
+    batch.add(parse(b'{"v":1,"t":"products","op":"T","ts":1,"all":true}'))
+    batch.add(parse(b'{"v":1,"t":"orders","op":"I","ts":1,"c":["id"],"r":[["x"]]}'))
+    assert batch.flush and not batch.problems
