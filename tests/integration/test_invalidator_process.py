@@ -134,6 +134,27 @@ def test_a_paused_active_one_is_taken_over_and_goes_standby_when_continued(
     assert "lost the invalidator lock connection" in active.log_tail(200)
 
 
+def test_each_namespace_has_its_own_active_invalidator_on_one_database(
+    procs: ProcessManager, namespace: str
+) -> None:
+    first = procs.invalidator("inv-a")
+    other = procs.invalidator("inv-other", env={"PGBUST_NAMESPACE": namespace + "-other"})
+    same = procs.invalidator("inv-a2")
+    assert wait_until(lambda: role(first) == "active" and role(other) == "active", timeout=10)
+    assert wait_until(lambda: role(same) == "standby", timeout=5)
+    time.sleep(0.5)
+    assert (role(first), role(other), role(same)) == ("active", "active", "standby")
+
+
+def test_an_explicit_lock_id_overrides_the_namespace(procs: ProcessManager, namespace: str) -> None:
+    lock = {"PGBUST_INVALIDATOR_LOCK_ID": str(int(time.time_ns()) % 2**62 + 1)}
+    first = procs.invalidator("inv-a", env=lock)
+    assert wait_until(lambda: role(first) == "active", timeout=10)
+    other = procs.invalidator("inv-other", env={**lock, "PGBUST_NAMESPACE": namespace + "-x"})
+    assert wait_until(lambda: role(other) == "standby", timeout=5)
+    assert role(first) == "active"
+
+
 def test_sigterm_drains_and_exits_0(seeded: Counts, procs: ProcessManager, pg: Conn) -> None:
     proc = procs.invalidator()
     assert wait_until(lambda: role(proc) == "active", timeout=10)
