@@ -16,6 +16,7 @@ from api.loaders import load_entry
 from pgbust.keys import Keyspace
 from pgbust.protocol import Lease
 from pgbust.redis_cache import RedisCache
+from pgbust.redis_connect import connect
 from tests.support.processes import ManagedProcess, ProcessManager
 from tests.support.servers import RedisServer
 from worker.client import TaskSender
@@ -57,7 +58,8 @@ def run(
     """Run `job(cache)` on a fresh client of the private Redis, as a worker task does."""
 
     async def main() -> T:
-        client = redis.asyncio.Redis.from_url(redis_server.url)
+        # through connect, as worker tasks: the namespace knows this server before any fill
+        client = connect(redis_server.url, keyspace, "test")
         try:
             return await job(RedisCache(client, keyspace))
         finally:
