@@ -92,6 +92,21 @@ def markdown(summaries: Mapping[str, Mapping[str, Any]]) -> str:
     )
 
 
+def _round_ratios(summaries: Mapping[str, Mapping[str, Any]], mode: str) -> list[str]:
+    """nocache's p50 over mode's, round i against round i (A B C C B A: each pair ran close
+    together), with the load average of both rounds."""
+    base = summaries.get("nocache", {}).get("by_round") or []
+    cached = summaries.get(mode, {}).get("by_round") or []
+    pairs = []
+    for b, c in zip(base, cached, strict=False):
+        if c["read_p50_ms"] > 0:
+            pairs.append(
+                f"{b['read_p50_ms'] / c['read_p50_ms']:.2f}x "
+                f"(load {b['load_average']:g} / {c['load_average']:g})"
+            )
+    return pairs
+
+
 def headline(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Plain sentences about the targets, computed from the numbers (never asserted)."""
     notes = []
@@ -102,6 +117,10 @@ def headline(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
             ratio = base["read_latency_ms"]["p50"] / cached["read_latency_ms"]["p50"]
             relation = f"{ratio:.1f}x lower" if ratio >= 1 else f"{1 / ratio:.1f}x higher"
             notes.append(f"{mode}: read p50 {relation} than nocache")
+    for mode in ("ttl", "cdc"):
+        pairs = _round_ratios(summaries, mode)
+        if pairs:
+            notes.append(f"{mode}: read p50 per round, nocache / {mode}: " + ", ".join(pairs))
     by_kind = [
         f"{s['mode']} {s['reads_by_kind']['summary']['p50']:g} ms"
         for s in ordered(summaries)

@@ -194,6 +194,18 @@ def _merged_extra(rounds: list[Round]) -> dict[str, Any]:
     return extra
 
 
+def _round_figures(one: Round, warmup_s: float) -> dict[str, Any]:
+    """The headline figures of one round alone: on a shared machine, compare modes round by
+    round (neighbouring rounds saw the same neighbours' load), not only over the whole run."""
+    alone = summarize_rounds([(one.raw, one.messages)], warmup_s=warmup_s)
+    return {
+        "read_p50_ms": alone["read_latency_ms"]["p50"],
+        "read_rps": alone["read_rps"],
+        "cache_hit_ratio": alone.get("cache_hit_ratio"),
+        "load_average": one.extra["load_average"][0],
+    }
+
+
 def finish(
     settings: Settings, mode: str, rounds: list[Round], out: Path, round_s: int
 ) -> dict[str, Any]:
@@ -202,6 +214,8 @@ def finish(
     summary = summarize_rounds(
         [(r.raw, r.messages) for r in rounds], warmup_s=warmup, extra=_merged_extra(rounds)
     )
+    if len(rounds) > 1:
+        summary["by_round"] = [_round_figures(r, warmup) for r in rounds]
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     say(

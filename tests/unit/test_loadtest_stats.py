@@ -174,3 +174,24 @@ def test_rounds_count_as_one_run_laid_end_to_end() -> None:
     assert summary["writes_never_invalidated"] == 0
     assert summary["errors"] == 2
     assert len(summary["timeline"]) == 20
+
+
+def test_headline_compares_modes_round_by_round() -> None:
+    def mode(name: str, p50s: list[float], loads: list[float]) -> dict[str, object]:
+        rounds = [
+            {"read_p50_ms": p, "read_rps": 1.0, "cache_hit_ratio": 0.5, "load_average": load}
+            for p, load in zip(p50s, loads, strict=True)
+        ]
+        return {
+            "mode": name,
+            "read_latency_ms": {"p50": sum(p50s) / len(p50s)},
+            "by_round": rounds,
+            "stale_reads": 0,
+            "stale_ratio": 0.0,
+            "staleness_ms": {"max": 0.0},
+        }
+
+    notes = report.headline(
+        {"nocache": mode("nocache", [8.0, 6.0], [2, 5]), "ttl": mode("ttl", [2.0, 12.0], [3, 6])}
+    )
+    assert "ttl: read p50 per round, nocache / ttl: 4.00x (load 2 / 3), 0.50x (load 5 / 6)" in notes
