@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from db.models import Product
 from db.seed import Counts
 from invalidator.app import Invalidator
+from invalidator.leader import APPLICATION_NAME, Leadership
 from invalidator.metrics import Metrics
 from invalidator.settings import Settings
 from pgbust.keys import Keyspace, category_summary_entry, product_entry
@@ -418,3 +419,43 @@ async def test_redis_refusing_the_script_widens_to_a_flush_instead_of_retrying(
     m = daemon.metrics
     assert sample(m, "pgbust_invalidator_errors_total", kind="redis_command") == 1
     assert sample(m, "pgbust_invalidator_epoch_bumps_total", why="redis_error") == 1
+
+
+async def test_a_silent_lock_holder_is_terminated_but_a_foreign_session_never(
+    database_url: str, namespace: str
+) -> None:
+    lock_id = random.randint(1, 2**40)
+    take = "SELECT pg_try_advisory_lock(%s)"
+    # an invalidator's lock session that stopped running statements (a paused process)
+    silent = await psycopg.AsyncConnection.connect(
+        database_url, autocommit=True, application_name=APPLICATION_NAME
+    )
+    await silent.execute(take, (lock_id,))
+    leadership = Leadership(database_url, lock_id, 0.05, namespace=namespace, takeover_after_s=0.5)
+    started = time.monotonic()
+    await asyncio.wait_for(leadership.acquire(), 5)
+    assert time.monotonic() - started >= 0.4
+    assert leadership.takeovers == 1
+    with pytest.raises(psycopg.OperationalError):
+        await silent.execute("SELECT 1")
+    await silent.close()
+    # the heartbeat names the new holder
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT namespace FROM pgbust.invalidator_heartbeat WHERE lock_id = %s", (lock_id,)
+        ).fetchone()
+    assert row == (namespace,)
+    await leadership.release()
+
+    # a session of something else that happens to hold the same lock id is left alone
+    foreign = await psycopg.AsyncConnection.connect(
+        database_url, autocommit=True, application_name="someone-else"
+    )
+    await foreign.execute(take, (lock_id,))
+    other = Leadership(database_url, lock_id, 0.05, namespace=namespace, takeover_after_s=0.2)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(other.acquire(), 1.0)
+    await foreign.execute("SELECT 1")
+    assert other.takeovers == 0
+    await other.release()
+    await foreign.close()
