@@ -13,6 +13,7 @@ command fails (callers fall back to Postgres): never served unchecked.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -23,6 +24,8 @@ from pgbust import lua
 from pgbust.keys import Keyspace
 from pgbust.protocol import flush_message
 from pgbust.redis_cache import now_ms
+
+log = logging.getLogger(__name__)
 
 
 def run_id_of(info: Any) -> str:
@@ -69,6 +72,12 @@ class ServerIdentityCheck:
         self.last_run_id = run_id
         if reply:
             self.bumps += 1
+            log.warning(
+                "redis server %s is new to namespace %s: epoch bumped to %s (every entry dead)",
+                run_id[:12],
+                ks.namespace,
+                reply.decode() if isinstance(reply, bytes) else reply,
+            )
 
 
 def connect(url: str, keyspace: Keyspace, origin: str, **kwargs: Any) -> aioredis.Redis:

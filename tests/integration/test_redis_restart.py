@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI
-from redis.exceptions import ConnectionError
+from redis.exceptions import ConnectionError, RedisError, ResponseError
 
 from api.app import create_app
 from api.runtime import Runtime
@@ -179,6 +179,37 @@ async def test_fill_with_a_lease_from_the_snapshot_is_refused(
         assert await cache.peek(entry) is None
     finally:
         await client.aclose()
+
+
+async def test_a_connection_whose_check_fails_is_never_used(
+    private_redis: RedisServer, keyspace: Keyspace
+) -> None:
+    """Fail closed: a user that may not run the script gets errors, not unchecked reads."""
+    plain = private_redis.client()
+    acl = ["noeval", "on", "nopass", "~*", "&*", "+@all", "-eval"]
+    plain.execute_command("ACL", "SETUSER", *acl)  # type: ignore[no-untyped-call]
+    plain.set(keyspace.value(product_entry(5)), b"0.0|resurrected")
+    url = f"redis://noeval@127.0.0.1:{private_redis.port}/0"
+    client = connect(url, keyspace, "api")
+    try:
+        with pytest.raises(RedisError):
+            await client.get(keyspace.value(product_entry(5)))
+        check = identity_check(client)
+        assert check is not None and check.checks == 0
+        assert client.connection_pool._in_use_connections == set()
+        assert all(not c.is_connected for c in client.connection_pool._available_connections)
+    finally:
+        await client.aclose()
+        plain.close()
+
+
+def test_run_id_of_info_replies() -> None:
+    raw = b"# Server\r\nredis_version:7.0.0\r\nrun_id:abc123\r\ntcp_port:6379\r\n"
+    assert run_id_of(raw) == "abc123"
+    assert run_id_of(raw.decode()) == "abc123"
+    assert run_id_of({"run_id": "abc123"}) == "abc123"
+    with pytest.raises(ResponseError):
+        run_id_of(b"# Server\r\nredis_version:7.0.0\r\n")
 
 
 # --- the API in process: the subscriber has not reconnected yet -----------------------------
