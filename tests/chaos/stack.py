@@ -66,6 +66,9 @@ class ScenarioRecord:
     notes: list[str] = field(default_factory=list)
 
 
+TAKEOVER_AFTER_S = 1.5
+
+
 class ChaosStack:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -121,6 +124,8 @@ class ChaosStack:
             PGBUST_LOG_LEVEL="INFO",
             # a task of a SIGKILLed worker comes back after this long (Redis broker)
             PGBUST_VISIBILITY_TIMEOUT_S="4",
+            # a silent (SIGSTOPped) active invalidator is replaced after this long
+            PGBUST_TAKEOVER_AFTER_S=str(TAKEOVER_AFTER_S),
             PYTHONUNBUFFERED="1",
         )
         return env

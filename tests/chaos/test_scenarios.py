@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from tests.chaos.scenario import Inject, Plan, run_scenario
-from tests.chaos.stack import ChaosStack, ScenarioRecord
+from tests.chaos.stack import TAKEOVER_AFTER_S, ChaosStack, ScenarioRecord
 from tests.support.load import LoadDriver
 from tests.support.servers import wait_until
 from tests.support.sweep import probe_write
@@ -246,10 +246,16 @@ def _pause_invalidator(stack: ChaosStack, load: LoadDriver, plan: Plan) -> int:
         active.signal(signal.SIGSTOP)
         try:
             load.wait_for_writes(5)
-            time.sleep(plan.outage_s)  # the pause itself
+            # the standby must notice the silence and take over while the pause lasts
+            assert wait_until(
+                lambda: stack.active_invalidator() not in (None, active),
+                timeout=TAKEOVER_AFTER_S + 5,
+            ), stack.logs()
+            time.sleep(plan.outage_s)  # the pause goes on after the takeover
         finally:
             active.signal(signal.SIGCONT)
-        assert wait_until(lambda: stack.active_invalidator() is not None, timeout=30)
+        # the paused one, continued, finds its lock gone and stays a standby
+        assert wait_until(lambda: stack.role(active) == "standby", timeout=10), stack.logs()
     return plan.repeats
 
 
