@@ -88,6 +88,7 @@ def _settings_used(settings: Settings, mode: str, plan: Plan) -> dict[str, Any]:
         "products": plan.product_ids[1] - plan.product_ids[0] + 1,
         "categories": plan.category_ids[1] - plan.category_ids[0] + 1,
         "worker": mode == "cdc" and settings.loadtest_worker,
+        "warm_top": settings.loadtest_warm_top if mode == "cdc" else None,
     }
 
 
@@ -131,8 +132,8 @@ def collect_round(
         parts = [f"{settings.loadtest_api_instances} API instances ({API_CACHE_MODE[mode]})"]
         api_urls = stack.start_apis(settings.loadtest_api_instances, {})
         if mode == "cdc":
-            stack.start_invalidator()
-            parts.append("invalidator")
+            stack.start_invalidator(settings.loadtest_warm_top)
+            parts.append(f"invalidator (warm top {settings.loadtest_warm_top})")
             if settings.loadtest_worker:
                 stack.start_worker()
                 parts.append("celery worker")

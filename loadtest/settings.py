@@ -47,4 +47,10 @@ class Settings(CommonSettings):
     loadtest_worker: bool = Field(
         default=True, description="start a Celery worker in cdc mode (warming, retries)"
     )
+    loadtest_warm_top: int = Field(
+        default=0,
+        ge=0,
+        description="PGBUST_WARM_TOP of the cdc mode's invalidator: hot entries the worker "
+        "re-warms after an invalidation (0 = off: measured to cost more than it saves here)",
+    )
     loadtest_startup_timeout_s: float = Field(default=60.0, gt=0)

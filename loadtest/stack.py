@@ -119,15 +119,16 @@ class Stack:
             self.api_urls.append(url)
         return self.api_urls
 
-    def start_invalidator(self) -> str:
+    def start_invalidator(self, warm_top: int) -> str:
         """The run's own invalidator, active (not standby behind another namespace's one: the
-        advisory lock that elects one per database gets an id of this run's own)."""
+        advisory lock that elects one per database gets an id of this run's own), re-warming
+        the top `warm_top` hot entries after invalidating them (0 = no warming)."""
         port = free_port()
         lock_id = str(secrets.randbelow(2**62) + 1)
         child = self._spawn(
             "invalidator",
             ["invalidator", "--metrics-port", str(port)],
-            {"PGBUST_INVALIDATOR_LOCK_ID": lock_id},
+            {"PGBUST_INVALIDATOR_LOCK_ID": lock_id, "PGBUST_WARM_TOP": str(warm_top)},
         )
         url = f"http://127.0.0.1:{port}"
         child.wait_http_ok(url + "/healthz", self.timeout, expect=b'"role":"active"')
