@@ -12,23 +12,8 @@ import pytest
 from db import seed
 from loadtest.runner import compare
 from loadtest.settings import Settings
+from tests.support.design import SUMMARY_FIELDS
 from tests.support.servers import RedisServer
-
-DESIGN_FIELDS = {
-    "mode",
-    "duration_s",
-    "reads",
-    "writes",
-    "oob_writes",
-    "errors",
-    "read_rps",
-    "write_rps",
-    "read_latency_ms",
-    "stale_reads",
-    "stale_ratio",
-    "staleness_ms",
-    "invalidation_lag_ms",
-}
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +48,7 @@ def test_every_mode_writes_a_summary_with_reads_and_writes(
 ) -> None:
     out, _ = three_modes
     summary = json.loads((out / mode / "summary.json").read_text())
-    assert summary.keys() >= DESIGN_FIELDS
+    assert summary.keys() >= SUMMARY_FIELDS
     assert summary["mode"] == mode
     assert summary["reads"] > 0
     assert summary["writes"] > 0

@@ -9,22 +9,7 @@ import pytest
 from loadtest import report
 from loadtest.lag import LagTracker, Received, Write, message_lags_ms
 from loadtest.stats import RawRun, nines, percentile, summarize
-
-DESIGN_FIELDS = {
-    "mode",
-    "duration_s",
-    "reads",
-    "writes",
-    "oob_writes",
-    "errors",
-    "read_rps",
-    "write_rps",
-    "read_latency_ms",
-    "stale_reads",
-    "stale_ratio",
-    "staleness_ms",
-    "invalidation_lag_ms",
-}
+from tests.support.design import SUMMARY_FIELDS
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -107,7 +92,7 @@ def test_summary_has_the_design_fields_and_counts() -> None:
         Received(101.02, ("product:2",), ts_us=101_015_000, origin="cdc"),
     ]
     summary = summarize(_raw(), messages)
-    assert summary.keys() >= DESIGN_FIELDS
+    assert summary.keys() >= SUMMARY_FIELDS
     assert summary["reads"] == 4
     assert summary["writes"] == 2
     assert summary["oob_writes"] == 1

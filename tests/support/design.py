@@ -1,0 +1,20 @@
+"""Contracts of ../shared/DESIGN.md that tests check, written down once."""
+
+# The fields every load-test summary.json must have ("Contracts users rely on").
+SUMMARY_FIELDS = frozenset(
+    {
+        "mode",
+        "duration_s",
+        "reads",
+        "writes",
+        "oob_writes",
+        "errors",
+        "read_rps",
+        "write_rps",
+        "read_latency_ms",
+        "stale_reads",
+        "stale_ratio",
+        "staleness_ms",
+        "invalidation_lag_ms",
+    }
+)
