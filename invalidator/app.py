@@ -24,6 +24,7 @@ from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import connect
 
 log = logging.getLogger(__name__)
+_REAP_TIMEOUT_S = 5.0
 _STOP = FlushRequest("stop", "")  # sentinel: everything queued before it is still applied
 
 
@@ -142,9 +143,9 @@ class Invalidator:
         with contextlib.suppress(Exception):
             await self.cache.ensure_server_identity(origin="cdc")
         listener = asyncio.create_task(self.listener.run(), name="listener")
-        consumer = asyncio.create_task(self._consume(), name="consumer")
+        consumer = asyncio.create_task(self._consume(self.queue), name="consumer")
         watch = asyncio.create_task(self.leadership.watch(), name="lock-watch")
-        hot = asyncio.create_task(self.hot.refresh_forever(self.settings.hot_refresh_s))
+        hot = asyncio.create_task(self.hot.refresh_forever(self.settings.hot_refresh_s), name="hot")
         stop: asyncio.Task[Any] = asyncio.create_task(self.stopping.wait())
         self.started.set()
         waited: set[asyncio.Task[Any]] = {listener, consumer, watch, stop}
@@ -161,6 +162,9 @@ class Invalidator:
                 log.error("could not drain the last batch in time")
         else:
             self.role = "standby"  # not serving any more: someone else may take over
+            # _STOP as well as cancel: a consumer that misses its cancellation (seen under
+            # chaos on Python 3.11) still ends, and never reads the next term's queue
+            self.queue.put_nowait(_STOP)
             consumer.cancel()
             stop.cancel()
             for task in done:
@@ -168,7 +172,19 @@ class Invalidator:
                     log.error("%s failed: %r", task.get_name(), task.exception())
             await self.leadership.release()
             await asyncio.sleep(self.settings.standby_poll_s)
-        await asyncio.gather(listener, watch, hot, consumer, stop, return_exceptions=True)
+        await self._reap({listener, watch, hot, consumer, stop})
+
+    async def _reap(self, tasks: set[asyncio.Task[Any]]) -> None:
+        """Wait for the term's tasks to end; one that ignores its cancellation is logged with
+        its stack and left behind rather than keeping this process from standing by again."""
+        _, stuck = await asyncio.wait(tasks, timeout=_REAP_TIMEOUT_S)
+        for task in stuck:
+            frames = "; ".join(
+                f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in task.get_stack()
+            )
+            log.error(
+                "task %s did not stop within %.0f s: %s", task.get_name(), _REAP_TIMEOUT_S, frames
+            )
 
     # --- batching -------------------------------------------------------------------------
 
@@ -182,45 +198,48 @@ class Invalidator:
             batch.add(parse(item))
         return True
 
-    def _drain(self, batch: Batch) -> bool:
+    def _drain(self, batch: Batch, queue: asyncio.Queue[Item]) -> bool:
         """Move what is already queued into the batch (up to batch_max); False on stop."""
         limit = self.settings.batch_max
         while len(batch) < limit:
             try:
-                item = self.queue.get_nowait()
+                item = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return True
             if not self._add(batch, item):
                 return False
         return True
 
-    async def _consume(self) -> None:
+    async def _consume(self, queue: asyncio.Queue[Item]) -> None:
+        """Apply the batches of one term, read from that term's own queue until _STOP."""
         window_s = self.settings.batch_window_ms / 1000
         running = True
         while running:
             batch = Batch()
-            running = self._add(batch, await self.queue.get())
+            running = self._add(batch, await queue.get())
             batch.opened_us = time.time_ns() // 1000
             if running:
-                running = self._drain(batch)
+                running = self._drain(batch, queue)
             if running:
                 # let the listener read what is already in its socket, then take that too
                 await asyncio.sleep(0)
-                running = self._drain(batch)
+                running = self._drain(batch, queue)
                 deadline = time.monotonic() + window_s
                 while running and len(batch) < self.settings.batch_max:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     try:
-                        item = await asyncio.wait_for(self.queue.get(), left)
+                        item = await asyncio.wait_for(queue.get(), left)
                     except TimeoutError:
                         break
-                    running = self._add(batch, item) and self._drain(batch)
+                    running = self._add(batch, item) and self._drain(batch, queue)
             if batch:
-                await self.sink.apply(batch, absorb=self._absorb, stopping=self.stopping)
+                await self.sink.apply(
+                    batch, absorb=lambda b: self._absorb(b, queue), stopping=self.stopping
+                )
 
-    def _absorb(self, batch: Batch) -> None:
+    def _absorb(self, batch: Batch, queue: asyncio.Queue[Item]) -> None:
         """While Redis is unreachable, keep merging new events into the pending batch."""
-        if not self._drain(batch):
-            self.queue.put_nowait(_STOP)  # seen again by the consumer loop after this batch
+        if not self._drain(batch, queue):
+            queue.put_nowait(_STOP)  # seen again by the consumer loop after this batch

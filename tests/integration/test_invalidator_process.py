@@ -89,7 +89,7 @@ def _cached(redis_url: str, keyspace: Keyspace, entry: str) -> bool:
     return asyncio.run(run())
 
 
-def test_a_paused_active_one_is_taken_over_and_goes_standby_when_continued(
+def test_a_paused_active_one_is_taken_over_and_is_a_working_standby_when_continued(
     seeded: Counts,
     procs: ProcessManager,
     pg: Conn,
@@ -132,6 +132,19 @@ def test_a_paused_active_one_is_taken_over_and_goes_standby_when_continued(
         time.sleep(0.1)
     assert "silent for" in standby.log_tail(200)
     assert "lost the invalidator lock connection" in active.log_tail(200)
+
+    # and it is a working standby again: pausing the new active one hands the lock back
+    standby.signal(signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: role(active) == "active", timeout=takeover_after + 1.5), (
+            active.log_tail()
+        )
+        _fill(redis_url, keyspace, entry)
+        pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 6")
+        assert wait_until(lambda: not _cached(redis_url, keyspace, entry), timeout=2)
+    finally:
+        standby.signal(signal.SIGCONT)
+    assert wait_until(lambda: role(standby) == "standby", timeout=5), standby.log_tail()
 
 
 def test_each_namespace_has_its_own_active_invalidator_on_one_database(
