@@ -16,24 +16,21 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import orjson
 import psycopg
-from psycopg import sql
 
 from bench import report
-from db import capture, migrate, seed
+from bench.scratch import scratch_database
+from db import capture
 from invalidator.app import Invalidator
 from invalidator.batcher import Batch
 from invalidator.payload import parse
 from invalidator.settings import Settings
-from pgbust.devservers import with_database
 
 PRODUCTS = 100_000
 UPDATE_SCRIPT = (
@@ -63,26 +60,6 @@ FROM generate_series(1, %(events)s) g
 
 
 # --- scratch database ----------------------------------------------------------------------
-
-
-@contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    admin = with_database(server_url, "postgres")
-    name = f"pgbust_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = with_database(server_url, name)
-    try:
-        migrate.upgrade(url)
-        seed.seed(url, products=PRODUCTS, categories=20, replace=True)
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("VACUUM ANALYZE products")
-        yield url
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 # --- pgbench -------------------------------------------------------------------------------
@@ -431,7 +408,7 @@ async def _run(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "update.sql"
         script.write_text(UPDATE_SCRIPT)
-        with scratch_database(server) as url:
+        with scratch_database(server, PRODUCTS) as url:
             lag = await lag_at_rates(url, redis_url, [100, 1000, 5000], seconds)
             end_to_end = await end_to_end_throughput(url, redis_url, 20_000 if quick else 100_000)
             overhead = await trigger_overhead(

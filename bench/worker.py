@@ -14,20 +14,16 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 import psycopg
 import redis.asyncio as aioredis
-from psycopg import sql
 
 from api.loaders import load_entry
 from bench import report
-from db import migrate, seed
-from pgbust.devservers import with_database
+from bench.scratch import scratch_database
 from pgbust.keys import Keyspace, product_entry
 from pgbust.protocol import Invalidation, Lease, Targets
 from pgbust.redis_cache import RedisCache
@@ -39,24 +35,6 @@ from worker.settings import Settings
 from worker.stats import stats_key
 
 PRODUCTS = 10_000
-
-
-@contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    admin = with_database(server_url, "postgres")
-    name = f"pgbust_bench_worker_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = with_database(server_url, name)
-    try:
-        migrate.upgrade(url)
-        seed.seed(url, products=PRODUCTS, categories=20, replace=True)
-        yield url
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 class Bench:
@@ -193,7 +171,10 @@ def _command_name(entry: dict[str, Any]) -> str:
 def run(out: Path, quick: bool) -> None:
     rounds, entries = (20, 20_000) if quick else (200, 100_000)
     server_url = os.environ.get("DATABASE_URL", "postgresql://127.0.0.1:5432/postgres")
-    with tempfile.TemporaryDirectory() as tmp, scratch_database(server_url) as database_url:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        scratch_database(server_url, PRODUCTS) as database_url,
+    ):
         redis_server = RedisServer(Path(tmp) / "redis")
         redis_server.start()
         namespace = f"bench{uuid.uuid4().hex[:6]}"

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import psycopg
 from psycopg import errors
 
+from invalidator import pg
 from invalidator.listener import APPLICATION_NAME as LISTENER_APPLICATION_NAME
 
 log = logging.getLogger(__name__)
@@ -87,16 +88,7 @@ class Leadership:
 
     async def _connection(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
         if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(
-                self.database_url,
-                autocommit=True,
-                application_name=APPLICATION_NAME,
-                connect_timeout=5,
-                keepalives=1,
-                keepalives_idle=5,
-                keepalives_interval=2,
-                keepalives_count=3,
-            )
+            self._conn = await pg.connect(self.database_url, APPLICATION_NAME)
         return self._conn
 
     async def _try_lock(self) -> bool:

@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
+from invalidator import pg
 from invalidator.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -60,16 +61,7 @@ class Listener:
             reraise=True,
         ):
             with attempt:
-                return await psycopg.AsyncConnection.connect(
-                    self.database_url,
-                    autocommit=True,
-                    application_name=APPLICATION_NAME,
-                    connect_timeout=5,
-                    keepalives=1,
-                    keepalives_idle=5,
-                    keepalives_interval=2,
-                    keepalives_count=3,
-                )
+                return await pg.connect(self.database_url, APPLICATION_NAME)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def run(self) -> None:
