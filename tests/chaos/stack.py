@@ -21,7 +21,6 @@ from typing import Any
 
 import httpx
 import psycopg
-import redis
 
 from db import migrate, seed
 from pgbust.keys import Keyspace
@@ -77,6 +76,10 @@ class ChaosStack:
         self._pg_root = Path(tempfile.mkdtemp(prefix="pgbust-chaos-pg-"))
         self.postgres = PostgresCluster(self._pg_root / "pg")
         self.redis = RedisServer(root / "redis")
+        # The Celery broker is a Redis of its own, as the README advises for production: the
+        # cache's Redis is what the scenarios stop and restart, and kombu's Redis transport does
+        # not always survive its broker restarting with unacknowledged tasks (celery#10205).
+        self.broker = RedisServer(root / "broker")
         self.proxy: TcpProxy | None = None
         self.namespace = f"chaos{uuid.uuid4().hex[:8]}"
         self.keyspace = Keyspace(self.namespace)
@@ -118,7 +121,7 @@ class ChaosStack:
         env.update(
             DATABASE_URL=self.database_url,
             REDIS_URL=self.redis_url,
-            CELERY_BROKER_URL=f"redis://127.0.0.1:{self.redis.port}/1",
+            CELERY_BROKER_URL=self.broker.url,
             API_TOKEN=API_TOKEN,
             PGBUST_NAMESPACE=self.namespace,
             PGBUST_LOG_LEVEL="INFO",
@@ -139,6 +142,7 @@ class ChaosStack:
         migrate.upgrade(self.database_url)
         seed.seed(self.database_url, products=PRODUCTS, categories=CATEGORIES, replace=True)
         self.redis.start()
+        self.broker.start()
         self.proxy = TcpProxy(self.redis.port).start()
         self.procs = ProcessManager(self.env(), self.root / "logs")
         (self.root / "logs").mkdir(exist_ok=True)
@@ -152,8 +156,9 @@ class ChaosStack:
             self.procs.stop_all()
         if self.proxy is not None:
             self.proxy.stop()
-        with contextlib.suppress(Exception):
-            self.redis.stop(keep_snapshot=False)
+        for server in (self.redis, self.broker):
+            with contextlib.suppress(Exception):
+                server.stop(keep_snapshot=False)
         with contextlib.suppress(Exception):
             self.postgres.stop("immediate")
         shutil.rmtree(self._pg_root, ignore_errors=True)
@@ -280,7 +285,7 @@ class ChaosStack:
         (then `drain_problem` says which step did not finish)."""
         started = time.monotonic()
         self.drain_problem = ""
-        broker = redis.Redis(host="127.0.0.1", port=self.redis.port, db=1)
+        broker = self.broker.client()
         try:
             if not wait_until(
                 lambda: not self.supervise() and queue_empty(broker, self.queue), timeout

@@ -214,7 +214,7 @@ def _kill_worker_mid_task(stack: ChaosStack, load: LoadDriver, plan: Plan) -> in
             held.kill()  # SIGKILL in the middle of the task
             faults += 1
             stack.workers = [stack.start_worker()]
-            broker = redis.Redis(host="127.0.0.1", port=stack.redis.port, db=1)
+            broker = stack.broker.client()
             try:
                 assert wait_until(lambda: _unacked(broker) == 0, timeout=60), (
                     "the killed task was never redelivered and finished:\n" + stack.logs()
