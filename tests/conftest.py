@@ -18,6 +18,7 @@ from psycopg import sql
 from db import migrate, seed
 from pgbust.devservers import choose, with_database
 from pgbust.keys import Keyspace
+from tests.support.design import SLOW_US
 from tests.support.processes import ProcessManager
 from tests.support.servers import RedisServer
 
@@ -72,6 +73,17 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client = redis_server.client()
     yield client
     client.close()
+
+
+@pytest.fixture
+def slowlog(redis_client: redis.Redis) -> Iterator[redis.Redis]:
+    """The private Redis, with SLOWLOG recording every command slower than SLOW_US."""
+    before = str(next(iter(redis_client.config_get("slowlog-log-slower-than").values())))
+    redis_client.config_set("slowlog-log-slower-than", SLOW_US)
+    redis_client.config_set("slowlog-max-len", 1_024)
+    redis_client.slowlog_reset()
+    yield redis_client
+    redis_client.config_set("slowlog-log-slower-than", before)
 
 
 @pytest.fixture

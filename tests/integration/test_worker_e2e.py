@@ -5,8 +5,6 @@ psql -> trigger -> invalidator -> Redis (+ worker.client) -> Celery worker -> Re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import orjson
 import psycopg
 import pytest
@@ -20,20 +18,11 @@ from tests.integration.test_worker_helpers import (
     start_worker,
     value_keys,
 )
-from tests.integration.test_worker_purge import ENTRIES, SLOW_US, cache_entries
+from tests.integration.test_worker_purge import ENTRIES, cache_entries
+from tests.support.design import SLOW_US
 from tests.support.processes import ProcessManager
 from tests.support.servers import RedisServer, wait_until
 from worker.stats import stats_key
-
-
-@pytest.fixture
-def slowlog(redis_client: redis.Redis) -> Iterator[redis.Redis]:
-    before = str(next(iter(redis_client.config_get("slowlog-log-slower-than").values())))
-    redis_client.config_set("slowlog-log-slower-than", SLOW_US)
-    redis_client.config_set("slowlog-max-len", 1_024)
-    redis_client.slowlog_reset()
-    yield redis_client
-    redis_client.config_set("slowlog-log-slower-than", before)
 
 
 def test_update_in_psql_of_a_hot_product_is_rewarmed_with_the_new_value(

@@ -7,8 +7,6 @@ UNLINK script. Redis's SLOWLOG (threshold 50 ms) proves no command blocked it fo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import redis
 
@@ -23,23 +21,12 @@ from tests.integration.test_worker_helpers import (
     start_worker,
     value_keys,
 )
+from tests.support.design import SLOW_US
 from tests.support.processes import ProcessManager
 from tests.support.servers import RedisServer, wait_until
 from worker.stats import stats_key
 
 ENTRIES = 100_000
-SLOW_US = 50_000
-
-
-@pytest.fixture
-def slowlog(redis_client: redis.Redis) -> Iterator[redis.Redis]:
-    """SLOWLOG records every command slower than 50 ms on the private server."""
-    before = str(next(iter(redis_client.config_get("slowlog-log-slower-than").values())))
-    redis_client.config_set("slowlog-log-slower-than", SLOW_US)
-    redis_client.config_set("slowlog-max-len", 1_024)
-    redis_client.slowlog_reset()
-    yield redis_client
-    redis_client.config_set("slowlog-log-slower-than", before)
 
 
 def cache_entries(client: redis.Redis, keyspace: Keyspace, count: int) -> None:

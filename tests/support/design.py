@@ -18,3 +18,6 @@ SUMMARY_FIELDS = frozenset(
         "invalidation_lag_ms",
     }
 )
+
+# Issue 5: no single Redis command of a fan-out may block longer than this (SLOWLOG threshold).
+SLOW_US = 50_000
