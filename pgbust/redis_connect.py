@@ -23,7 +23,6 @@ from redis.exceptions import ResponseError
 from pgbust import lua
 from pgbust.keys import Keyspace
 from pgbust.protocol import flush_message
-from pgbust.redis_cache import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,6 @@ class ServerIdentityCheck:
             ks.server_identity,
             ks.epoch,
             run_id,
-            now_ms(),
             ks.channel,
             message,
         )
