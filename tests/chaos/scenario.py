@@ -45,6 +45,7 @@ def run_scenario(
     results.append(record)
     stack.heal()
     stack.worker_deaths = []
+    stack.notes = []
     load = stack.load(write_rate=write_rate).start()
     try:
         assert load.wait_for_writes(plan.warmup_writes), "load did not start:\n" + stack.logs()
@@ -56,6 +57,7 @@ def run_scenario(
         if recovered is not None:
             record.time_to_recover_s = round(time.monotonic() - fault_ended, 3)
         record.notes.append(f"fault lasted {fault_ended - fault_started:.2f}s")
+        record.notes += stack.notes
         load.wait_for_writes(plan.after_writes)
     finally:
         stats = load.stop()
