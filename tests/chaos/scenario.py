@@ -38,9 +38,11 @@ def run_scenario(
     plan: Plan,
     *,
     write_rate: float = 40.0,
+    before_sweep: Callable[[ChaosStack], None] | None = None,
 ) -> ScenarioRecord:
     """Heal the stack, start load, inject the fault (inside load.fault()), measure recovery,
-    let writes continue, stop them, drain, sweep; append the record and assert 0 stale."""
+    let writes continue, stop them, drain, [before_sweep: a last fault that needs the writes
+    stopped], sweep; append the record and assert 0 stale."""
     record = ScenarioRecord(scenario=name)
     results.append(record)
     stack.heal()
@@ -77,6 +79,8 @@ def run_scenario(
     record.drain_s = round(drained, 3)
     record.worker_restarts = len(stack.worker_deaths)
     record.notes += [f"celery worker died and was restarted: {d}" for d in stack.worker_deaths]
+    if before_sweep is not None:
+        before_sweep(stack)
     sweep = stack.sweep()
     record.stale_after_sweep = sweep.stale
     record.sweep_checked = sweep.checked

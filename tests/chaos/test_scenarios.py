@@ -15,8 +15,9 @@ import psycopg
 import pytest
 import redis
 
+from pgbust.keys import Keyspace
 from tests.chaos.scenario import Inject, Plan, run_scenario
-from tests.chaos.stack import TAKEOVER_AFTER_S, ChaosStack, ScenarioRecord
+from tests.chaos.stack import CATEGORIES, TAKEOVER_AFTER_S, ChaosStack, ScenarioRecord
 from tests.support.load import LoadDriver
 from tests.support.memory import (
     age,
@@ -314,6 +315,39 @@ def _guard_keys(control: redis.Redis, stack: ChaosStack) -> list[str]:
     return found
 
 
+def _kill_summaries_then_evict_their_generations(stack: ChaosStack) -> None:
+    """The sequence in which an evicted generation could revive a dead value, run once writes
+    have stopped (so nothing moves the generations in between): the generations are evicted,
+    every category summary is cached, its tag's member set is evicted, a psql UPDATE kills the
+    summary (the dead value stays: nothing lists it any more), then the generation is evicted
+    again. The final sweep reads those summaries: none may come back."""
+    ks = stack.keyspace
+    tags = [f"category:{c}" for c in range(1, CATEGORIES + 1)]
+    control = stack.redis.client()
+    try:
+        _kill_summaries(stack, control, ks, tags)
+    finally:
+        control.close()
+
+
+def _kill_summaries(stack: ChaosStack, control: redis.Redis, ks: Keyspace, tags: list[str]) -> None:
+    control.delete(*(ks.tag_generation(tag) for tag in tags))
+    for base in stack.api_urls:
+        for category_id in range(1, CATEGORIES + 1):
+            httpx.get(f"{base}/categories/{category_id}/summary", timeout=5).raise_for_status()
+    control.delete(*(ks.tag_members(tag) for tag in tags))
+    before = {tag: control.get(ks.tag_generation(tag)) for tag in tags}
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE products SET stock = stock + 1"
+            " WHERE id IN (SELECT min(id) FROM products GROUP BY category_id)"
+        )
+    assert wait_until(
+        lambda: all(control.get(ks.tag_generation(t)) != before[t] for t in tags), timeout=30
+    ), "the category changes were never invalidated:\n" + stack.logs()
+    control.delete(*(ks.tag_generation(tag) for tag in tags))
+
+
 def _redis_evicting(stack: ChaosStack, load: LoadDriver, plan: Plan) -> int:
     """A small maxmemory under allkeys-lru and a burst of other data: Redis evicts (the
     guard keys aged first, so they are the first candidates); then, in case LRU spared some,
@@ -347,7 +381,12 @@ def test_redis_evicting_under_allkeys_lru(
     stack: ChaosStack, chaos_results: list[ScenarioRecord], plan: Plan
 ) -> None:
     record = run_scenario(
-        stack, chaos_results, "9_redis_evicting_allkeys_lru", _redis_evicting, plan
+        stack,
+        chaos_results,
+        "9_redis_evicting_allkeys_lru",
+        _redis_evicting,
+        plan,
+        before_sweep=_kill_summaries_then_evict_their_generations,
     )
     assert not any(int(status) >= 500 for status in record.error_statuses), record.error_statuses
 
