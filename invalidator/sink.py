@@ -81,6 +81,7 @@ class Sink:
         API instances may have served from L1 what we could not announce. Returns False only
         when stopping gave up (the batch was handed to the worker's retry task)."""
         failures = 0
+        was_unreachable = False
         last_log = 0.0
 
         async def sleep(seconds: float) -> None:
@@ -94,10 +95,11 @@ class Sink:
             return stopping is not None and stopping.is_set()
 
         def on_failure(state: RetryCallState) -> None:
-            nonlocal failures, last_log
+            nonlocal failures, was_unreachable, last_log
             failures += 1
             exc = state.outcome.exception() if state.outcome else None
             unreachable = isinstance(exc, _UNREACHABLE)
+            was_unreachable = was_unreachable or unreachable
             self.redis_ok = False
             self.redis_error = f"{type(exc).__name__}: {exc}"[:200]
             self.pending_events = len(batch)
@@ -139,8 +141,9 @@ class Sink:
             )
             self._hand_over(batch, "invalidator stopped while redis could not apply it")
             return False
-        if failures:
+        if was_unreachable:
             self.metrics.reconnects.labels("redis").inc()
+        if failures:
             log.warning("redis applied the pending batch after %d failed attempts", failures)
         self.redis_ok = True
         self.redis_error = ""

@@ -10,6 +10,9 @@ private redis-server until it really refuses writes.
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,8 @@ import redis
 from redis.exceptions import OutOfMemoryError
 
 from db.seed import Counts
+from invalidator.app import Invalidator
+from invalidator.settings import Settings
 from pgbust.keys import Keyspace, category_summary_entry, product_entry
 from pgbust.protocol import Hit, Invalidation, Lease, Refused, Targets
 from pgbust.redis_cache import RedisCache
@@ -132,6 +137,63 @@ async def test_reads_of_a_full_redis_serve_hits_and_store_nothing(
     assert await cache.release_lease(SUMMARY, pending.token)  # giving it back frees memory
     assert await cache.peek(SUMMARY) is None
     assert used_memory(control) <= used + 4096
+
+
+async def test_a_redis_refusing_every_write_never_ends_the_term_and_takes_the_flush_after(
+    full_redis: RedisServer,
+    cache: RedisCache,
+    control: redis.Redis,
+    database_url: str,
+    namespace: str,
+    pg: psycopg.Connection[Any],
+    seeded: Counts,
+) -> None:
+    """Stricter than full: a read-only replica (of nothing) refuses even allow-oom scripts.
+    The batch must stay pending (as a flush) and be retried, in the same term, until Redis
+    writes again."""
+    settings = Settings(
+        database_url=database_url,
+        redis_url=full_redis.url,
+        namespace=namespace,
+        lock_id=random.randint(1, 2**40),
+        metrics_port=0,
+        redis_retry_max_s=0.05,
+    )
+    daemon = Invalidator(settings, serve_http=False)
+    task = asyncio.create_task(daemon.run())
+
+    def counted(name: str, **labels: str) -> float:
+        return daemon.metrics.registry.get_sample_value(name, labels or None) or 0.0
+
+    try:
+        await asyncio.wait_for(daemon.started.wait(), 10)
+        await until(lambda: counted("pgbust_invalidator_batches_total") >= 1)  # start-up flush
+        await fill(cache, PRODUCT, b'{"version":1}')
+        await fill(cache, SUMMARY, b'{"count":1}')
+        control.execute_command("REPLICAOF", "127.0.0.1", "1")  # type: ignore[no-untyped-call]
+        try:
+            pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 3")
+            await until(lambda: "ReadOnlyError" in daemon.sink.redis_error)
+            errors = "pgbust_invalidator_errors_total"
+            await until(lambda: counted(errors, kind="redis_refused") >= 3)  # retried, not dropped
+            assert (daemon.role, daemon.terms) == ("active", 1)
+            assert await cache.peek(PRODUCT) == b'{"version":1}'  # precondition: not applied
+        finally:
+            control.execute_command("REPLICAOF", "NO", "ONE")  # type: ignore[no-untyped-call]
+        await until(lambda: daemon.sink.redis_ok)
+        assert await cache.peek(PRODUCT) is None
+        assert await cache.peek(SUMMARY) is None  # widened to a flush: everything is dead
+        assert (daemon.role, daemon.terms, daemon.sink.pending_events) == ("active", 1, 0)
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 15)
+
+
+async def until(condition: Any, within_s: float = 10.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
 
 
 # --- real processes: two API instances, the invalidator, psql ----------------------------------
