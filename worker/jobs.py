@@ -13,7 +13,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 from redis.commands.core import AsyncScript
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import ExecAbortError, OutOfMemoryError
 
 from api.loaders import UnknownEntry, load_entry
 from pgbust.protocol import Busy, Hit, Invalidation, Refused, Targets
@@ -221,10 +221,14 @@ async def decay_hot(cache: RedisCache, hot_max: int) -> int:
     bounded. Returns the number of entries left.
     """
     hot = cache.keyspace.hot
-    async with cache.client.pipeline(transaction=True) as pipe:
-        pipe.zunionstore(hot, {hot: 0.5})
-        pipe.zremrangebyscore(hot, "-inf", f"({HOT_MIN_SCORE}")
-        pipe.zremrangebyrank(hot, 0, -(hot_max + 1))
-        pipe.zcard(hot)
-        replies = await pipe.execute()
+    try:
+        async with cache.client.pipeline(transaction=True) as pipe:
+            pipe.zunionstore(hot, {hot: 0.5})
+            pipe.zremrangebyscore(hot, "-inf", f"({HOT_MIN_SCORE}")
+            pipe.zremrangebyrank(hot, 0, -(hot_max + 1))
+            pipe.zcard(hot)
+            replies = await pipe.execute()
+    except (OutOfMemoryError, ExecAbortError):  # a full Redis refuses ZUNIONSTORE
+        log.warning("redis is full: hot keys not decayed this time")
+        return int(await cache.client.zcard(hot))
     return int(replies[-1])
