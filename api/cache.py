@@ -15,6 +15,10 @@
                   granted lease makes us the loader; past the budget read Postgres without
                   filling (a fresh read: it cannot be a stale fill, and single-flight keeps
                   it to one such load per entry and process)
+        Refused -> Redis is full (or refuses writes): no lease; Postgres, no fill in either
+                  tier (without the L2 guard an L1 copy could outlive an invalidation whose
+                  message is still on its way)
+      FILL refused by a full Redis -> the lease is given back, the payload served, "MISS"
       Redis unreachable -> Postgres, no fill   -> payload, "MISS"
 
 The payload is always exactly the loader's bytes, so the HTTP layer serves it unchanged.
@@ -29,11 +33,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from api.l1 import L1Cache, Ticket
 from api.metrics import Metrics
-from pgbust.protocol import Busy, Hit, Lease
+from pgbust.protocol import Busy, Hit, Lease, Refused
 from pgbust.redis_cache import RedisCache
 
 log = logging.getLogger(__name__)
@@ -141,6 +145,9 @@ class TieredCache:
             if waited is None:
                 return ReadResult(await self._load(entry), "MISS")
             result = waited
+        if isinstance(result, Refused):
+            self._refused("get_or_lease", result.out_of_memory)
+            return ReadResult(await self._load(entry), "MISS")
         if isinstance(result, Lease):
             self.metrics.misses.labels("l2").inc()
             return await self._load_and_fill(entry, l2, result, ticket)
@@ -164,7 +171,9 @@ class TieredCache:
         if remaining_ms > 0:
             self._put_l1(ticket, payload, min(self.ttl_ms, remaining_ms) / 1000)
 
-    async def _wait_for_other_loader(self, entry: str, l2: RedisCache) -> Hit | Lease | None:
+    async def _wait_for_other_loader(
+        self, entry: str, l2: RedisCache
+    ) -> Hit | Lease | Refused | None:
         deadline = time.monotonic() + min(self.busy_wait_budget_s, self.lease_ms / 1000)
         backoff = FIRST_BACKOFF_S
         while (left := deadline - time.monotonic()) > 0:
@@ -176,7 +185,8 @@ class TieredCache:
                 self.metrics.redis_errors.labels("get_or_lease").inc()
                 break
             if not isinstance(result, Busy):
-                self.metrics.busy_waits.labels("hit" if isinstance(result, Hit) else "lease").inc()
+                outcome = type(result).__name__.lower()  # hit, lease or refused
+                self.metrics.busy_waits.labels(outcome).inc()
                 return result
         self.metrics.busy_waits.labels("timeout").inc()
         return None
@@ -196,6 +206,10 @@ class TieredCache:
             return ReadResult(None, "MISS")
         try:
             stored = await l2.fill(entry, lease.token, lease.stamp, payload, self.ttl_ms)
+        except OutOfMemoryError:
+            self._refused("fill", out_of_memory=True)
+            await self._release(entry, l2, lease)  # waiters need not sit out the lease
+            return ReadResult(payload, "MISS")
         except RedisError:
             self.metrics.redis_errors.labels("fill").inc()
             return ReadResult(payload, "MISS")
@@ -207,6 +221,12 @@ class TieredCache:
             self.metrics.fills_refused.labels("l2", reason).inc()
             log.debug("fill of %s refused by the guard (%s)", entry, reason)
         return ReadResult(payload, "MISS")
+
+    def _refused(self, op: str, out_of_memory: bool) -> None:
+        """Redis would not store: the read is served from Postgres without caching."""
+        reason = "redis_full" if out_of_memory else "redis_refused"
+        self.metrics.fills_refused.labels("l2", reason).inc()
+        log.debug("%s: %s, serving from Postgres without caching", op, reason)
 
     async def _release(self, entry: str, l2: RedisCache, lease: Lease) -> None:
         try:

@@ -57,7 +57,8 @@ class Metrics:
         self.fills = Counter("pgbust_api_fills", "Fills stored", ["tier"], registry=r)
         self.fills_refused = Counter(
             "pgbust_api_fills_refused",
-            "Fills refused by the guard (lease lost or entry invalidated meanwhile)",
+            "Fills refused: by the guard (lease_lost, invalidated) or by Redis (redis_full,"
+            " redis_refused: the read was served from Postgres without caching)",
             ["tier", "reason"],
             registry=r,
         )
@@ -97,6 +98,13 @@ class Metrics:
         )
         self.subscriber_connected = Gauge(
             "pgbust_api_subscriber_connected", "1 while subscribed", registry=r
+        )
+        self.redis_memory_policy = Gauge(
+            "pgbust_api_redis_memory_policy",
+            "1 for the maxmemory-policy Redis reported at start, with pgbust's verdict"
+            " (recommended, safe, unbounded, unknown)",
+            ["policy", "verdict"],
+            registry=r,
         )
         self.request_latency = Histogram(
             "pgbust_api_request_seconds",

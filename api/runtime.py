@@ -18,9 +18,11 @@ from api.l1 import L1Cache
 from api.metrics import Metrics
 from api.settings import Settings
 from api.subscriber import Subscriber, pubsub_client
+from pgbust import redis_policy
 from pgbust.keys import Keyspace
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import connect
+from pgbust.redis_policy import RedisMemory
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ class Runtime:
     l2: RedisCache | None
     cache: TieredCache
     subscriber: Subscriber | None = None
+    redis_memory: RedisMemory | None = None
     _pubsub_redis: aioredis.Redis | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -67,6 +70,11 @@ class Runtime:
             after_load=after_load,
         )
         runtime = cls(settings, l1, metrics, db, redis_client, l2, cache)
+        if redis_client is not None:
+            memory = await redis_policy.read(redis_client)
+            redis_policy.log_verdict(memory, "api")
+            metrics.redis_memory_policy.labels(memory.policy, memory.verdict).set(1)
+            runtime.redis_memory = memory
         if settings.subscribes and l2 is not None:
             l1.disable()  # until the subscription is confirmed
             runtime._pubsub_redis = pubsub_client(settings.redis_url)
@@ -123,6 +131,11 @@ class Runtime:
         except Exception as exc:
             ok = False
             checks["database"] = f"error: {type(exc).__name__}"
+        if self.redis_memory is not None:
+            checks["redis_memory"] = {
+                "policy": self.redis_memory.policy,
+                "verdict": self.redis_memory.verdict,
+            }
         if self.redis is None:
             checks["redis"] = "unused"
         else:

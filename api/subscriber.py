@@ -132,8 +132,11 @@ class Subscriber:
         next_epoch_check = time.monotonic() + EPOCH_CHECK_S
         while True:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
-            if message is not None and message.get("type") == "message":
-                self.handle(message["data"])
+            is_message = message is not None and message.get("type") == "message"
+            if is_message and self.handle(message["data"]):
+                # that flush announced its bump: the check below is for bumps nobody
+                # announced, not for a second flush of the same one a moment later
+                self._epoch = await self.cache.current_epoch()
             if time.monotonic() >= next_epoch_check:
                 next_epoch_check = time.monotonic() + EPOCH_CHECK_S
                 await self._check_epoch()
@@ -156,14 +159,15 @@ class Subscriber:
     def forget_echo(self, reason: str) -> None:
         self._echoes.pop(reason, None)
 
-    def handle(self, raw: bytes | str) -> None:
+    def handle(self, raw: bytes | str) -> bool:
+        """Apply one message to L1; True when it flushed the whole L1."""
         try:
             message = Invalidation.decode(raw)
         except MessageError as exc:
             log.warning("undecodable invalidation message (%s): flushing L1", exc)
             self.metrics.messages.labels("undecodable").inc()
             self.l1.flush()
-            return
+            return True
         if message.flush:
             self.metrics.messages.labels("flush").inc()
             self.l1.flush()
@@ -176,3 +180,4 @@ class Subscriber:
         if message.ts_us is not None:
             lag_s = time.time() - message.ts_us / 1_000_000
             self.metrics.invalidation_lag.observe(max(0.0, lag_s))
+        return message.flush

@@ -18,6 +18,7 @@ from invalidator.server import HealthServer
 from invalidator.settings import Settings
 from invalidator.sink import AppliedHook, Sink
 from invalidator.tasks import Tasks
+from pgbust import redis_policy
 from pgbust.errors import StartupError
 from pgbust.keys import Keyspace
 from pgbust.redis_cache import RedisCache
@@ -76,6 +77,7 @@ class Invalidator:
         self.stopping = asyncio.Event()
         self.started = asyncio.Event()  # set while serving as the active instance
         self.terms = 0  # how many times this process became the active one
+        self.redis_memory: dict[str, str] = {}
         self._started_at = time.monotonic()
 
     # --- health ---------------------------------------------------------------------------
@@ -86,6 +88,10 @@ class Invalidator:
             "role": self.role,
             "listener_connected": self.listener.connected,
             "redis_ok": self.sink.redis_ok,
+            "redis_error": self.sink.redis_error,
+            "pending_events": self.sink.pending_events,
+            "redis_memory": self.redis_memory,
+            "terms": self.terms,
             "queued": self.queue.qsize(),
             "namespace": self.settings.namespace,
             "lock_id": self.leadership.lock_id,
@@ -111,6 +117,10 @@ class Invalidator:
                     f"cannot serve /healthz on {self.server.host}:{self.server.port} "
                     f"(PGBUST_INVALIDATOR_METRICS_PORT / --metrics-port): {exc.strerror or exc}"
                 ) from None
+        memory = await redis_policy.read(self.redis)
+        redis_policy.log_verdict(memory, "invalidator")
+        self.metrics.redis_memory_policy.labels(memory.policy, memory.verdict).set(1)
+        self.redis_memory = {"policy": memory.policy, "verdict": memory.verdict}
         try:
             while not self.stopping.is_set():
                 self.role = "standby"

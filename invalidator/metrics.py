@@ -49,6 +49,18 @@ class Metrics:
             registry=r,
         )
         self.active = Gauge(p + "active", "1 when this instance is the active one", registry=r)
+        self.redis_memory_policy = Gauge(
+            p + "redis_memory_policy",
+            "1 for the maxmemory-policy Redis reported at start, with pgbust's verdict"
+            " (recommended, safe, unbounded, unknown)",
+            ["policy", "verdict"],
+            registry=r,
+        )
+        self.pending_events = Gauge(
+            p + "pending_events",
+            "Events of a batch Redis has not applied yet (unreachable, or refusing)",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

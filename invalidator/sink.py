@@ -1,5 +1,12 @@
 """The Redis side: apply one batch (delete keys, bump tags, publish), retrying while Redis is
-unreachable without losing what is pending, and handing slow work to the workers."""
+unreachable or refuses the command, without losing what is pending, and handing slow work to
+the workers.
+
+Nothing Redis answers may end the consumer: a batch that cannot be applied stays pending
+(widened to a flush, new events merged in) and is retried with backoff until it is applied or
+the daemon stops. The scripts run on a full Redis (allow-oom, pgbust/lua.py), so what is left
+to refuse them is rare (read-only replica, disk error, ACL); `redis_error` says which.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +37,10 @@ log = logging.getLogger(__name__)
 ORIGIN = "cdc"
 # Errors that mean "Redis is not reachable right now": retried with backoff.
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# ... and everything else Redis may answer (a refused command): retried the same way.
+_RETRIED = (RedisError, OSError)
+# While a batch keeps failing, one log line per this many seconds.
+_LOG_EVERY_S = 10.0
 # Called after each applied batch with the time (µs) Redis confirmed it (benchmarks use it).
 AppliedHook = Callable[[Batch, int], None]
 
@@ -56,6 +67,8 @@ class Sink:
         self.retry_max_s = retry_max_s
         self.on_applied = on_applied
         self.redis_ok = True
+        self.redis_error = ""  # why the pending batch is not applied yet ("" when it was)
+        self.pending_events = 0  # events of that batch
 
     async def apply(
         self,
@@ -63,11 +76,13 @@ class Sink:
         absorb: Callable[[Batch], None] | None = None,
         stopping: asyncio.Event | None = None,
     ) -> bool:
-        """Apply the batch; while Redis is unreachable keep retrying with backoff, merging newly
-        arrived events into it (`absorb`). Once Redis is back, bump the epoch: API instances
-        may have served from L1 what we could not announce. Returns False only when stopping
-        gave up (the batch was handed to the worker's retry task)."""
+        """Apply the batch; while Redis is unreachable or refuses, keep retrying with backoff,
+        merging newly arrived events into it (`absorb`). After a failure the batch is a flush:
+        API instances may have served from L1 what we could not announce. Returns False only
+        when stopping gave up (the batch was handed to the worker's retry task)."""
         failures = 0
+        was_unreachable = False
+        last_log = 0.0
 
         async def sleep(seconds: float) -> None:
             if stopping is None:
@@ -80,19 +95,36 @@ class Sink:
             return stopping is not None and stopping.is_set()
 
         def on_failure(state: RetryCallState) -> None:
-            nonlocal failures
+            nonlocal failures, was_unreachable, last_log
             failures += 1
-            self.redis_ok = False
-            self.metrics.errors.labels("redis").inc()
             exc = state.outcome.exception() if state.outcome else None
+            unreachable = isinstance(exc, _UNREACHABLE)
+            was_unreachable = was_unreachable or unreachable
+            self.redis_ok = False
+            self.redis_error = f"{type(exc).__name__}: {exc}"[:200]
+            self.pending_events = len(batch)
+            self.metrics.pending_events.set(len(batch))
+            self.metrics.errors.labels("redis" if unreachable else "redis_refused").inc()
             if failures == 1:
-                log.warning("redis unreachable (%s); retrying, %d events pending", exc, len(batch))
-                self._hand_over(batch, "redis unreachable")
-                batch.add_flush("redis_back", "redis was unreachable")
+                if unreachable:
+                    self._hand_over(batch, "redis unreachable")
+                    batch.add_flush("redis_back", "redis was unreachable")
+                else:
+                    batch.add_flush("redis_error", f"redis refused the invalidation: {exc}"[:200])
+            now = time.monotonic()
+            if failures == 1 or now - last_log >= _LOG_EVERY_S:
+                last_log = now
+                log.error(
+                    "redis %s (%s): invalidation pending, %d events; retrying (attempt %d)",
+                    "unreachable" if unreachable else "refused the invalidation",
+                    exc,
+                    len(batch),
+                    failures,
+                )
 
         try:
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(_UNREACHABLE),
+                retry=retry_if_exception_type(_RETRIED),
                 wait=wait_exponential(multiplier=0.02, max=self.retry_max_s),
                 stop=give_up,
                 sleep=sleep,
@@ -103,21 +135,26 @@ class Sink:
                     if failures and absorb is not None:
                         absorb(batch)  # what arrived meanwhile rides along
                     await self._send_or_widen(batch)
-        except _UNREACHABLE as exc:
+        except _RETRIED as exc:
             log.error(
                 "stopping with %d events not applied (%s); handed to the worker", len(batch), exc
             )
-            self._hand_over(batch, "invalidator stopped while redis was unreachable")
+            self._hand_over(batch, "invalidator stopped while redis could not apply it")
             return False
-        if failures:
+        if was_unreachable:
             self.metrics.reconnects.labels("redis").inc()
-            log.warning("redis reachable again after %d failed attempts; epoch bumped", failures)
+        if failures:
+            log.warning("redis applied the pending batch after %d failed attempts", failures)
         self.redis_ok = True
+        self.redis_error = ""
+        self.pending_events = 0
+        self.metrics.pending_events.set(0)
         return True
 
     async def _send_or_widen(self, batch: Batch) -> None:
         """Send; if Redis refuses the command itself (not a connection problem), retrying the
-        same thing cannot help: widen to a flush (epoch bump, another script) instead."""
+        same thing cannot help: widen to a flush (epoch bump, another script) instead. A
+        refused flush is raised and retried by `apply`."""
         try:
             await self._send(batch)
         except _UNREACHABLE:

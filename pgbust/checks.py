@@ -5,7 +5,9 @@ from __future__ import annotations
 import psycopg
 import redis
 
+from pgbust import redis_policy
 from pgbust.errors import StartupError
+from pgbust.redis_policy import RedisMemory
 from pgbust.settings import redact_url
 
 
@@ -24,10 +26,12 @@ def require_postgres(url: str, setting: str = "DATABASE_URL", timeout_s: int = 5
         ) from None
 
 
-def require_redis(url: str, setting: str = "REDIS_URL", timeout_s: float = 5.0) -> None:
+def require_redis(url: str, setting: str = "REDIS_URL", timeout_s: float = 5.0) -> RedisMemory:
+    """Reachable, and Redis 7.0+ (redis_policy); returns its memory settings."""
     client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
         client.ping()
+        return redis_policy.read_sync(client)
     except redis.RedisError as exc:
         raise StartupError(
             f"cannot reach {setting} at {redact_url(url)}: {_first_line(exc)}"

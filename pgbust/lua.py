@@ -1,55 +1,159 @@
 """Every Lua script of the cache protocol, as a named constant (run atomically by Redis).
 
-Stored values are "<stamp>|<payload>" where stamp = "<epoch>.<tag generation>". A value whose
-stamp differs from the current one is dead: bumping the namespace epoch kills every entry at
-once, bumping a tag generation kills every entry filed under the tag, both in O(1).
+**Stamps.** A stored value is "<stamp>|<payload>". The stamp is the namespace epoch, followed
+by ".<generation>" for each tag the entry is filed under (today at most one):
+
+    product:42               "1764070000123456|{...}"
+    category:3:summary       "1764070000123456.1764070000234567|{...}"
+
+A value whose stamp is not the current one is dead: bumping the epoch kills every entry at
+once, bumping a tag's generation every entry filed under it, both in O(1).
+
+**Guard keys may vanish** (DESIGN invariant 9): Redis evicts any key under allkeys-*, a
+restart loses them. So the epoch and every generation are microseconds on the Redis server's
+clock (TIME), and a guard key never takes a value it held before:
+- a bump sets max(old + 1, now): strictly greater than anything it held and, unless the
+  clock ran ahead, than anything created before now;
+- a missing guard key is created as `now` by the script that needs it to lease (GET_OR_LEASE)
+  or to bump (INVALIDATE, BUMP_EPOCH, ENSURE_SERVER) — never as 0, never as an old value;
+- scripts that only check a stamp (FILL, PEEK, the workers' UNLINK_DEAD) treat a missing guard
+  key as "nothing stamped before is live".
+An evicted-and-recreated guard key therefore cannot make an old stamp valid again, as long as
+the Redis host's clock does not step back past values still in use. A lost lease makes its
+fill fail; a lost server identity costs one flush; lost member sets only leave dead values
+for eviction or the purge.
+
+**A full Redis** (maxmemory reached, nothing left to evict) refuses commands that may grow
+memory, but runs scripts flagged `allow-oom` (Redis 7 shebang `#!lua flags=allow-oom`; the
+flags are read from the script body, also for EVALSHA of a loaded script). Invalidation frees
+memory, so everything that invalidates is flagged: INVALIDATE, BUMP_EPOCH, ENSURE_SERVER,
+RELEASE_LEASE and the workers' reclaiming. FILL carries no flag, so a full Redis refuses it
+before it runs (OOM error): the cache stops filling instead of growing past maxmemory.
+GET_OR_LEASE has no shebang on purpose: Redis' compatibility mode lets it run, serve hits,
+and have only its writes refused, which redis.pcall turns into a "refused" reply.
+
+Scripts with a shebang need Redis 7.0+ (pgbust.redis_policy checks it at start). On Redis
+Cluster they may only touch keys of one hash slot (no allow-cross-slot-keys flag).
 """
+
+# --- shebangs ---------------------------------------------------------------------------------
+
+# may run when Redis is full: deletes, bumps and publishes only (what frees memory)
+_RUNS_WHEN_FULL = "#!lua flags=allow-oom\n"
+# refused as a whole by a full Redis, before it runs
+_REFUSED_WHEN_FULL = "#!lua\n"
+# reads only: runs when full and on replicas
+_READ_ONLY = "#!lua flags=no-writes\n"
+
+# --- shared Lua: the guard-key rules above, written once ----------------------------------------
+
+_CLOCK = """
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local function text(n) return string.format('%.0f', n) end
+"""
+
+# A bump: never a value the key held, and never one created before now.
+_BUMP = """
+local function bump(key)
+  local new = text(math.max((tonumber(redis.call('GET', key)) or 0) + 1, now_us()))
+  redis.call('SET', key, new)
+  return new
+end
+"""
+
+# The live stamp, or nil when a guard key is missing (evicted): then no stored value is live.
+LIVE_STAMP = """
+local function live_stamp(epoch_key, generation_key)
+  local stamp = redis.call('GET', epoch_key)
+  if stamp and generation_key then
+    local generation = redis.call('GET', generation_key)
+    stamp = generation and (stamp .. '.' .. generation)
+  end
+  return stamp and (stamp .. '|')
+end
+"""
+
+# For the reader: a guard key's value, created as now when missing. nil (and `refused` set
+# to Redis' error) when Redis refuses the write (full, read-only replica, disk error).
+_CURRENT = """
+local refused
+local function current(key)
+  local value = redis.call('GET', key)
+  if value then return value end
+  value = text(now_us())
+  local reply = redis.pcall('SET', key, value)
+  if type(reply) == 'table' and reply.err then
+    refused = reply.err
+    return nil
+  end
+  return value
+end
+"""
+
+# --- the scripts ------------------------------------------------------------------------------
 
 # KEYS: epoch, value, lease[, tag_generation]   ARGV: token, lease_ms
 # -> {1, stamp, value} hit | {2, stamp} lease granted | {3, stamp} lease held by another reader
-GET_OR_LEASE = """
-local epoch = redis.call('GET', KEYS[1]) or '0'
-local gen = '0'
-if KEYS[4] then gen = redis.call('GET', KEYS[4]) or '0' end
-local stamp = epoch .. '.' .. gen .. '|'
+#  | {4, error} Redis refused a write (full ...): no lease; read the database, do not fill
+# No shebang (compatibility mode, see the module doc): hits are served by a full Redis.
+GET_OR_LEASE = (
+    _CLOCK
+    + _CURRENT
+    + """
+local stamp = current(KEYS[1])
+if stamp and KEYS[4] then
+  local generation = current(KEYS[4])
+  stamp = generation and (stamp .. '.' .. generation)
+end
+if not stamp then return {4, refused} end
+stamp = stamp .. '|'
 local v = redis.call('GET', KEYS[2])
 if v and string.sub(v, 1, #stamp) == stamp then
   return {1, stamp, v}
 end
-if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {2, stamp}
-end
+local granted = redis.pcall('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2])
+if type(granted) == 'table' and granted.err then return {4, granted.err} end
+if granted then return {2, stamp} end
 return {3, stamp}
 """
+)
 
 # KEYS: epoch, value, lease[, tag_generation, tag_members]   ARGV: token, stamp, payload, ttl_ms
-# -> 1 stored | 0 refused: lease gone or taken over | -1 refused: epoch or tag changed
+# -> 1 stored | 0 refused: lease gone or taken over | -1 refused: epoch or tag changed (or
+# its key was evicted meanwhile). Refused by a full Redis before it runs (OOM error).
 # The fill guard: an invalidation deletes the lease (or bumps the generation), so a reader
 # that loaded the database before the invalidation can no longer store what it read.
-FILL = """
+FILL = (
+    _REFUSED_WHEN_FULL
+    + LIVE_STAMP
+    + """
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[3])
-local epoch = redis.call('GET', KEYS[1]) or '0'
-local gen = '0'
-if KEYS[4] then gen = redis.call('GET', KEYS[4]) or '0' end
-local stamp = epoch .. '.' .. gen .. '|'
-if stamp ~= ARGV[2] then return -1 end
+if live_stamp(KEYS[1], KEYS[4]) ~= ARGV[2] then return -1 end
 local ttl = tonumber(ARGV[4])
 if ttl > 0 then
-  redis.call('SET', KEYS[2], stamp .. ARGV[3], 'PX', ttl)
+  redis.call('SET', KEYS[2], ARGV[2] .. ARGV[3], 'PX', ttl)
 else
-  redis.call('SET', KEYS[2], stamp .. ARGV[3])
+  redis.call('SET', KEYS[2], ARGV[2] .. ARGV[3])
 end
 if KEYS[5] then redis.call('SADD', KEYS[5], KEYS[2]) end
 return 1
 """
+)
 
 # KEYS: n value keys, n lease keys, m tag generations, m tag member sets, m garbage keys
 # ARGV: n, m, channel, message, inline_member_limit
 # Deletes the entries and their leases, bumps each tag's generation, frees up to
 # inline_member_limit members of each tag inline and renames a larger remainder to its
 # garbage key (handed to a worker), then publishes one message. Returns {receivers, garbage}.
-INVALIDATE = """
+INVALIDATE = (
+    _RUNS_WHEN_FULL
+    + _CLOCK
+    + _BUMP
+    + """
 local n = tonumber(ARGV[1])
 local m = tonumber(ARGV[2])
 for i = 1, 2 * n do
@@ -57,7 +161,7 @@ for i = 1, 2 * n do
 end
 local garbage = {}
 for j = 1, m do
-  redis.call('INCR', KEYS[2 * n + j])
+  bump(KEYS[2 * n + j])
   local members_key = KEYS[2 * n + m + j]
   local freed = redis.call('SPOP', members_key, tonumber(ARGV[5]))
   for _, k in ipairs(freed) do redis.call('UNLINK', k) end
@@ -70,48 +174,59 @@ end
 local receivers = redis.call('PUBLISH', ARGV[3], ARGV[4])
 return {receivers, garbage}
 """
+)
 
-# KEYS: epoch   ARGV: now_ms, channel, message
-# The new epoch is max(old + 1, now in ms): it never repeats, even after Redis restarts from
-# an old snapshot that holds an older epoch.
-BUMP_EPOCH = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-local nxt = math.max(current + 1, tonumber(ARGV[1]))
-local text = string.format('%.0f', nxt)
-redis.call('SET', KEYS[1], text)
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return text
+# KEYS: epoch   ARGV: channel, message   -> the new epoch
+BUMP_EPOCH = (
+    _RUNS_WHEN_FULL
+    + _CLOCK
+    + _BUMP
+    + """
+local epoch = bump(KEYS[1])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return epoch
 """
+)
 
-# KEYS: server_identity, epoch   ARGV: run_id, now_ms, channel, message
-# Redis restarted (new run_id): whatever it holds may predate writes it never saw deleted,
-# so the first component to notice bumps the epoch. Returns the new epoch, or false.
-ENSURE_SERVER = """
+# KEYS: server_identity, epoch   ARGV: run_id, channel, message
+# Redis restarted (new run_id, or the identity key was lost): whatever it holds may predate
+# writes it never saw deleted, so the first component to notice bumps the epoch. Returns the
+# new epoch, or false.
+ENSURE_SERVER = (
+    _RUNS_WHEN_FULL
+    + _CLOCK
+    + _BUMP
+    + """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return false end
 redis.call('SET', KEYS[1], ARGV[1])
-local current = tonumber(redis.call('GET', KEYS[2]) or '0')
-local nxt = math.max(current + 1, tonumber(ARGV[2]))
-local text = string.format('%.0f', nxt)
-redis.call('SET', KEYS[2], text)
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return text
+local epoch = bump(KEYS[2])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return epoch
 """
+)
 
 # KEYS: epoch, value[, tag_generation]   -> value if its stamp is current, else false.
-PEEK = """
-local epoch = redis.call('GET', KEYS[1]) or '0'
-local gen = '0'
-if KEYS[3] then gen = redis.call('GET', KEYS[3]) or '0' end
-local stamp = epoch .. '.' .. gen .. '|'
+PEEK = (
+    _READ_ONLY
+    + LIVE_STAMP
+    + """
+local stamp = live_stamp(KEYS[1], KEYS[3])
+if not stamp then return false end
 local v = redis.call('GET', KEYS[2])
 if v and string.sub(v, 1, #stamp) == stamp then return v end
 return false
 """
+)
 
 # KEYS: lease   ARGV: token   -> 1 released | 0 not ours (expired or taken over)
-# A reader whose load found no row gives its lease back, so waiters need not sit out the
-# lease time for a 404.
-RELEASE_LEASE = """
+# A reader whose load found no row (or whose fill a full Redis refused) gives its lease back,
+# so waiters need not sit out the lease time.
+RELEASE_LEASE = (
+    _RUNS_WHEN_FULL
+    + """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+)
+
+RUNS_WHEN_FULL = _RUNS_WHEN_FULL  # for the workers' scripts (worker/lua.py)

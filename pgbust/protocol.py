@@ -145,11 +145,25 @@ class Busy:
     stamp: str
 
 
-LeaseResult = Hit | Lease | Busy
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Redis refused to write (full, read-only replica, disk error): no lease was taken. Read
+    the database and do not fill; `reason` is Redis' error ("OOM command not allowed ...")."""
+
+    reason: str
+
+    @property
+    def out_of_memory(self) -> bool:
+        return self.reason.startswith("OOM")
+
+
+LeaseResult = Hit | Lease | Busy | Refused
 
 
 def parse_get_or_lease(reply: list[Any], token: str) -> LeaseResult:
     status = int(reply[0])
+    if status == 4:
+        return Refused(_text(reply[1]) if len(reply) > 1 and reply[1] else "refused")
     stamp = _text(reply[1])
     if status == 1:
         value = reply[2]
@@ -161,7 +175,7 @@ def parse_get_or_lease(reply: list[Any], token: str) -> LeaseResult:
 
 
 def strip_stamp(value: bytes) -> bytes:
-    """The payload of a stored value ("<epoch>.<gen>|<payload>")."""
+    """The payload of a stored value ("<stamp>|<payload>", stamp as in pgbust/lua.py)."""
     return value.split(b"|", 1)[1]
 
 

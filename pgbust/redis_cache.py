@@ -3,7 +3,6 @@ invalidation + publish, epoch bumps. API, invalidator and worker all go through 
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -32,10 +31,6 @@ INLINE_MEMBER_LIMIT = 256
 class InvalidateResult:
     receivers: int
     garbage: list[str]  # renamed tag member sets left for a worker to UNLINK in chunks
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class RedisCache:
@@ -71,6 +66,7 @@ class RedisCache:
         """Store payload if the lease is still ours and nothing was invalidated meanwhile.
 
         Returns 1 when stored, 0 when the lease was lost, -1 when the epoch or tag changed.
+        A full Redis refuses it (redis.exceptions.OutOfMemoryError): give the lease back.
         """
         keys = self._entry_keys(entry)
         tag = tag_of(entry)
@@ -128,7 +124,7 @@ class RedisCache:
         """Kill every entry of the namespace at once and tell every API instance to flush."""
         message = flush_message(reason, origin).encode()
         reply = await self._bump_epoch(
-            keys=[self.keyspace.epoch], args=[now_ms(), self.keyspace.channel, message]
+            keys=[self.keyspace.epoch], args=[self.keyspace.channel, message]
         )
         return int(reply)
 
@@ -142,10 +138,14 @@ class RedisCache:
         message = flush_message("redis server restarted", origin).encode()
         reply = await self._ensure_server(
             keys=[self.keyspace.server_identity, self.keyspace.epoch],
-            args=[run_id, now_ms(), self.keyspace.channel, message],
+            args=[run_id, self.keyspace.channel, message],
         )
         return int(reply) if reply else None
 
     async def current_epoch(self) -> int:
-        value = await self.client.get(self.keyspace.epoch)
-        return int(value) if value else 0
+        """The namespace epoch (µs on the Redis clock; 0 while it is missing).
+
+        Reads the server identity too: a key read every second stays recently used, so LRU/LFU
+        eviction does not take it (its loss costs a flush at the next new connection)."""
+        epoch, _ = await self.client.mget(self.keyspace.epoch, self.keyspace.server_identity)
+        return int(epoch) if epoch else 0

@@ -8,7 +8,9 @@ that still holds values deleted by later invalidations) is therefore detected be
 first read, lease or fill on the new server — not seconds later when some background loop
 notices. Redis restarts close every connection, so every command after a restart goes
 through a new, checked connection. If the check fails the connection is dropped and the
-command fails (callers fall back to Postgres): never served unchecked.
+command fails (callers fall back to Postgres): never served unchecked. The check runs on a
+full Redis (ENSURE_SERVER is flagged allow-oom); a read-only replica refuses it, so nothing
+is read from one.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from redis.exceptions import ResponseError
 from pgbust import lua
 from pgbust.keys import Keyspace
 from pgbust.protocol import flush_message
-from pgbust.redis_cache import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,6 @@ class ServerIdentityCheck:
             ks.server_identity,
             ks.epoch,
             run_id,
-            now_ms(),
             ks.channel,
             message,
         )

@@ -13,9 +13,10 @@ from typing import Any
 
 from psycopg import AsyncConnection
 from redis.commands.core import AsyncScript
+from redis.exceptions import ExecAbortError, OutOfMemoryError
 
 from api.loaders import UnknownEntry, load_entry
-from pgbust.protocol import Busy, Hit, Invalidation, Targets
+from pgbust.protocol import Busy, Hit, Invalidation, Refused, Targets
 from pgbust.redis_cache import RedisCache
 from worker import lua
 
@@ -46,15 +47,16 @@ async def retry_invalidation(
 
     Whatever Redis held while it was unreachable may have missed other invalidations too, so
     the namespace epoch is bumped, unless a bump already happened after this task was
-    enqueued (the epoch is a millisecond timestamp): one outage costs one flush, not one per
-    pending task. A restarted server is noticed by ensure_server_identity the same way.
+    enqueued (the epoch is a microsecond timestamp on the Redis clock, compared with the
+    enqueuer's clock): one outage costs one flush, not one per pending task. A restarted
+    server is noticed by ensure_server_identity the same way.
     Raises redis errors while Redis is still down (the task retries with backoff).
     """
     restarted = await cache.ensure_server_identity(origin="worker")
     message = Invalidation.of(targets, origin="worker", reason=f"retry: {reason}")
     result = await cache.invalidate(targets, message)
     bumped = targets.flush or restarted is not None
-    if await cache.current_epoch() < enqueued_ms:
+    if await cache.current_epoch() < enqueued_ms * 1000:
         await cache.bump_epoch(f"redis came back: {reason}", origin="worker")
         bumped = True
     return RetryOutcome(garbage=result.garbage, epoch_bumped=bumped)
@@ -172,7 +174,8 @@ async def warm(
     """Recompute entries exactly as a reader would: lease, load from Postgres, guarded fill.
 
     An entry already cached, or being filled by a reader (Busy), is left alone; a fill that
-    loses to an invalidation in between is refused by the fill guard, never stored stale.
+    loses to an invalidation in between is refused by the fill guard, never stored stale. A
+    full Redis stores nothing: the entry counts as refused and its lease is given back.
     """
     outcome = WarmOutcome()
     for entry in entries:
@@ -183,6 +186,9 @@ async def warm(
         if isinstance(lease, Busy):
             outcome.busy += 1
             continue
+        if isinstance(lease, Refused):
+            outcome.refused += 1
+            continue
         try:
             payload = await load_entry(conn, entry)
         except UnknownEntry:
@@ -191,7 +197,12 @@ async def warm(
         if payload is None:
             outcome.missing += 1  # the lease expires by itself; readers get 404 from the API
             continue
-        if await cache.fill(entry, lease.token, lease.stamp, payload, ttl_ms) == 1:
+        try:
+            stored = await cache.fill(entry, lease.token, lease.stamp, payload, ttl_ms)
+        except OutOfMemoryError:
+            await cache.release_lease(entry, lease.token)
+            stored = 0
+        if stored == 1:
             outcome.filled.append(entry)
         else:
             outcome.refused += 1
@@ -210,10 +221,14 @@ async def decay_hot(cache: RedisCache, hot_max: int) -> int:
     bounded. Returns the number of entries left.
     """
     hot = cache.keyspace.hot
-    async with cache.client.pipeline(transaction=True) as pipe:
-        pipe.zunionstore(hot, {hot: 0.5})
-        pipe.zremrangebyscore(hot, "-inf", f"({HOT_MIN_SCORE}")
-        pipe.zremrangebyrank(hot, 0, -(hot_max + 1))
-        pipe.zcard(hot)
-        replies = await pipe.execute()
+    try:
+        async with cache.client.pipeline(transaction=True) as pipe:
+            pipe.zunionstore(hot, {hot: 0.5})
+            pipe.zremrangebyscore(hot, "-inf", f"({HOT_MIN_SCORE}")
+            pipe.zremrangebyrank(hot, 0, -(hot_max + 1))
+            pipe.zcard(hot)
+            replies = await pipe.execute()
+    except (OutOfMemoryError, ExecAbortError):  # a full Redis refuses ZUNIONSTORE
+        log.warning("redis is full: hot keys not decayed this time")
+        return int(await cache.client.zcard(hot))
     return int(replies[-1])

@@ -1,36 +1,53 @@
 """The workers' Lua scripts, next to the stamp format they read (see pgbust/lua.py).
 
-Stored values are "<epoch>.<tag generation>|<payload>". A value is dead when its stamp is not
-the current one; readers already treat it as a miss, the workers reclaim its memory.
+Stored values are "<epoch>[.<tag generation>]|<payload>". A value is dead when its stamp is
+not the current one (or a guard key it was stamped with is gone: evicted guard keys come back
+with new values); readers already treat it as a miss, the workers reclaim its memory. Both
+scripts only delete, so they run on a full Redis (allow-oom): that is when memory matters.
 """
+
+from pgbust.lua import LIVE_STAMP, RUNS_WHEN_FULL
 
 # KEYS: epoch[, tag_generation], value keys...   ARGV: with_tag ("1" when KEYS[2] is a tag
 # generation: compare the whole stamp; "0": compare the epoch only)
 # UNLINKs every listed value whose stamp is dead, atomically: a value refilled with a live
 # stamp since the caller listed it is kept. Reads only the stamp (GETRANGE), never the payload.
 # -> number of values unlinked
-UNLINK_DEAD = """
-local live = (redis.call('GET', KEYS[1]) or '0') .. '.'
-local first = 2
+UNLINK_DEAD = (
+    RUNS_WHEN_FULL
+    + LIVE_STAMP
+    + """
+local first, live, epoch = 2, nil, nil
 if ARGV[1] == '1' then
-  live = live .. (redis.call('GET', KEYS[2]) or '0') .. '|'
   first = 3
+  live = live_stamp(KEYS[1], KEYS[2])
+else
+  epoch = redis.call('GET', KEYS[1])
 end
 local n = 0
 for i = first, #KEYS do
-  local head = redis.call('GETRANGE', KEYS[i], 0, #live - 1)
-  if head ~= live then
+  local dead = true
+  if live then
+    dead = redis.call('GETRANGE', KEYS[i], 0, #live - 1) ~= live
+  elseif epoch then
+    local head = redis.call('GETRANGE', KEYS[i], 0, #epoch)
+    dead = head ~= epoch .. '|' and head ~= epoch .. '.'
+  end
+  if dead then
     n = n + redis.call('UNLINK', KEYS[i])
   end
 end
 return n
 """
+)
 
 # KEYS: tag member set, value keys (members of it)
 # SREMs the members whose value no longer exists (purged, evicted, expired), atomically: a
 # value filled meanwhile stays listed. Keeps tag bookkeeping as small as the live cache.
 # -> number of members removed
-UNLIST_MISSING = """
+UNLIST_MISSING = (
+    RUNS_WHEN_FULL
+    + """
 local n = 0
 for i = 2, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 0 then
@@ -39,3 +56,4 @@ for i = 2, #KEYS do
 end
 return n
 """
+)

@@ -17,6 +17,7 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from pgbust import redis_policy
 from pgbust.keys import Keyspace
 from worker.stats import audit_key, stats_key
 
@@ -47,6 +48,7 @@ class RedisStatsCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
+        yield self._memory_policy()
         for name, value in sorted(counters.items()):
             metric = name.decode() if isinstance(name, bytes) else str(name)
             counter = CounterMetricFamily(f"pgbust_worker_{metric}", f"worker total: {metric}")
@@ -58,6 +60,20 @@ class RedisStatsCollector(Collector):
                 gauge = GaugeMetricFamily(metric, help_text)
                 gauge.add_metric([], float(audit[field]))
                 yield gauge
+
+    def _memory_policy(self) -> Metric:
+        gauge = GaugeMetricFamily(
+            "pgbust_worker_redis_memory_policy",
+            "1 for the maxmemory-policy Redis reports, with pgbust's verdict"
+            " (recommended, safe, unbounded, unknown)",
+            labels=["policy", "verdict"],
+        )
+        try:
+            memory = redis_policy.from_info(self.client.info("server"), self.client.info("memory"))
+        except redis.RedisError:
+            memory = redis_policy.classify("unknown", None, None)
+        gauge.add_metric([memory.policy, memory.verdict], 1)
+        return gauge
 
 
 def serve(port: int, redis_url: str, keyspace: Keyspace) -> None:

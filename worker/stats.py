@@ -7,12 +7,16 @@ across processes and lost on restart; Redis holds one total per namespace instea
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import OutOfMemoryError
 
 from pgbust.keys import Keyspace
+
+log = logging.getLogger(__name__)
 
 
 def stats_key(keyspace: Keyspace) -> str:
@@ -24,18 +28,27 @@ def audit_key(keyspace: Keyspace) -> str:
 
 
 async def count(client: aioredis.Redis, keyspace: Keyspace, **increments: int) -> None:
-    """Add to the namespace's worker counters (zero increments are skipped)."""
+    """Add to the namespace's worker counters (zero increments are skipped).
+
+    A full Redis refuses the counters: the task's work is done all the same, so that is
+    logged, not raised (bookkeeping must not fail the deletions that free the memory)."""
     todo = {name: value for name, value in increments.items() if value}
     if not todo:
         return
-    async with client.pipeline(transaction=False) as pipe:
-        for name, value in todo.items():
-            pipe.hincrby(stats_key(keyspace), name, value)
-        await pipe.execute()
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            for name, value in todo.items():
+                pipe.hincrby(stats_key(keyspace), name, value)
+            await pipe.execute()
+    except OutOfMemoryError:
+        log.warning("redis is full: worker counters not recorded (%s)", todo)
 
 
 async def save_audit(client: aioredis.Redis, keyspace: Keyspace, report: dict[str, Any]) -> None:
-    await client.set(audit_key(keyspace), orjson.dumps(report))
+    try:
+        await client.set(audit_key(keyspace), orjson.dumps(report))
+    except OutOfMemoryError:
+        log.warning("redis is full: the audit report is not stored (it is logged)")
 
 
 async def read_stats(client: aioredis.Redis, keyspace: Keyspace) -> dict[str, int]:

@@ -16,6 +16,8 @@ import psycopg
 import redis
 from celery.signals import task_prerun, worker_init
 
+from pgbust import redis_policy
+from pgbust.errors import StartupError
 from pgbust.keys import Keyspace
 from pgbust.protocol import Targets
 from pgbust.redis_cache import RedisCache
@@ -184,6 +186,23 @@ def decay_hot() -> None:
 def _on_worker_init(handler: F) -> F:
     worker_init.connect(handler)
     return handler
+
+
+@_on_worker_init
+def _check_redis(**_: Any) -> None:
+    """Log what the Redis of REDIS_URL is, and what its maxmemory-policy means (redis_policy).
+
+    Celery's signal dispatch swallows exceptions, so a Redis older than 7.0 is logged as an
+    error here; every task will then fail on the scripts."""
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        redis_policy.log_verdict(redis_policy.read_sync(client), "worker")
+    except StartupError as exc:
+        log.error("%s: every task will fail", exc)
+    except redis.RedisError as exc:
+        log.warning("cannot read the Redis settings of REDIS_URL at start: %s", exc)
+    finally:
+        client.close()
 
 
 @_on_worker_init

@@ -38,13 +38,16 @@ def run_scenario(
     plan: Plan,
     *,
     write_rate: float = 40.0,
+    before_sweep: Callable[[ChaosStack], None] | None = None,
 ) -> ScenarioRecord:
     """Heal the stack, start load, inject the fault (inside load.fault()), measure recovery,
-    let writes continue, stop them, drain, sweep; append the record and assert 0 stale."""
+    let writes continue, stop them, drain, [before_sweep: a last fault that needs the writes
+    stopped], sweep; append the record and assert 0 stale."""
     record = ScenarioRecord(scenario=name)
     results.append(record)
     stack.heal()
     stack.worker_deaths = []
+    stack.notes = []
     load = stack.load(write_rate=write_rate).start()
     try:
         assert load.wait_for_writes(plan.warmup_writes), "load did not start:\n" + stack.logs()
@@ -56,6 +59,7 @@ def run_scenario(
         if recovered is not None:
             record.time_to_recover_s = round(time.monotonic() - fault_ended, 3)
         record.notes.append(f"fault lasted {fault_ended - fault_started:.2f}s")
+        record.notes += stack.notes
         load.wait_for_writes(plan.after_writes)
     finally:
         stats = load.stop()
@@ -75,6 +79,8 @@ def run_scenario(
     record.drain_s = round(drained, 3)
     record.worker_restarts = len(stack.worker_deaths)
     record.notes += [f"celery worker died and was restarted: {d}" for d in stack.worker_deaths]
+    if before_sweep is not None:
+        before_sweep(stack)
     sweep = stack.sweep()
     record.stale_after_sweep = sweep.stale
     record.sweep_checked = sweep.checked

@@ -25,6 +25,7 @@ import psycopg
 from db import migrate, seed
 from pgbust.keys import Keyspace
 from tests.support.load import LoadDriver
+from tests.support.memory import unlimit_memory
 from tests.support.processes import ManagedProcess, ProcessManager
 from tests.support.proxy import TcpProxy
 from tests.support.servers import PostgresCluster, RedisServer, wait_until
@@ -91,6 +92,7 @@ class ChaosStack:
         self._spawned = 0
         self.drain_problem = ""
         self.worker_deaths: list[str] = []
+        self.notes: list[str] = []  # what an injection observed, moved into its record
 
     # --- start / stop ------------------------------------------------------------------------
 
@@ -210,6 +212,11 @@ class ChaosStack:
         self.proxy.unblock()
         if self.redis.process is None:
             self.redis.start()
+        control = self.redis.client()
+        try:
+            unlimit_memory(control)  # a memory scenario that failed half-way left a limit
+        finally:
+            control.close()
         if not self.postgres_up():
             with contextlib.suppress(Exception):
                 self.postgres.start()

@@ -15,9 +15,18 @@ import psycopg
 import pytest
 import redis
 
+from pgbust.keys import Keyspace
 from tests.chaos.scenario import Inject, Plan, run_scenario
-from tests.chaos.stack import TAKEOVER_AFTER_S, ChaosStack, ScenarioRecord
+from tests.chaos.stack import CATEGORIES, TAKEOVER_AFTER_S, ChaosStack, ScenarioRecord
 from tests.support.load import LoadDriver
+from tests.support.memory import (
+    age,
+    fill_until_full,
+    is_full,
+    limit_memory,
+    press,
+    unlimit_memory,
+)
 from tests.support.servers import wait_until
 from tests.support.sweep import probe_write
 
@@ -292,6 +301,148 @@ def test_delayed_and_cut_network_between_api_and_redis(
     stack: ChaosStack, chaos_results: list[ScenarioRecord], plan: Plan
 ) -> None:
     run_scenario(stack, chaos_results, "8_api_redis_network_faults", _bad_network, plan)
+
+
+# --- 9. Redis evicting keys under allkeys-lru ---
+
+
+def _guard_keys(control: redis.Redis, stack: ChaosStack) -> list[str]:
+    """The namespace epoch, every tag generation and every tag member set."""
+    ks = stack.keyspace
+    found = [ks.epoch]
+    for pattern in (ks.tag_generation("*"), ks.tag_members("*")):
+        found += [key.decode() for key in control.scan_iter(match=pattern, count=1000)]
+    return found
+
+
+def _kill_summaries_then_evict_their_generations(stack: ChaosStack) -> None:
+    """The sequence in which an evicted generation could revive a dead value, run once writes
+    have stopped (so nothing moves the generations in between): the generations are evicted,
+    every category summary is cached, its tag's member set is evicted, a psql UPDATE kills the
+    summary (the dead value stays: nothing lists it any more), then the generation is evicted
+    again. The final sweep reads those summaries: none may come back."""
+    ks = stack.keyspace
+    tags = [f"category:{c}" for c in range(1, CATEGORIES + 1)]
+    control = stack.redis.client()
+    try:
+        _kill_summaries(stack, control, ks, tags)
+    finally:
+        control.close()
+
+
+def _kill_summaries(stack: ChaosStack, control: redis.Redis, ks: Keyspace, tags: list[str]) -> None:
+    control.delete(*(ks.tag_generation(tag) for tag in tags))
+    for base in stack.api_urls:
+        for category_id in range(1, CATEGORIES + 1):
+            httpx.get(f"{base}/categories/{category_id}/summary", timeout=5).raise_for_status()
+    control.delete(*(ks.tag_members(tag) for tag in tags))
+    before = {tag: control.get(ks.tag_generation(tag)) for tag in tags}
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE products SET stock = stock + 1"
+            " WHERE id IN (SELECT min(id) FROM products GROUP BY category_id)"
+        )
+    assert wait_until(
+        lambda: all(control.get(ks.tag_generation(t)) != before[t] for t in tags), timeout=30
+    ), "the category changes were never invalidated:\n" + stack.logs()
+    control.delete(*(ks.tag_generation(tag) for tag in tags))
+
+
+def _redis_evicting(stack: ChaosStack, load: LoadDriver, plan: Plan) -> int:
+    """A small maxmemory under allkeys-lru and a burst of other data: Redis evicts (the
+    guard keys aged first, so they are the first candidates); then, in case LRU spared some,
+    every guard key is deleted the way eviction would. Invalidation must keep working."""
+    control = stack.redis.client()
+    evicted = faults = 0
+    try:
+        limit_memory(control, "allkeys-lru", 1 << 20)
+        for _ in range(plan.repeats):
+            load.wait_for_writes(10)
+            guards = _guard_keys(control, stack)
+            age(control, guards)
+            evicted += press(control, 4 << 20)
+            gone = sum(1 for key in guards if not control.exists(key))
+            control.delete(*guards)
+            faults += 1
+            stack.notes.append(f"{gone} of {len(guards)} guard keys evicted by Redis, rest deleted")
+            recovered = stack.wait_recovered(timeout=30)
+            assert recovered is not None, "not invalidated under eviction:\n" + stack.logs()
+            stack.notes.append(f"out-of-band write invalidated under eviction in {recovered:.2f}s")
+            load.wait_for_writes(10)
+    finally:
+        unlimit_memory(control)
+        control.close()
+    assert evicted > 0, "Redis never evicted anything"
+    stack.notes.append(f"{evicted} keys evicted by Redis")
+    return faults
+
+
+def test_redis_evicting_under_allkeys_lru(
+    stack: ChaosStack, chaos_results: list[ScenarioRecord], plan: Plan
+) -> None:
+    record = run_scenario(
+        stack,
+        chaos_results,
+        "9_redis_evicting_allkeys_lru",
+        _redis_evicting,
+        plan,
+        before_sweep=_kill_summaries_then_evict_their_generations,
+    )
+    assert not any(int(status) >= 500 for status in record.error_statuses), record.error_statuses
+
+
+# --- 10. Redis full under noeviction ---
+
+
+def _terms(stack: ChaosStack) -> dict[str, int]:
+    return {proc.name: int(stack.health(proc).get("terms", -1)) for proc in stack.invalidators}
+
+
+def _redis_full(stack: ChaosStack, load: LoadDriver, plan: Plan) -> int:
+    """Redis filled until it refuses writes (noeviction), kept full while the load goes on,
+    a flush forced meanwhile (the listener's connection cut): every invalidation must still
+    be applied, and no invalidator may restart its term over a refused command."""
+    control = stack.redis.client()
+    terms = _terms(stack)
+    try:
+        for _ in range(plan.repeats):
+            limit_memory(control, "noeviction", 1 << 20)
+            fill_until_full(control)
+            assert is_full(control)
+            load.wait_for_writes(10)  # API PATCHes and psql UPDATEs into a full Redis
+            with psycopg.connect(stack.database_url, autocommit=True) as conn:
+                for pid in _listener_pids(stack.database_url):
+                    conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            recovered = stack.wait_recovered(timeout=30)
+            assert recovered is not None, "not invalidated while full:\n" + stack.logs()
+            stack.notes.append(f"out-of-band write invalidated while full in {recovered:.2f}s")
+            time.sleep(plan.outage_s)  # Redis stays full for the outage
+            unlimit_memory(control)
+    finally:
+        unlimit_memory(control)
+        control.close()
+    after = _terms(stack)
+    assert after == terms, f"an invalidator restarted its term: {terms} -> {after}"
+    stack.notes.append(f"invalidator terms unchanged: {after}")
+    return plan.repeats
+
+
+def test_redis_full_under_noeviction(
+    stack: ChaosStack, chaos_results: list[ScenarioRecord], plan: Plan
+) -> None:
+    record = run_scenario(stack, chaos_results, "10_redis_full_noeviction", _redis_full, plan)
+    assert not any(int(status) >= 500 for status in record.error_statuses), record.error_statuses
+    refused = sum(
+        _metric(stack.metrics(api), 'pgbust_api_fills_refused_total{reason="redis_full",tier="l2"}')
+        for api in stack.apis
+    )
+    assert refused > 0, "the cache never found Redis full"
+
+
+def _metric(text: str, sample: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(sample + " ")
+    )
 
 
 # --- control: the sweep is not vacuous ---

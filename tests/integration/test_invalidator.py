@@ -413,8 +413,11 @@ async def test_redis_refusing_the_script_widens_to_a_flush_instead_of_retrying(
     seeded: Counts, daemon: Invalidator, cache: RedisCache, pg: Conn
 ) -> None:
     await fill(cache, *ALL)
-    await cache.client.set(cache.keyspace.tag_generation("category:2"), "not-a-number")
-    pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 1")  # category 2: INCR fails
+    # a member set of the wrong type: the script is refused at category 2 (SPOP: WRONGTYPE)
+    members = cache.keyspace.tag_members("category:2")
+    await cache.client.delete(members)
+    await cache.client.set(members, "not-a-set")
+    pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 1")
     assert await eventually(lambda: gone(cache, *ALL))
     m = daemon.metrics
     assert sample(m, "pgbust_invalidator_errors_total", kind="redis_command") == 1

@@ -7,6 +7,7 @@ from pgbust.protocol import (
     Invalidation,
     Lease,
     MessageError,
+    Refused,
     Targets,
     parse_get_or_lease,
 )
@@ -65,3 +66,8 @@ def test_lease_replies_are_parsed() -> None:
     assert parse_get_or_lease([1, b"5.0|", b'5.0|{"a":1}'], "t") == Hit(b'{"a":1}')
     assert parse_get_or_lease([2, b"5.0|"], "tok") == Lease("tok", "5.0|")
     assert parse_get_or_lease([3, b"5.0|"], "tok") == Busy("5.0|")
+    full = parse_get_or_lease([4, b"OOM command not allowed when used memory > 'maxmemory'."], "t")
+    assert isinstance(full, Refused) and full.out_of_memory
+    assert parse_get_or_lease([4, b"READONLY You can't write against a replica."], "t") == Refused(
+        "READONLY You can't write against a replica."
+    )
