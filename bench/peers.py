@@ -165,6 +165,7 @@ def summarize_load(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "p50_ms",
                 "p99_ms",
                 "db_read_share",
+                "cpu_ms_per_request",
                 "write_tps",
                 "loadavg_1m",
             )
@@ -251,11 +252,18 @@ def peer_server(database_url: str, log: Path) -> Iterator[Server]:
         server.stop()
 
 
+@dataclass(frozen=True)
+class Deployment:
+    instances: list[Server]  # what wrk and the probe talk to
+    processes: list[Server]  # every process of the system (whose CPU time is counted)
+
+
 @contextmanager
-def running(system: str, setup: Setup) -> Iterator[list[Server]]:
+def running(system: str, setup: Setup) -> Iterator[Deployment]:
     """The system's 2 instances (and, for cdc, its invalidator), stopped afterwards: nothing
     of one system runs while another is measured."""
     with ExitStack() as stack:
+        helpers: list[Server] = []
         if system == PEER:
             servers = [
                 stack.enter_context(peer_server(setup.database_url, setup.log))
@@ -265,11 +273,10 @@ def running(system: str, setup: Setup) -> Iterator[list[Server]]:
             namespace = f"bench-peers-{uuid.uuid4().hex[:8]}"
             if system == CDC:
                 # as the load test runs it: no refresh-ahead warming, so no worker needed
-                stack.enter_context(
-                    invalidator_server(
-                        setup.database_url, setup.redis_url, setup.log, namespace, warm_top="0"
-                    )
+                invalidator = invalidator_server(
+                    setup.database_url, setup.redis_url, setup.log, namespace, warm_top="0"
                 )
+                helpers.append(stack.enter_context(invalidator))
             servers = [
                 stack.enter_context(
                     api_server(
@@ -282,7 +289,7 @@ def running(system: str, setup: Setup) -> Iterator[list[Server]]:
                 )
                 for _ in range(INSTANCES)
             ]
-        yield servers
+        yield Deployment(servers, [*servers, *helpers])
 
 
 def install_peer_trigger(database_url: str) -> None:
@@ -378,9 +385,13 @@ async def probe(urls: list[str], database_url: str, ids: Iterator[int], seconds:
     }
 
 
+def _cpu_seconds(servers: list[Server]) -> float:
+    return sum(server.cpu_seconds() for server in servers)
+
+
 def measure(
     system: str,
-    servers: list[Server],
+    deployment: Deployment,
     setup: Setup,
     seconds: float,
     warm_s: float,
@@ -388,6 +399,7 @@ def measure(
 ) -> dict[str, Any]:
     """Warm up under load, then one measured wrk run while pgbench writes (and the probe
     runs, when given ids)."""
+    servers = deployment.instances
     url = servers[0].base_url
     script = wrk_script([s.port for s in servers], setup.ids_file)
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as file:
@@ -398,6 +410,7 @@ def measure(
     try:
         run_wrk(url, warm_s, CONNECTIONS, INSTANCES, script)
         reads_before = db_reads(system, servers)
+        cpu_before = _cpu_seconds(deployment.processes)
         with ThreadPoolExecutor(1) as pool:
             load = pool.submit(run_wrk, url, seconds, CONNECTIONS, INSTANCES, script)
             probed = None
@@ -405,6 +418,7 @@ def measure(
                 urls = [s.base_url for s in servers]
                 probed = asyncio.run(probe(urls, setup.database_url, probe_ids, seconds - 0.5))
             numbers = load.result()
+        cpu = _cpu_seconds(deployment.processes) - cpu_before
         loadavg = os.getloadavg()[0]
         reads = db_reads(system, servers) - reads_before
         out, _ = writer.communicate(timeout=write_seconds + 30)
@@ -417,6 +431,8 @@ def measure(
         **numbers,
         # wrk's requests, plus the probe's own during freshness rounds
         "db_read_share": round(reads / max(1, numbers["requests"]), 4),
+        # the system's own processes (API instances, invalidator), not Postgres or Redis
+        "cpu_ms_per_request": round(cpu * 1000 / max(1, numbers["requests"]), 3),
         "write_tps": round(pgbench.tps(out), 1),
         "loadavg_1m": round(loadavg, 2),
     }
@@ -462,10 +478,10 @@ def run(out: Path, quick: bool) -> None:
         plan = [(r, s, False) for r, s in interleaved(SYSTEMS, rounds)]
         plan += [(r, s, True) for r, s in interleaved(FRESHNESS_SYSTEMS, rounds)]
         for round_no, system, with_probe in plan:
-            with running(system, setup) as servers:
-                bodies[system] = reference_body(servers)
+            with running(system, setup) as deployment:
+                bodies[system] = reference_body(deployment.instances)
                 ids = probe_ids if with_probe else None
-                numbers = measure(system, servers, setup, seconds, warm_s, ids)
+                numbers = measure(system, deployment, setup, seconds, warm_s, ids)
             result = {"round": round_no, **numbers}
             (freshness_rounds if with_probe else load_rounds).append(result)
             kind = "freshness" if with_probe else "load"
@@ -515,13 +531,14 @@ def markdown(data: dict[str, Any]) -> str:
             numbers["p50_ms"],
             numbers["p99_ms"],
             f"{numbers['db_read_share']:.0%}",
+            numbers["cpu_ms_per_request"],
             numbers["errors"],
             numbers["write_tps"],
             numbers["loadavg_1m"],
         ]
         for system, numbers in load.items()
     ]
-    header = ["system", "req/s", "p50 ms", "p99 ms", "reads from Postgres", "errors"]
+    header = ["system", "req/s", "p50 ms", "p99 ms", "reads from Postgres", "CPU ms/req", "errors"]
     table = markdown_table([*header, "writes/s", "load avg 1 min"], rows)
     fresh_rows = [
         [
@@ -567,7 +584,9 @@ def markdown(data: dict[str, Any]) -> str:
         f"rounds of {settings['seconds_per_round']:.0f} s after {settings['warm_up_s']:.0f} s "
         f"of warm-up; ttl = {settings['ttl_s']} s (no entry expires within a round); "
         f"PGCacheWatch {settings['pgcachewatch']}, Greedy strategy, cache per product id; "
-        f"cdc without refresh-ahead warming. Freshness: a probe every "
+        f"cdc without refresh-ahead warming. CPU ms/req: CPU time of the system's own "
+        f"processes (instances, and cdc's invalidator; not Postgres, not Redis) per request. "
+        f"Freshness: a probe every "
         f"{settings['probe_gap_s'] * 1000:.0f} ms, polling both instances with one request in "
         f"flight each; p50/p99/max: until the first response with the new version arrived from "
         f"both (what a client sees; it includes one request's wait under this load), at least: "

@@ -53,6 +53,22 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError(f"server on port {self.port} not ready after {timeout}s")
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) so far of every live process in this server's session
+        (it leads a process group of its own)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == self.process.pid:  # fields[2] is the process group
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / tick
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
