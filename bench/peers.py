@@ -164,6 +164,7 @@ def summarize_load(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "requests_per_s",
                 "p50_ms",
                 "p99_ms",
+                "in_process_hit_share",
                 "db_read_share",
                 "cpu_ms_per_request",
                 "write_tps",
@@ -220,12 +221,11 @@ def ratios(load: dict[str, dict[str, Any]], rounds: list[dict[str, Any]]) -> dic
     }
 
 
-def parse_db_loads(metrics_text: str) -> float:
-    """pgbust_api_db_loads_total of one API instance's /metrics."""
-    match = re.search(r"^pgbust_api_db_loads_total\s+(\S+)$", metrics_text, re.MULTILINE)
-    if match is None:
-        raise ValueError("no pgbust_api_db_loads_total in /metrics")
-    return float(match[1])
+def counter(metrics_text: str, sample: str) -> float:
+    """The value of one sample (name with its labels, as printed) of a /metrics page; 0 when
+    the counter was never incremented (a labelled one is printed only once used)."""
+    match = re.search(rf"^{re.escape(sample)}\s+(\S+)$", metrics_text, re.MULTILINE)
+    return float(match[1]) if match else 0.0
 
 
 # --- the systems ---------------------------------------------------------------------------
@@ -300,15 +300,22 @@ def install_peer_trigger(database_url: str) -> None:
     subprocess.run(command, check=True, capture_output=True)
 
 
-def db_reads(system: str, servers: list[Server]) -> float:
-    """Reads that went to Postgres so far, summed over the instances."""
-    total = 0.0
+def lookups(system: str, servers: list[Server]) -> dict[str, float]:
+    """Reads served so far from the process's own memory (pgbust's L1, PGCacheWatch's cache)
+    and reads that went to Postgres, summed over the instances."""
+    totals = {"in_process": 0.0, "postgres": 0.0}
     for server in servers:
         if system == PEER:
-            total += httpx.get(server.base_url + "/stats", timeout=5).json()["miss"]
+            stats = httpx.get(server.base_url + "/stats", timeout=5).json()
+            totals["in_process"] += stats["hit"]
+            totals["postgres"] += stats["miss"]
         else:
-            total += parse_db_loads(httpx.get(server.base_url + "/metrics", timeout=5).text)
-    return total
+            text = httpx.get(server.base_url + "/metrics", timeout=5).text
+            if "pgbust_api_db_loads_total" not in text:  # unlabelled: printed from the start
+                raise RuntimeError("the API's /metrics has no pgbust_api_db_loads_total")
+            totals["in_process"] += counter(text, 'pgbust_api_cache_hits_total{tier="l1"}')
+            totals["postgres"] += counter(text, "pgbust_api_db_loads_total")
+    return totals
 
 
 # --- a round -------------------------------------------------------------------------------
@@ -409,7 +416,7 @@ def measure(
     writer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         run_wrk(url, warm_s, CONNECTIONS, INSTANCES, script)
-        reads_before = db_reads(system, servers)
+        before = lookups(system, servers)
         cpu_before = _cpu_seconds(deployment.processes)
         with ThreadPoolExecutor(1) as pool:
             load = pool.submit(run_wrk, url, seconds, CONNECTIONS, INSTANCES, script)
@@ -420,7 +427,7 @@ def measure(
             numbers = load.result()
         cpu = _cpu_seconds(deployment.processes) - cpu_before
         loadavg = os.getloadavg()[0]
-        reads = db_reads(system, servers) - reads_before
+        after = lookups(system, servers)
         out, _ = writer.communicate(timeout=write_seconds + 30)
     finally:
         if writer.poll() is None:
@@ -430,7 +437,12 @@ def measure(
         "system": system,
         **numbers,
         # wrk's requests, plus the probe's own during freshness rounds
-        "db_read_share": round(reads / max(1, numbers["requests"]), 4),
+        "in_process_hit_share": round(
+            (after["in_process"] - before["in_process"]) / max(1, numbers["requests"]), 4
+        ),
+        "db_read_share": round(
+            (after["postgres"] - before["postgres"]) / max(1, numbers["requests"]), 4
+        ),
         # the system's own processes (API instances, invalidator), not Postgres or Redis
         "cpu_ms_per_request": round(cpu * 1000 / max(1, numbers["requests"]), 3),
         "write_tps": round(pgbench.tps(out), 1),
@@ -530,6 +542,7 @@ def markdown(data: dict[str, Any]) -> str:
             f"{numbers['requests_per_s']:,.0f}",
             numbers["p50_ms"],
             numbers["p99_ms"],
+            f"{numbers['in_process_hit_share']:.0%}",
             f"{numbers['db_read_share']:.0%}",
             numbers["cpu_ms_per_request"],
             numbers["errors"],
@@ -538,8 +551,8 @@ def markdown(data: dict[str, Any]) -> str:
         ]
         for system, numbers in load.items()
     ]
-    header = ["system", "req/s", "p50 ms", "p99 ms", "reads from Postgres", "CPU ms/req", "errors"]
-    table = markdown_table([*header, "writes/s", "load avg 1 min"], rows)
+    header = ["system", "req/s", "p50 ms", "p99 ms", "in-process hits", "reads from Postgres"]
+    table = markdown_table([*header, "CPU ms/req", "errors", "writes/s", "load avg 1 min"], rows)
     fresh_rows = [
         [
             system,
@@ -584,7 +597,9 @@ def markdown(data: dict[str, Any]) -> str:
         f"rounds of {settings['seconds_per_round']:.0f} s after {settings['warm_up_s']:.0f} s "
         f"of warm-up; ttl = {settings['ttl_s']} s (no entry expires within a round); "
         f"PGCacheWatch {settings['pgcachewatch']}, Greedy strategy, cache per product id; "
-        f"cdc without refresh-ahead warming. CPU ms/req: CPU time of the system's own "
+        f"cdc without refresh-ahead warming. In-process hits: pgbust's L1, "
+        f"PGCacheWatch's cache (the rest of pgbust's cached reads come from Redis). "
+        f"CPU ms/req: CPU time of the system's own "
         f"processes (instances, and cdc's invalidator; not Postgres, not Redis) per request. "
         f"Freshness: a probe every "
         f"{settings['probe_gap_s'] * 1000:.0f} ms, polling both instances with one request in "

@@ -7,8 +7,8 @@ from bench.peers import (
     PEER,
     Seen,
     bounds_ms,
+    counter,
     interleaved,
-    parse_db_loads,
     ratios,
     summarize_freshness,
     summarize_load,
@@ -38,6 +38,7 @@ def _load_round(round_no: int, system: str, rps: float, p99: float) -> dict[str,
         "requests_per_s": rps,
         "p50_ms": 1.0,
         "p99_ms": p99,
+        "in_process_hit_share": 0.4,
         "db_read_share": 0.5,
         "cpu_ms_per_request": 0.4,
         "write_tps": 100.0,
@@ -75,6 +76,11 @@ def test_freshness_pools_every_probe_and_counts_timeouts_and_probe_load() -> Non
     assert summary[CDC]["probe_request_share"] == 0.05
 
 
-def test_db_loads_are_read_from_the_api_metrics() -> None:
-    text = "# HELP x\npgbust_api_db_loads_total 1234.0\npgbust_api_db_loads_created 1.7e9\n"
-    assert parse_db_loads(text) == 1234.0
+def test_counters_are_read_from_the_api_metrics_and_zero_before_first_use() -> None:
+    text = (
+        "# HELP x\npgbust_api_db_loads_total 1234.0\npgbust_api_db_loads_created 1.7e9\n"
+        'pgbust_api_cache_hits_total{tier="l1"} 56.0\n'
+    )
+    assert counter(text, "pgbust_api_db_loads_total") == 1234.0
+    assert counter(text, 'pgbust_api_cache_hits_total{tier="l1"}') == 56.0
+    assert counter(text, 'pgbust_api_cache_hits_total{tier="l2"}') == 0.0
