@@ -167,6 +167,7 @@ def summarize_load(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "in_process_hit_share",
                 "db_read_share",
                 "cpu_ms_per_request",
+                "instances_cpu_ms_per_request",
                 "write_tps",
                 "loadavg_1m",
             )
@@ -418,6 +419,7 @@ def measure(
         run_wrk(url, warm_s, CONNECTIONS, INSTANCES, script)
         before = lookups(system, servers)
         cpu_before = _cpu_seconds(deployment.processes)
+        instances_cpu_before = _cpu_seconds(servers)
         with ThreadPoolExecutor(1) as pool:
             load = pool.submit(run_wrk, url, seconds, CONNECTIONS, INSTANCES, script)
             probed = None
@@ -426,6 +428,7 @@ def measure(
                 probed = asyncio.run(probe(urls, setup.database_url, probe_ids, seconds - 0.5))
             numbers = load.result()
         cpu = _cpu_seconds(deployment.processes) - cpu_before
+        instances_cpu = _cpu_seconds(servers) - instances_cpu_before
         loadavg = os.getloadavg()[0]
         after = lookups(system, servers)
         out, _ = writer.communicate(timeout=write_seconds + 30)
@@ -433,6 +436,7 @@ def measure(
         if writer.poll() is None:
             writer.kill()
         os.unlink(file.name)
+    per_request = 1000 / max(1, numbers["requests"])
     result = {
         "system": system,
         **numbers,
@@ -444,7 +448,8 @@ def measure(
             (after["postgres"] - before["postgres"]) / max(1, numbers["requests"]), 4
         ),
         # the system's own processes (API instances, invalidator), not Postgres or Redis
-        "cpu_ms_per_request": round(cpu * 1000 / max(1, numbers["requests"]), 3),
+        "cpu_ms_per_request": round(cpu * per_request, 3),
+        "instances_cpu_ms_per_request": round(instances_cpu * per_request, 3),
         "write_tps": round(pgbench.tps(out), 1),
         "loadavg_1m": round(loadavg, 2),
     }
@@ -544,7 +549,7 @@ def markdown(data: dict[str, Any]) -> str:
             numbers["p99_ms"],
             f"{numbers['in_process_hit_share']:.0%}",
             f"{numbers['db_read_share']:.0%}",
-            numbers["cpu_ms_per_request"],
+            f"{numbers['cpu_ms_per_request']} ({numbers['instances_cpu_ms_per_request']})",
             numbers["errors"],
             numbers["write_tps"],
             numbers["loadavg_1m"],
@@ -552,7 +557,8 @@ def markdown(data: dict[str, Any]) -> str:
         for system, numbers in load.items()
     ]
     header = ["system", "req/s", "p50 ms", "p99 ms", "in-process hits", "reads from Postgres"]
-    table = markdown_table([*header, "CPU ms/req", "errors", "writes/s", "load avg 1 min"], rows)
+    header += ["CPU ms/req (instances)", "errors", "writes/s", "load avg 1 min"]
+    table = markdown_table(header, rows)
     fresh_rows = [
         [
             system,
@@ -600,7 +606,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"cdc without refresh-ahead warming. In-process hits: pgbust's L1, "
         f"PGCacheWatch's cache (the rest of pgbust's cached reads come from Redis). "
         f"CPU ms/req: CPU time of the system's own "
-        f"processes (instances, and cdc's invalidator; not Postgres, not Redis) per request. "
+        f"processes (instances, and cdc's invalidator; not Postgres, not Redis) per request, "
+        f"in brackets the 2 instances' alone. "
         f"Freshness: a probe every "
         f"{settings['probe_gap_s'] * 1000:.0f} ms, polling both instances with one request in "
         f"flight each; p50/p99/max: until the first response with the new version arrived from "
