@@ -27,6 +27,7 @@ import itertools
 import os
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -476,6 +477,9 @@ def _say(text: str) -> None:
 
 def run(out: Path, quick: bool) -> None:
     ensure_wrk()
+    if shutil.which("wrk") is None:
+        # no fallback driver: spreading Zipf ids over 2 instances fast enough needs wrk
+        raise SystemExit("bench peers: wrk is missing (apt-get install wrk)")
     rounds, seconds, warm_s = (1, 3.0, 1.0) if quick else (2, 20.0, 3.0)
     server_url = os.environ.get("DATABASE_URL", "postgresql://127.0.0.1:5432/pgbust")
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
