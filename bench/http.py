@@ -13,30 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-import secrets
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
-import redis
 from fastapi import FastAPI, Response
 
+from bench import serving
 from bench.report import markdown_table, percentiles, write
+from bench.serving import Server, api_server, ensure_wrk
 from db import migrate, seed
-from pgbust.devservers import apt_install, ensure_database, free_port, with_database
+from pgbust.devservers import ensure_database, free_port, with_database
 
 PRODUCTS = 100_000
 CATEGORIES = 20
@@ -45,7 +41,6 @@ CONNECTIONS = 16
 L1_HIT, BARE = "product, L1 hit", "bare FastAPI constant"
 L1_ROUTED = "product, L1 hit through FastAPI routing"
 SUMMARY_CACHED, SUMMARY_UNCACHED = "summary, cached (L1)", "summary, no cache"
-BENCH_TOKEN = secrets.token_hex(16)  # writes are not benchmarked; any valid token
 
 # --- the bare baseline: same route shape, a constant body of the product's size ----------------
 
@@ -76,62 +71,6 @@ class Result:
 # --- servers -----------------------------------------------------------------------------------
 
 
-class Server:
-    def __init__(self, args: list[str], env: dict[str, str], port: int, log: Path) -> None:
-        self.port = port
-        self.base_url = f"http://127.0.0.1:{port}"
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", *args],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def wait_ready(self, path: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server on port {self.port} exited ({self.process.returncode})")
-            with suppress(httpx.HTTPError):
-                if httpx.get(self.base_url + path, timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"server on port {self.port} not ready after {timeout}s")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-
-
-@contextmanager
-def api_server(database_url: str, redis_url: str, log: Path, **settings: str) -> Iterator[Server]:
-    port = free_port()
-    namespace = f"bench-http-{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "API_TOKEN": BENCH_TOKEN,
-        "PGBUST_NAMESPACE": namespace,
-        "PGBUST_LOG_LEVEL": "WARNING",
-        **{f"PGBUST_{key.upper()}": value for key, value in settings.items()},
-    }
-    server = Server(["api", "--port", str(port)], env, port, log)
-    try:
-        server.wait_ready("/healthz")
-        yield server
-    finally:
-        server.stop()
-        _drop_namespace(redis_url, namespace)
-
-
 @contextmanager
 def bare_server(body_size: int, log: Path) -> Iterator[Server]:
     port = free_port()
@@ -145,16 +84,6 @@ def bare_server(body_size: int, log: Path) -> Iterator[Server]:
         server.stop()
 
 
-def _drop_namespace(redis_url: str, namespace: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        batch = list(client.scan_iter(match=f"{namespace}:*", count=1000))
-        for start in range(0, len(batch), 1000):
-            client.unlink(*batch[start : start + 1000])
-    finally:
-        client.close()
-
-
 # --- drivers -----------------------------------------------------------------------------------
 
 _WRK_SEQUENTIAL = """
@@ -166,41 +95,10 @@ end
 """
 
 
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    if not match:
-        return float("nan")
-    value, unit = float(match[1]), match[2]
-    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-
 def run_wrk(url: str, seconds: float, start: int | None) -> dict[str, Any]:
     """wrk on one URL, or with start set on url/<start+1>, url/<start+2>, ... (cold keys)."""
-    sequential = start is not None
-    args = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s", "--latency"]
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(_WRK_SEQUENTIAL.replace("{start}", str(start or 0)))
-    if sequential:
-        args += ["-s", script.name]
-    try:
-        out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
-    finally:
-        os.unlink(script.name)
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
-    requests = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: (.*)", out)
-    errors = int(non_2xx[1]) if non_2xx else 0
-    if socket_errors:
-        errors += sum(int(n) for n in re.findall(r"\d+", socket_errors[1]))
-    return {
-        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
-        "p50_ms": round(_ms(latency.get("50", "nan")), 3),
-        "p99_ms": round(_ms(latency.get("99", "nan")), 3),
-        "requests": requests,
-        "errors": errors,
-        "driver": "wrk",
-    }
+    script = None if start is None else _WRK_SEQUENTIAL.replace("{start}", str(start))
+    return serving.run_wrk(url, seconds, CONNECTIONS, script=script)
 
 
 def run_httpx(url: str, seconds: float, start: int | None) -> dict[str, Any]:
@@ -291,18 +189,6 @@ def prepare_database() -> str:
     if (counts.products, counts.categories) != (PRODUCTS, CATEGORIES):
         seed.seed(url, products=PRODUCTS, categories=CATEGORIES, replace=True)
     return url
-
-
-def ensure_wrk() -> None:
-    """Install wrk with apt-get when it is missing and we may (as devservers does for the
-    servers): the httpx fallback driver saturates its own CPU before the server's, so its
-    ratios say little."""
-    if shutil.which("wrk") or not shutil.which("apt-get") or os.geteuid() != 0:
-        return
-    try:
-        apt_install("wrk")
-    except (SystemExit, subprocess.CalledProcessError) as exc:
-        print(f"bench http: could not install wrk ({exc}); using the httpx driver", file=sys.stderr)
 
 
 def run(out: Path, quick: bool) -> None:

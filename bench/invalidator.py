@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import re
-import shutil
 import tempfile
 import time
 import uuid
@@ -24,6 +22,7 @@ from typing import Any
 import orjson
 import psycopg
 
+from bench import pgbench as pgbench_cli
 from bench import report
 from bench.scratch import scratch_database
 from db import capture
@@ -64,26 +63,6 @@ FROM generate_series(1, %(events)s) g
 
 # --- pgbench -------------------------------------------------------------------------------
 
-_TPS_RE = re.compile(r"^tps = ([0-9.]+)", re.MULTILINE)
-
-
-def _pgbench_cmd(
-    url: str, script: Path, clients: int, seconds: float, rate: int | None
-) -> list[str]:
-    pgbench = shutil.which("pgbench") or "pgbench"
-    cmd = [pgbench, "-n", "-f", str(script), "-c", str(clients), "-j", str(min(clients, 2))]
-    cmd += ["-T", str(max(1, round(seconds)))]
-    if rate is not None:
-        cmd += ["-R", str(rate)]
-    return [*cmd, url]
-
-
-def _tps(output: str) -> float:
-    match = _TPS_RE.search(output)
-    if match is None:
-        raise RuntimeError(f"pgbench printed no tps:\n{output[-2000:]}")
-    return float(match.group(1))
-
 
 async def pgbench(
     url: str,
@@ -95,13 +74,13 @@ async def pgbench(
 ) -> float:
     env = {**os.environ, "PGOPTIONS": options} if options else None
     proc = await asyncio.create_subprocess_exec(
-        *_pgbench_cmd(url, script, clients, seconds, rate),
+        *pgbench_cli.command(url, script, clients, seconds, rate),
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await proc.communicate()
-    return _tps(out.decode(errors="replace"))
+    return pgbench_cli.tps(out.decode(errors="replace"))
 
 
 # --- 1. throughput of the pure path --------------------------------------------------------
