@@ -112,6 +112,8 @@ def test_keys_too_long_for_notify_degrade_to_table_wide_without_error(
     pg.execute("CREATE TABLE IF NOT EXISTS wide_keys (k text PRIMARY KEY)")
     pg.execute("SELECT pgbust.capture_table('wide_keys', ARRAY['k'])")
     try:
+        [installed] = received(listener)  # a new capture flushes: nothing was announced before
+        assert (installed["t"], installed["op"], installed["all"]) == ("wide_keys", "S", True)
         pg.execute("INSERT INTO wide_keys VALUES (repeat('x', 9000))")  # must not raise
         [event] = received(listener)
         assert event["t"] == "wide_keys" and event["all"] is True
@@ -126,21 +128,26 @@ def test_declaring_an_unknown_column_is_refused(pg: Conn) -> None:
 
 
 def test_cli_remove_status_install_round_trip(database_url: str, pg: Conn) -> None:
-    def db(*args: str) -> str:
+    def db(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "db", "triggers", *args, "--database-url", database_url],
-            check=True,
+            check=check,
             capture_output=True,
             text=True,
-        ).stdout
+        )
 
     try:
-        assert "public.products" in db("remove")
-        assert not any(s.installed for s in capture.status(pg))
-        assert "NOT installed" in db("status")
+        assert "public.products" in db("remove").stdout
+        assert not any(s.captured for s in capture.status(pg))
+        removed = db("status", check=False)
+        assert removed.returncode == 1
+        assert "public.products" in removed.stdout and "NOT captured: capture removed" in (
+            removed.stdout
+        )
     finally:
-        assert "public.products" in db("install")
-    assert {s.relation for s in capture.status(pg) if s.installed} == {
+        assert "public.products" in db("install").stdout
+    assert {s.relation for s in capture.status(pg) if s.captured} == {
         "public.products",
         "public.categories",
     }
+    assert db("status").returncode == 0
