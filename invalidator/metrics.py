@@ -49,6 +49,17 @@ class Metrics:
             registry=r,
         )
         self.active = Gauge(p + "active", "1 when this instance is the active one", registry=r)
+        self.capture_ok = Gauge(
+            p + "capture_ok",
+            "1 when every committed change of the declared table is captured (capture_status)",
+            ["table"],
+            registry=r,
+        )
+        self.capture_ddl_ok = Gauge(
+            p + "capture_ddl_ok",
+            "1 when the DDL event triggers are in place (rewrites, partition changes)",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
