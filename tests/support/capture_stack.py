@@ -39,6 +39,7 @@ class Stack:
     processes: ProcessManager
     invalidator: ManagedProcess
     apis: tuple[ManagedProcess, ManagedProcess]
+    probe_id: int = 1  # the product the drain's probe write updates
 
     @property
     def api_urls(self) -> list[str]:
@@ -57,10 +58,10 @@ class Stack:
         assert result.stale == 0, result.report()
         assert result.redis_checked > 0
 
-    def drain(self, probe_id: int = 1, probe_url: str | None = None) -> None:
+    def drain(self, probe_url: str | None = None) -> None:
         """A captured write committed after the change is visible everywhere: everything the
         change announced before it has been applied (NOTIFY and pub/sub keep commit order)."""
-        took = wait_propagated(self.api_urls, probe_url or self.database_url, probe_id, 15)
+        took = wait_propagated(self.api_urls, probe_url or self.database_url, self.probe_id, 15)
         assert took is not None, "the probe write never reached every instance"
 
     def assert_every_tier_fresh(self, probe_url: str | None = None) -> None:
@@ -119,8 +120,9 @@ def start_stack(
     try:
         invalidator = manager.invalidator()
         assert wait_until(
-            lambda: httpx.get(invalidator.base_url + "/healthz", timeout=2).json()["role"]
-            == "active"
+            lambda: (
+                httpx.get(invalidator.base_url + "/healthz", timeout=2).json()["role"] == "active"
+            )
         )
         apis = (manager.api("api-a"), manager.api("api-b"))
     except BaseException:
