@@ -40,6 +40,7 @@ class Stack:
     invalidator: ManagedProcess
     apis: tuple[ManagedProcess, ManagedProcess]
     probe_id: int = 1  # the product the drain's probe write updates
+    probe_url: str | None = None  # where the probe is written (default: the stack's database)
 
     @property
     def api_urls(self) -> list[str]:
@@ -58,14 +59,15 @@ class Stack:
         assert result.stale == 0, result.report()
         assert result.redis_checked > 0
 
-    def drain(self, probe_url: str | None = None) -> None:
+    def drain(self) -> None:
         """A captured write committed after the change is visible everywhere: everything the
         change announced before it has been applied (NOTIFY and pub/sub keep commit order)."""
-        took = wait_propagated(self.api_urls, probe_url or self.database_url, self.probe_id, 15)
+        url = self.probe_url or self.database_url
+        took = wait_propagated(self.api_urls, url, self.probe_id, 15)
         assert took is not None, "the probe write never reached every instance"
 
-    def assert_every_tier_fresh(self, probe_url: str | None = None) -> None:
-        self.drain(probe_url=probe_url)
+    def assert_every_tier_fresh(self) -> None:
+        self.drain()
         result = self.sweep()
         assert result.stale == 0, f"stale after the change:\n{result.report()}"
 
