@@ -4,8 +4,11 @@ install by a role that is not a superuser."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,13 +26,19 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresCluster]:
-    pg = PostgresCluster(tmp_path_factory.mktemp("pgcapture"))
-    pg.init()
-    pg.configure(wal_level="logical", max_prepared_transactions=2)
-    pg.start()
-    yield pg
-    pg.stop()
+def cluster() -> Iterator[PostgresCluster]:
+    # not under pytest's basetemp: other sessions of the same user may clean that up meanwhile
+    folder = Path(tempfile.mkdtemp(prefix="pgbust-capture-pg-"))
+    pg = PostgresCluster(folder / "pg")
+    try:
+        pg.init()
+        pg.configure(wal_level="logical", max_prepared_transactions=2)
+        pg.start()
+        yield pg
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            pg.stop("immediate")
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def create_database(cluster: PostgresCluster, name: str, owner: str = "postgres") -> str:
