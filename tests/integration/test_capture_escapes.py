@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from psycopg import sql
 
 from db import capture, seed
 from pgbust.devservers import postgres_bindir, with_database
-from tests.support.capture_stack import CHECK_S, Stack, start_stack
+from tests.support.capture_stack import CHECK_S, Stack, metric, start_stack
 from tests.support.servers import RedisServer, wait_until
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -162,6 +163,9 @@ def test_disabled_capture_trigger_shows_as_not_captured_everywhere_and_is_flushe
         assert "public.products is NOT captured: public.products: update trigger disabled" in (
             fresh.log()
         )
+        health = httpx.get(fresh.invalidator.base_url + "/healthz", timeout=5).json()
+        assert health["capture"]["ok"] is False
+        assert list(health["capture"]["not_captured"]) == ["public.products"]
         bumps = fresh.epoch_bumps("not_captured")
         pg.execute("UPDATE products SET price_cents = price_cents + 1 WHERE id = 7")  # unseen
         # two more flushes: the second one's check certainly started after that commit
@@ -214,6 +218,8 @@ def test_rewrite_without_ddl_event_triggers_is_flushed_by_the_periodic_check(
         )
         cli = fresh.db("triggers", "status")
         assert cli.returncode == 1 and "DDL not captured" in cli.stdout
+        ddl_ok = "pgbust_invalidator_capture_ddl_ok"
+        assert wait_until(lambda: metric(fresh.invalidator, ddl_ok) == 0, 10 * CHECK_S)
         bumps = fresh.epoch_bumps("capture_changed")
         pg.execute(
             "ALTER TABLE products ALTER COLUMN price_cents TYPE bigint USING price_cents + 1"
@@ -227,3 +233,4 @@ def test_rewrite_without_ddl_event_triggers_is_flushed_by_the_periodic_check(
         pg.execute("ALTER EVENT TRIGGER pgbust_capture_ddl ENABLE ALWAYS")
         pg.execute("ALTER EVENT TRIGGER pgbust_capture_rewrite ENABLE ALWAYS")
     assert products_status(pg).ddl_problem is None
+    assert wait_until(lambda: metric(fresh.invalidator, ddl_ok) == 1, 10 * CHECK_S)

@@ -205,7 +205,7 @@ def test_upgrade_again_touches_no_trigger_and_announces_nothing(
 def test_enable_trigger_demotion_is_undone_by_the_ddl_event_trigger(pg: Conn) -> None:
     # ENABLE TRIGGER [ALL] (as pg_restore --disable-triggers ends) makes them plain ORIGIN ones
     pg.execute("ALTER TABLE products ENABLE TRIGGER ALL")
-    states = dict(
+    states: dict[str, str] = dict(
         pg.execute(
             "SELECT tgname, tgenabled FROM pg_trigger"
             " WHERE tgrelid = 'products'::regclass AND tgname LIKE 'pgbust%'"
