@@ -169,6 +169,7 @@ class Invalidator:
         self.metrics.active.set(0)
         for task in (listener, watch, hot, capture):
             task.cancel()
+        self.capture.end_term()
         if stop in done:
             self.queue.put_nowait(_STOP)
             try:

@@ -130,6 +130,11 @@ class CaptureWatch:
         """A new term starts with a flush of its own: the next report is a new baseline."""
         self._previous = None
 
+    def end_term(self) -> None:
+        """A standby checks nothing: its gauges must not go on showing an old state."""
+        self.metrics.capture_ok.clear()
+        self.report = None
+
     async def check(self, fetch: Fetch, flush: Callable[[FlushRequest], None]) -> None:
         """Read the status once; flush and log what it means. A connection error propagates
         (the lock connection is gone: the leadership watch handles that)."""
