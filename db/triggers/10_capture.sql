@@ -135,41 +135,40 @@ RETURNS TABLE (member regclass, relkind "char", depth integer, name name, short 
                ok_states "char"[], tgoid oid, tgenabled "char", tgxmin text, clone boolean,
                well_defined boolean)
 LANGUAGE sql STABLE AS $$
+    WITH fn AS MATERIALIZED (  -- looked up once, not once per trigger
+        SELECT to_regprocedure(pgbust.capture_function_name(root) || '()') AS statement_fn,
+               to_regprocedure(pgbust.replica_function_name(root) || '()') AS row_fn
+    )
     SELECT m.member, m.relkind, m.depth, s.name, s.short, s.ok_states, t.oid, t.tgenabled,
            t.xmin::text, t.tgparentid <> 0,
            t.oid IS NOT NULL
-           AND t.tgfoid = to_regprocedure(CASE WHEN s.row_level THEN pgbust.replica_function_name(root)
-                                               ELSE pgbust.capture_function_name(root) END || '()')
+           AND t.tgfoid = CASE WHEN s.row_level THEN fn.row_fn ELSE fn.statement_fn END
            AND t.tgtype = s.tgtype
            AND t.tgoldtable IS NOT DISTINCT FROM s.old_table
            AND t.tgnewtable IS NOT DISTINCT FROM s.new_table
            AND t.tgqual IS NULL AND t.tgnargs = 0 AND cardinality(t.tgattr::int2[]) = 0
     FROM pgbust.capture_members(root) m
+    CROSS JOIN fn
     CROSS JOIN pgbust.capture_trigger_specs() s
     LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid = m.member AND t.tgname = s.name
 $$;
 
--- Why a declared table is not captured: one line per member that lacks something (empty when
--- every committed change of the table is announced).
-CREATE OR REPLACE FUNCTION pgbust.capture_problems(relation text) RETURNS text[]
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    decl pgbust.capture;
-    root regclass := to_regclass(relation);
-    problems text[] := '{}';
-BEGIN
-    SELECT * INTO decl FROM pgbust.capture c WHERE c.relation = capture_problems.relation;
-    IF root IS NULL THEN
-        RETURN ARRAY[format('%s: no such table (renamed or dropped?)', relation)];
-    END IF;
-    IF decl.relation IS NOT NULL AND NOT decl.active THEN
-        problems := problems || 'capture removed (`python -m db triggers remove`); '
-                                '`python -m db triggers install` brings it back'::text;
-    END IF;
-    SELECT problems || coalesce(array_agg(line ORDER BY depth, member::text), '{}')
-    INTO problems
-    FROM (
-        SELECT t.member, t.depth,
+-- One pass over a declared table's members and triggers (what capture_status shows):
+-- problems = why it is not captured, one line per member that lacks something (empty when
+-- every committed change of the table is announced); fingerprint = changes whenever a member
+-- is added, removed or rewritten (relfilenode: ALTER ... TYPE ... USING, VACUUM FULL,
+-- CLUSTER, TRUNCATE) or a capture trigger is re-created, disabled or re-enabled (the
+-- pg_trigger row's xmin). The invalidator flushes when the fingerprint changes: it sees,
+-- within one check, what the event triggers announce at once.
+CREATE OR REPLACE FUNCTION pgbust.capture_report(relation text)
+RETURNS TABLE (members integer, triggers integer, problems text[], fingerprint text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH t AS (
+        SELECT x.*, x.relkind IN ('r', 'p') AND x.well_defined AND x.tgenabled = ANY (x.ok_states)
+                    AS ok
+        FROM pgbust.capture_triggers(to_regclass(relation)) x
+    ), per_member AS (
+        SELECT t.member, t.depth, bool_and(t.ok) AS ok, count(*) FILTER (WHERE t.ok) AS ok_triggers,
                format('%s: %s', t.member,
                       CASE WHEN t.relkind NOT IN ('r', 'p')
                            THEN 'a foreign table: changes made on its server are never seen'
@@ -185,26 +184,32 @@ BEGIN
                                          'pg_restore --disable-triggers): replica-role writes '
                                          '(logical replication, session_replication_role = replica) '
                                          'are missed'
-                               END, '; ' ORDER BY t.name)
-                      END) AS line
-        FROM pgbust.capture_triggers(root) t
-        WHERE t.relkind NOT IN ('r', 'p') OR t.tgoid IS NULL OR NOT t.well_defined
-              OR NOT t.tgenabled = ANY (t.ok_states)
+                               END, '; ' ORDER BY t.name) FILTER (WHERE NOT t.ok)
+                      END) AS line,
+               string_agg(format('%s:%s:%s', t.name, t.tgxmin, t.tgenabled), ',' ORDER BY t.name)
+                   AS triggers_seen
+        FROM t
         GROUP BY t.member, t.depth, t.relkind
-    ) lines;
-    RETURN problems;
-END
+    )
+    SELECT count(*)::integer,
+           coalesce(sum(m.ok_triggers), 0)::integer,
+           CASE WHEN to_regclass(relation) IS NULL
+                THEN ARRAY[format('%s: no such table (renamed or dropped?)', relation)]
+                ELSE '{}'::text[] END
+           || coalesce((SELECT ARRAY['capture removed (`python -m db triggers remove`); '
+                                     '`python -m db triggers install` brings it back']
+                        FROM pgbust.capture c
+                        WHERE c.relation = capture_report.relation AND NOT c.active), '{}')
+           || coalesce(array_agg(m.line ORDER BY m.depth, m.member::text) FILTER (WHERE NOT m.ok),
+                       '{}'),
+           md5(string_agg(format('%s:%s:%s', m.member::oid, c.relfilenode, m.triggers_seen), ','
+                          ORDER BY m.member::oid))
+    FROM per_member m JOIN pg_class c ON c.oid = m.member
 $$;
 
--- Changes whenever a member is added, removed or rewritten (relfilenode: ALTER ... TYPE ...
--- USING, VACUUM FULL, CLUSTER, TRUNCATE) or a capture trigger is re-created, disabled or
--- re-enabled (the pg_trigger row's xmin). The invalidator flushes when it changes: it sees,
--- within one check, what the event triggers announce at once.
-CREATE OR REPLACE FUNCTION pgbust.capture_fingerprint(root regclass) RETURNS text
+CREATE OR REPLACE FUNCTION pgbust.capture_problems(relation text) RETURNS text[]
 LANGUAGE sql STABLE AS $$
-    SELECT md5(string_agg(format('%s:%s:%s:%s:%s', t.member::oid, c.relfilenode, t.name,
-                                 t.tgxmin, t.tgenabled), ',' ORDER BY t.member::oid, t.name))
-    FROM pgbust.capture_triggers(root) t JOIN pg_catalog.pg_class c ON c.oid = t.member
+    SELECT r.problems FROM pgbust.capture_report(relation) r
 $$;
 
 -- The table-wide event pgbust sends when rows may have changed without a row trigger (a DDL
@@ -513,15 +518,9 @@ $$;
 -- the invalidator's periodic check, through fingerprint, sees rewrites and partition changes).
 -- The first five columns are the view's original ones.
 CREATE OR REPLACE VIEW pgbust.capture_status AS
-SELECT c.relation, c.key_columns, c.max_rows, c.channel,
-       (SELECT count(*) FROM pgbust.capture_triggers(to_regclass(c.relation)) t
-        WHERE t.well_defined AND t.tgenabled = ANY (t.ok_states))::integer AS triggers,
-       c.active,
-       (SELECT count(*) FROM pgbust.capture_members(to_regclass(c.relation)))::integer AS members,
-       cardinality(p.problems) = 0 AS captured,
-       p.problems,
-       pgbust.capture_ddl_problem() AS ddl_problem,
-       pgbust.capture_fingerprint(to_regclass(c.relation)) AS fingerprint
+SELECT c.relation, c.key_columns, c.max_rows, c.channel, r.triggers, c.active, r.members,
+       cardinality(r.problems) = 0 AS captured, r.problems, d.ddl_problem, r.fingerprint
 FROM pgbust.capture c
-CROSS JOIN LATERAL (SELECT pgbust.capture_problems(c.relation) AS problems) p
+CROSS JOIN LATERAL pgbust.capture_report(c.relation) r
+CROSS JOIN (SELECT pgbust.capture_ddl_problem() AS ddl_problem) d
 ORDER BY c.relation;

@@ -17,7 +17,8 @@
 -- NOTIFY is transactional: a DDL command that rolls back announces nothing. Creating event
 -- triggers needs a superuser; without one the functions are still created, a WARNING says so,
 -- and pgbust.capture_status reports "DDL not captured" (the invalidator's periodic check then
--- sees these changes through pgbust.capture_fingerprint, within PGBUST_CAPTURE_CHECK_S).
+-- sees these changes through the fingerprint in pgbust.capture_status, within
+-- PGBUST_CAPTURE_CHECK_S).
 -- None of them may ever make a DDL command fail: errors become a WARNING.
 
 -- The active captured tables a relation belongs to (itself, an ancestor), or whose triggers
