@@ -145,8 +145,6 @@ class Invalidator:
         self.metrics.active.set(1)
         self.queue = asyncio.Queue()
         self.listener.queue = self.queue
-        with contextlib.suppress(Exception):
-            await self.cache.ensure_server_identity(origin="cdc")
         # the baseline of the capture check, before LISTEN: the term's start flush covers what
         # changed before it, the check's next round what changes after it
         self.capture.new_term()
@@ -154,6 +152,8 @@ class Invalidator:
             await self.capture.check(self.leadership.fetch, self._flush)
         except psycopg.Error as exc:
             log.warning("capture check failed (%s); retrying", str(exc).splitlines()[0])
+        with contextlib.suppress(Exception):
+            await self.cache.ensure_server_identity(origin="cdc")
         listener = asyncio.create_task(self.listener.run(), name="listener")
         consumer = asyncio.create_task(self._consume(self.queue), name="consumer")
         watch = asyncio.create_task(self.leadership.watch(), name="lock-watch")
