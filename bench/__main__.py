@@ -14,6 +14,7 @@ BENCHMARKS = {
     "loadtest": "bench.loadtest",
     "worker": "bench.worker",
     "peers": "bench.peers",
+    "capture": "bench.capture",
 }
 
 

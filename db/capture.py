@@ -9,20 +9,42 @@ import psycopg
 
 from db import migrate
 
-CAPTURE_TRIGGERS = 4  # insert, update, delete, truncate
+STATUS_QUERY = """
+SELECT relation, key_columns, max_rows, channel, triggers, active, members, captured,
+       problems, ddl_problem
+FROM pgbust.capture_status
+"""
 
 
 @dataclass(frozen=True)
 class CaptureStatus:
+    """One declared table as pgbust.capture_status sees it (db/triggers/10_capture.sql)."""
+
     relation: str
     key_columns: list[str]
     max_rows: int
     channel: str
-    triggers: int
+    triggers: int  # capture triggers in place and firing as they must, over all members
+    active: bool  # False after `python -m db triggers remove`
+    members: int  # the table, its partitions and inheritance children
+    captured: bool  # every committed change of the table is announced
+    problems: list[str]  # why not, one line per member
+    ddl_problem: str | None  # the DDL event triggers are not in place
 
     @property
     def installed(self) -> bool:
-        return self.triggers == CAPTURE_TRIGGERS
+        return self.captured
+
+    def describe(self) -> str:
+        """One line for `python -m db triggers status`."""
+        tables = "1 table" if self.members == 1 else f"{self.members} tables (with partitions)"
+        head = (
+            f"{self.relation}: keys {','.join(self.key_columns)}; max_rows {self.max_rows}; "
+            f"channel {self.channel}; {tables}; "
+        )
+        if self.captured:
+            return head + "captured"
+        return head + "NOT captured: " + "; ".join(self.problems)
 
 
 def install(conn: psycopg.Connection[Any]) -> list[str]:
@@ -36,7 +58,8 @@ def _has_catalogue(conn: psycopg.Connection[Any]) -> bool:
 
 
 def remove(conn: psycopg.Connection[Any]) -> list[str]:
-    """Drop the capture triggers of every declared table; the declarations stay."""
+    """Drop the capture triggers of every declared table; the declarations stay, inactive
+    (reported as not captured until `install`)."""
     if not _has_catalogue(conn):
         return []
     removed: list[str] = []
@@ -53,7 +76,23 @@ def remove(conn: psycopg.Connection[Any]) -> list[str]:
 def status(conn: psycopg.Connection[Any]) -> list[CaptureStatus]:
     if not _has_catalogue(conn):
         return []
-    rows = conn.execute(
-        "SELECT relation, key_columns, max_rows, channel, triggers FROM pgbust.capture_status"
-    ).fetchall()
-    return [CaptureStatus(r[0], list(r[1]), r[2], r[3], r[4]) for r in rows]
+    return [
+        CaptureStatus(
+            relation=r[0],
+            key_columns=list(r[1]),
+            max_rows=r[2],
+            channel=r[3],
+            triggers=r[4],
+            active=r[5],
+            members=r[6],
+            captured=r[7],
+            problems=list(r[8]),
+            ddl_problem=r[9],
+        )
+        for r in conn.execute(STATUS_QUERY).fetchall()
+    ]
+
+
+def ddl_problem(rows: list[CaptureStatus]) -> str | None:
+    """The one database-wide DDL problem, if any (every row carries the same)."""
+    return next((r.ddl_problem for r in rows if r.ddl_problem), None)

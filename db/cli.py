@@ -45,6 +45,18 @@ def _database_errors_in_one_line(main: Callable[[], None]) -> Callable[[], None]
     return guarded
 
 
+def _warn_not_captured(database_url: str) -> None:
+    """After an install: say on stderr what is still not captured (the install succeeded)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = capture.status(conn)
+    for row in rows:
+        if not row.captured:
+            typer.echo(f"warning: {row.describe()}", err=True)
+    problem = capture.ddl_problem(rows)
+    if problem:
+        typer.echo(f"warning: {problem}", err=True)
+
+
 @app.command()
 def upgrade(database_url: DatabaseUrl = None) -> None:
     """Create or update the schema and (re)install the change-capture triggers. Idempotent."""
@@ -56,6 +68,7 @@ def upgrade(database_url: DatabaseUrl = None) -> None:
         typer.echo(
             f"migrations applied: {applied}; trigger files installed: {len(result.triggers)}"
         )
+        _warn_not_captured(settings.database_url)
 
     run_guarded("db upgrade", _database_errors_in_one_line(main))
 
@@ -101,8 +114,9 @@ def triggers_install(database_url: DatabaseUrl = None) -> None:
         settings = _settings(database_url)
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
             files = capture.install(conn)
-            tables = [s.relation for s in capture.status(conn) if s.installed]
+            tables = [s.relation for s in capture.status(conn) if s.captured]
         typer.echo(f"trigger files applied: {len(files)}; capturing: {', '.join(tables)}")
+        _warn_not_captured(settings.database_url)
 
     run_guarded("db triggers install", _database_errors_in_one_line(main))
 
@@ -122,7 +136,8 @@ def triggers_remove(database_url: DatabaseUrl = None) -> None:
 
 @triggers_app.command("status")
 def triggers_status(database_url: DatabaseUrl = None) -> None:
-    """Every declared table, its key columns, and whether its triggers are installed."""
+    """Every declared table and whether each committed change of it is captured (and if not,
+    why). Exits 1 when a table is not captured or the DDL event triggers are missing."""
 
     def main() -> None:
         settings = _settings(database_url)
@@ -131,10 +146,11 @@ def triggers_status(database_url: DatabaseUrl = None) -> None:
         if not rows:
             typer.echo("no table declared for capture (run `python -m db upgrade`)")
         for row in rows:
-            state = "installed" if row.installed else f"NOT installed ({row.triggers}/4)"
-            typer.echo(
-                f"{row.relation}: keys {','.join(row.key_columns)}; max_rows {row.max_rows}; "
-                f"channel {row.channel}; {state}"
-            )
+            typer.echo(row.describe())
+        problem = capture.ddl_problem(rows)
+        if problem:
+            typer.echo(problem)
+        if problem or not all(row.captured for row in rows):
+            raise typer.Exit(1)
 
     run_guarded("db triggers status", _database_errors_in_one_line(main))

@@ -8,7 +8,10 @@ import logging
 import time
 from typing import Any
 
+import psycopg
+
 from invalidator.batcher import Batch
+from invalidator.capture import CaptureWatch
 from invalidator.hot import HotEntries
 from invalidator.leader import Leadership
 from invalidator.listener import FlushRequest, Item, Listener
@@ -66,6 +69,7 @@ class Invalidator:
             takeover_after_s=settings.takeover_after_s,
             listener_pid=lambda: self.listener.backend_pid,
         )
+        self.capture = CaptureWatch(settings.channel, self.metrics, settings.capture_check_s)
         self.server = (
             HealthServer(
                 settings.metrics_host, settings.metrics_port, self.health, self.metrics.render
@@ -96,6 +100,7 @@ class Invalidator:
             "namespace": self.settings.namespace,
             "lock_id": self.leadership.lock_id,
             "takeovers": self.leadership.takeovers,
+            "capture": self.capture.health(),
             "uptime_s": round(time.monotonic() - self._started_at, 1),
         }
         return (200 if self.role != "stopping" else 503), details
@@ -150,20 +155,31 @@ class Invalidator:
         self.metrics.active.set(1)
         self.queue = asyncio.Queue()
         self.listener.queue = self.queue
+        # the baseline of the capture check, before LISTEN: the term's start flush covers what
+        # changed before it, the check's next round what changes after it
+        self.capture.new_term()
+        try:
+            await self.capture.check(self.leadership.fetch, self._flush)
+        except psycopg.Error as exc:
+            log.warning("capture check failed (%s); retrying", str(exc).splitlines()[0])
         with contextlib.suppress(Exception):
             await self.cache.ensure_server_identity(origin="cdc")
         listener = asyncio.create_task(self.listener.run(), name="listener")
         consumer = asyncio.create_task(self._consume(self.queue), name="consumer")
         watch = asyncio.create_task(self.leadership.watch(), name="lock-watch")
         hot = asyncio.create_task(self.hot.refresh_forever(self.settings.hot_refresh_s), name="hot")
+        capture = asyncio.create_task(
+            self.capture.run(self.leadership.fetch, self._flush), name="capture-check"
+        )
         stop: asyncio.Task[Any] = asyncio.create_task(self.stopping.wait())
         self.started.set()
         waited: set[asyncio.Task[Any]] = {listener, consumer, watch, stop}
         done, _ = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
         self.started.clear()
         self.metrics.active.set(0)
-        for task in (listener, watch, hot):
+        for task in (listener, watch, hot, capture):
             task.cancel()
+        self.capture.end_term()
         if stop in done:
             self.queue.put_nowait(_STOP)
             try:
@@ -182,7 +198,11 @@ class Invalidator:
                     log.error("%s failed: %r", task.get_name(), task.exception())
             await self.leadership.release()
             await asyncio.sleep(self.settings.standby_poll_s)
-        await self._reap({listener, watch, hot, consumer, stop})
+        await self._reap({listener, watch, hot, capture, consumer, stop})
+
+    def _flush(self, request: FlushRequest) -> None:
+        """Flush everything, in order with the changes already received (this term's queue)."""
+        self.queue.put_nowait(request)
 
     async def _reap(self, tasks: set[asyncio.Task[Any]]) -> None:
         """Wait for the term's tasks to end; one that ignores its cancellation is logged with

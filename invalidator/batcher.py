@@ -52,7 +52,11 @@ class Batch:
             else:
                 kind = "unkeyable_row"
             self.flush_kind = kind
-            self.reasons.append(f"{parsed.problem or unkeyable or kind} change of {change.table}")
+            why = change.extra.get("why")
+            self.reasons.append(
+                f"{parsed.problem or unkeyable or kind} change of {change.table}"
+                + (f" ({why})" if why else "")
+            )
         self.add_targets(targets)
 
     def add_targets(self, targets: Targets) -> None:

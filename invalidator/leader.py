@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 from psycopg import errors
@@ -165,6 +166,14 @@ class Leadership:
                 log.warning("lock connection failed (%s); retrying", exc)
                 await self._close()
             await asyncio.sleep(self.poll_s)
+
+    async def fetch(self, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """Run a read-only query on the lock connection (raises if that connection is gone)."""
+        conn = self._conn
+        if conn is None:
+            raise psycopg.OperationalError("no lock connection")
+        cur = await conn.execute(query, params)
+        return await cur.fetchall()
 
     async def beat(self) -> None:
         """Record the heartbeat on the lock connection (raises if that connection is gone)."""

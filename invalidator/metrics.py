@@ -61,6 +61,17 @@ class Metrics:
             "Events of a batch Redis has not applied yet (unreachable, or refusing)",
             registry=r,
         )
+        self.capture_ok = Gauge(
+            p + "capture_ok",
+            "1 when every committed change of the declared table is captured (capture_status)",
+            ["table"],
+            registry=r,
+        )
+        self.capture_ddl_ok = Gauge(
+            p + "capture_ddl_ok",
+            "1 when the DDL event triggers are in place (rewrites, partition changes)",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -4,6 +4,7 @@ The trigger (db/triggers/10_capture.sql) sends, as compact JSON:
 
     {"v":1,"t":"products","op":"U","ts":<µs>,"c":["id","category_id"],"r":[[1,2],[1,3]]}
     {"v":1,"t":"products","op":"T","ts":<µs>,"all":true}
+    {"v":1,"t":"products","op":"S","ts":<µs>,"all":true,"why":"alter table"}  (DDL, capture)
 
 Nothing is ever dropped: a payload that cannot be read in full becomes a table-wide change of
 its table when the table is known, else a change of an unknown table (both flush everything
@@ -21,7 +22,8 @@ from invalidator.rules import Change
 
 PAYLOAD_VERSION = 1
 UNKNOWN_TABLE = "?"
-OPS = {"I": "INSERT", "U": "UPDATE", "D": "DELETE", "T": "TRUNCATE"}
+# "S": rows may have changed without a row trigger (a DDL command, a capture (re)installed)
+OPS = {"I": "INSERT", "U": "UPDATE", "D": "DELETE", "T": "TRUNCATE", "S": "DDL"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +32,11 @@ class Parsed:
     problem: str | None = None  # reason label when the payload was malformed
 
 
-def _wide(table: str, op: str, ts_us: int | None, problem: str | None) -> Parsed:
-    return Parsed(Change(table=table, op=op, table_wide=True, ts_us=ts_us), problem)
+def _wide(
+    table: str, op: str, ts_us: int | None, problem: str | None, why: object = None
+) -> Parsed:
+    extra = {"why": why[:200]} if isinstance(why, str) and why else {}
+    return Parsed(Change(table=table, op=op, table_wide=True, ts_us=ts_us, extra=extra), problem)
 
 
 def parse(raw: str | bytes) -> Parsed:
@@ -52,7 +57,7 @@ def parse(raw: str | bytes) -> Parsed:
     if body.get("v") != PAYLOAD_VERSION:
         return _wide(table, op, ts_us, "unknown_version")
     if body.get("all") is True:
-        return _wide(table, op, ts_us, None if op != "?" else "bad_op")
+        return _wide(table, op, ts_us, None if op != "?" else "bad_op", body.get("why"))
     columns, rows = body.get("c"), body.get("r")
     if (
         op == "?"

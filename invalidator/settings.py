@@ -54,6 +54,9 @@ class Settings(CommonSettings):
     # Hot entries (sampled by the API) re-warmed after they are invalidated.
     warm_top: int = Field(default=100, ge=0, le=100_000)
     hot_refresh_s: float = Field(default=1.0, gt=0, le=60)
+    # How often the active one checks pgbust.capture_status (from its lock connection): a table
+    # that is not captured is flushed at every check, a changed capture once.
+    capture_check_s: float = Field(default=1.0, gt=0, le=60)
     # Longest pause between two attempts while Redis is unreachable. Short: a refused connection
     # costs nothing, and a commit made after Redis is back but before the next attempt would
     # be served stale from the API's fresh fills until then.

@@ -99,9 +99,8 @@ def seeded(database_url: str) -> seed.Counts:
     return seed.seed(database_url, products=100, categories=5, replace=True)
 
 
-@pytest.fixture
-def stack_env(database_url: str, redis_server: RedisServer, namespace: str) -> dict[str, str]:
-    """Environment for project subprocesses of one test."""
+def project_env(database_url: str, redis_server: RedisServer, namespace: str) -> dict[str, str]:
+    """Environment for project subprocesses: this session's servers, a namespace of their own."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -116,6 +115,12 @@ def stack_env(database_url: str, redis_server: RedisServer, namespace: str) -> d
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+@pytest.fixture
+def stack_env(database_url: str, redis_server: RedisServer, namespace: str) -> dict[str, str]:
+    """Environment for project subprocesses of one test."""
+    return project_env(database_url, redis_server, namespace)
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
 -- Change capture: which tables are watched (pgbust.capture) and the functions that (re)create
--- their triggers. Re-applied by every `python -m db upgrade`, so everything here is idempotent.
+-- their triggers (what they must be: 12_capture_status.sql). Re-applied by every
+-- `python -m db upgrade`, so everything here is idempotent, and a re-run that finds every
+-- trigger in place changes nothing (no lock taken on the tables, no flush).
 --
 -- One statement = one notification (or a few chunks), never one per row: each watched table
 -- gets STATEMENT-level AFTER INSERT/UPDATE/DELETE triggers with transition tables, plus a
@@ -10,8 +12,27 @@
 --
 -- "r" holds the DISTINCT key columns of OLD and NEW rows alike (a product that moved category
 -- appears with both). Above max_rows rows, or when a chunk would not fit in NOTIFY's 8000-byte
--- limit, the trigger sends a table-wide event instead: it never raises, so it can never abort
--- the user's transaction. "ts" is clock_timestamp() when the statement's trigger ran.
+-- limit, the trigger sends a table-wide event instead: it never raises. "ts" is
+-- clock_timestamp() when the statement's trigger ran. "t" is the captured table's name, also
+-- for a change made straight in one of its partitions or inheritance children.
+--
+-- What else makes sure no committed change goes unannounced (invariant 10):
+-- * Members: the triggers are on the table AND on every partition and inheritance child, at
+--   any depth. A statement trigger fires only for the table a statement names, so a write
+--   straight into a partition or a child is announced by that member's own triggers.
+-- * session_replication_role = replica (logical replication apply workers, many ETL tools):
+--   ordinary (ENABLE ORIGIN) triggers do not fire then, and an apply worker fires ROW triggers
+--   only, never statement triggers. So every member also has one ROW trigger,
+--   pgbust_capture_replica, enabled REPLICA: it fires only in that mode (nothing on the normal
+--   path) and sends one notification per row, up to max_rows per table and transaction, then
+--   one table-wide event. The TRUNCATE trigger is enabled ALWAYS (an apply worker fires it).
+-- * DDL (15_capture_ddl.sql): event triggers flush on a rewrite, a partition attached,
+--   detached or dropped, re-enabled triggers, and put the triggers on new partitions.
+-- * pgbust.capture_status (12_capture_status.sql) says, per table, whether all of this is
+--   really in place, and why not; the invalidator checks it every PGBUST_CAPTURE_CHECK_S and
+--   flushes while it is not.
+--
+-- pgbust's own functions run with pgbust.internal = on, so the event triggers ignore them.
 
 CREATE TABLE IF NOT EXISTS pgbust.capture (
     relation    text PRIMARY KEY,  -- schema-qualified, e.g. public.products
@@ -19,6 +40,37 @@ CREATE TABLE IF NOT EXISTS pgbust.capture (
     max_rows    integer NOT NULL DEFAULT 1000 CHECK (max_rows > 0),
     channel     text NOT NULL DEFAULT 'pgbust_changes'
 );
+
+-- false after `python -m db triggers remove`: still declared, deliberately not captured (and
+-- reported so); `install` sets it back. Added without ALTER TABLE when it is already there.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                   WHERE attrelid = 'pgbust.capture'::regclass AND attname = 'active'
+                     AND NOT attisdropped) THEN
+        ALTER TABLE pgbust.capture ADD COLUMN active boolean NOT NULL DEFAULT true;
+    END IF;
+END
+$$;
+
+-- pgbust's own DDL (capture_table, capture_sync, uncapture_table) runs with the custom setting
+-- pgbust.internal = on, which the event triggers of 15_capture_ddl.sql ignore. Set and
+-- restored at run time (a function's SET clause on a custom setting needs a superuser); an
+-- error rolls it back with the (sub)transaction.
+CREATE OR REPLACE FUNCTION pgbust.internal_begin() RETURNS text
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    outer_value text := coalesce(current_setting('pgbust.internal', true), '');
+BEGIN
+    PERFORM set_config('pgbust.internal', 'on', true);
+    RETURN outer_value;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION pgbust.internal_end(outer_value text) RETURNS void
+LANGUAGE sql VOLATILE AS $$
+    SELECT set_config('pgbust.internal', outer_value, true)
+$$;
 
 CREATE OR REPLACE FUNCTION pgbust.capture_function_name(target regclass) RETURNS text
 LANGUAGE sql STABLE AS $$
@@ -28,42 +80,150 @@ LANGUAGE sql STABLE AS $$
     WHERE c.oid = target
 $$;
 
--- Remove the capture triggers of one table; forget = also drop its declaration.
-CREATE OR REPLACE FUNCTION pgbust.uncapture_table(target regclass, forget boolean DEFAULT false)
-RETURNS void LANGUAGE plpgsql AS $$
+-- The ROW trigger's function: another prefix, so no table's name can make the two collide.
+CREATE OR REPLACE FUNCTION pgbust.replica_function_name(target regclass) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format('pgbust.%I', left('replica_' || CASE WHEN n.nspname = 'public' THEN ''
+                                                       ELSE n.nspname || '_' END || c.relname, 63))
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = target
+$$;
+
+-- The table-wide event pgbust sends when rows may have changed without a row trigger (a DDL
+-- command, a capture (re)installed): the invalidator flushes. op "S" = schema.
+CREATE OR REPLACE FUNCTION pgbust.capture_notify_wide(relation text, why text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    op text;
+    decl pgbust.capture;
+    tbl text;
 BEGIN
-    FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'pgbust_capture_' || op, target);
-    END LOOP;
-    EXECUTE format('DROP FUNCTION IF EXISTS %s()', pgbust.capture_function_name(target));
-    IF forget THEN
-        DELETE FROM pgbust.capture
-        WHERE relation = (SELECT format('%s.%s', quote_ident(n.nspname), quote_ident(c.relname))
-                          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                          WHERE c.oid = target);
+    SELECT * INTO decl FROM pgbust.capture c WHERE c.relation = capture_notify_wide.relation;
+    IF decl.relation IS NULL THEN
+        RETURN;
     END IF;
+    tbl := coalesce((SELECT c.relname::text FROM pg_class c WHERE c.oid = to_regclass(relation)),
+                     (SELECT p[cardinality(p)] FROM parse_ident(relation) p));
+    PERFORM pg_notify(decl.channel,
+                      '{"v":1,"t":' || to_json(tbl)::text || ',"op":"S","ts":'
+                      || (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
+                      || ',"all":true,"why":' || to_json(left(why, 200))::text || '}');
 END
 $$;
 
--- Declare a table (which columns its cache keys depend on) and (re)create its triggers.
+-- Put the five triggers on every member of a captured table and take them off tables that are
+-- no longer members (a detached partition). repair = what `install` does: also re-create a
+-- trigger whose definition is not pgbust's and re-enable disabled ones. Otherwise (the event
+-- triggers) only what cannot be deliberate: triggers missing on a member (a new partition)
+-- and the ENABLE TRIGGER demotion (ENABLE TRIGGER ALL, as after pg_restore --disable-triggers,
+-- makes ALWAYS and REPLICA triggers plain ORIGIN ones); a DISABLE or ENABLE REPLICA stays, and
+-- capture_status reports it. Returns the number of changes.
+CREATE OR REPLACE FUNCTION pgbust.capture_sync(root regclass, repair boolean)
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    fn text := pgbust.capture_function_name(root);
+    row_fn text := pgbust.replica_function_name(root);
+    t record;
+    s record;
+    changes integer := 0;
+    outer_internal text := pgbust.internal_begin();
+BEGIN
+    -- parents first: a row trigger created on a partitioned table is cloned onto its partitions
+    FOR t IN SELECT * FROM pgbust.capture_triggers(root) ORDER BY depth, member::oid, name LOOP
+        CONTINUE WHEN t.relkind NOT IN ('r', 'p');
+        SELECT * INTO s FROM pgbust.capture_trigger_specs() sp WHERE sp.name = t.name;
+        IF t.tgoid IS NOT NULL AND NOT t.well_defined AND repair AND NOT t.clone THEN
+            EXECUTE format('DROP TRIGGER %I ON %s', t.name, t.member);
+            t.tgoid := NULL;
+        END IF;
+        IF t.tgoid IS NULL
+           AND NOT EXISTS (SELECT 1 FROM pg_trigger tg  -- cloned meanwhile from its parent?
+                           WHERE tg.tgrelid = t.member AND tg.tgname = t.name) THEN
+            EXECUTE format('CREATE TRIGGER %1$I ' || s.definition, t.name, t.member, fn, row_fn);
+            changes := changes + 1;
+        END IF;
+        SELECT tg.tgenabled INTO t.tgenabled FROM pg_trigger tg
+        WHERE tg.tgrelid = t.member AND tg.tgname = t.name;
+        IF NOT t.tgenabled = ANY (s.ok_states) AND (repair OR t.tgenabled = 'O') THEN
+            EXECUTE format('ALTER TABLE %s %s TRIGGER %I', t.member, s.enable, t.name);
+            changes := changes + 1;
+        END IF;
+    END LOOP;
+    FOR t IN
+        SELECT tg.tgrelid::regclass AS rel, tg.tgname
+        FROM pg_trigger tg
+        WHERE tg.tgfoid IN (to_regprocedure(fn || '()'), to_regprocedure(row_fn || '()'))
+          AND tg.tgparentid = 0
+          AND tg.tgrelid NOT IN (SELECT m.member FROM pgbust.capture_members(root) m)
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.rel);
+        changes := changes + 1;
+    END LOOP;
+    PERFORM pgbust.internal_end(outer_internal);
+    RETURN changes;
+END
+$$;
+
+-- Remove the capture triggers of one table (and of all its members); forget = also drop its
+-- declaration, else it stays declared but inactive (reported as not captured).
+CREATE OR REPLACE FUNCTION pgbust.uncapture_table(target regclass, forget boolean DEFAULT false)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel text;
+    fn text := pgbust.capture_function_name(target);
+    row_fn text := pgbust.replica_function_name(target);
+    t record;
+    outer_internal text := pgbust.internal_begin();
+BEGIN
+    SELECT format('%s.%s', quote_ident(n.nspname), quote_ident(c.relname)) INTO rel
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = target;
+    -- clones go with the trigger they were cloned from
+    FOR t IN
+        SELECT tg.tgrelid::regclass AS rel, tg.tgname
+        FROM pg_trigger tg
+        WHERE tg.tgparentid = 0
+          AND (tg.tgfoid IN (to_regprocedure(fn || '()'), to_regprocedure(row_fn || '()'))
+               OR (tg.tgname IN (SELECT s.name FROM pgbust.capture_trigger_specs() s)
+                   AND tg.tgrelid IN (SELECT m.member FROM pgbust.capture_members(target) m)))
+    LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', t.tgname, t.rel);
+    END LOOP;
+    EXECUTE format('DROP FUNCTION IF EXISTS %s()', fn);
+    EXECUTE format('DROP FUNCTION IF EXISTS %s()', row_fn);
+    IF forget THEN
+        DELETE FROM pgbust.capture c WHERE c.relation = rel;
+    ELSE
+        UPDATE pgbust.capture c SET active = false WHERE c.relation = rel;
+    END IF;
+    PERFORM pgbust.internal_end(outer_internal);
+END
+$$;
+
+-- Declare a table (which columns its cache keys depend on) and (re)create its triggers, on it
+-- and on every partition and inheritance child. Flushes (a table-wide event) when the table was
+-- not fully captured before: changes made meanwhile may not have been announced.
 CREATE OR REPLACE FUNCTION pgbust.capture_table(
     target regclass,
     key_columns text[],
     max_rows integer DEFAULT 1000,
     channel text DEFAULT 'pgbust_changes'
-) RETURNS void LANGUAGE plpgsql AS $$
+) RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    outer_internal text := pgbust.internal_begin();
     rel text;
+    name text;
     fn text;
+    row_fn text;
     missing text;
     cols text;        -- "id", "category_id"
-    header_c text;    -- ,"c":["id","category_id"]
+    new_cols text;    -- NEW."id", NEW."category_id"
+    old_cols text;    -- OLD."id", OLD."category_id"
+    header_c text;    -- ,"c":["id","category_id"],"r":
     chunk_rows integer;
-    body text;
+    counter text;     -- the replica trigger's per-transaction row counter (a custom setting)
+    was_captured boolean;
 BEGIN
-    SELECT format('%s.%s', quote_ident(n.nspname), quote_ident(c.relname)) INTO rel
+    SELECT format('%s.%s', quote_ident(n.nspname), quote_ident(c.relname)), c.relname
+    INTO rel, name
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = target;
 
     SELECT string_agg(k, ', ') INTO missing FROM unnest(key_columns) AS k
@@ -74,25 +234,35 @@ BEGIN
         RAISE EXCEPTION 'pgbust.capture_table(%): no such column(s): %', rel, missing;
     END IF;
 
-    INSERT INTO pgbust.capture AS c (relation, key_columns, max_rows, channel)
-    VALUES (rel, capture_table.key_columns, capture_table.max_rows, capture_table.channel)
+    was_captured := EXISTS (SELECT 1 FROM pgbust.capture c
+                            WHERE c.relation = rel AND c.active
+                              AND c.channel = capture_table.channel)
+                    AND cardinality(pgbust.capture_problems(rel)) = 0;
+
+    INSERT INTO pgbust.capture AS c (relation, key_columns, max_rows, channel, active)
+    VALUES (rel, capture_table.key_columns, capture_table.max_rows, capture_table.channel, true)
     ON CONFLICT ON CONSTRAINT capture_pkey DO UPDATE
         SET key_columns = EXCLUDED.key_columns, max_rows = EXCLUDED.max_rows,
-            channel = EXCLUDED.channel;
+            channel = EXCLUDED.channel, active = true;
 
     fn := pgbust.capture_function_name(target);
-    SELECT string_agg(format('%I', k), ', ' ORDER BY o) INTO cols
+    row_fn := pgbust.replica_function_name(target);
+    SELECT string_agg(format('%I', k), ', ' ORDER BY o),
+           string_agg(format('NEW.%I', k), ', ' ORDER BY o),
+           string_agg(format('OLD.%I', k), ', ' ORDER BY o)
+    INTO cols, new_cols, old_cols
     FROM unnest(key_columns) WITH ORDINALITY AS u(k, o);
     header_c := ',"c":' || to_json(key_columns)::text || ',"r":';
     -- Rows per notification so that even 20-digit values in every column stay under 8000 bytes.
     chunk_rows := greatest(1, 7700 / (cardinality(key_columns) * 22 + 3));
+    counter := 'pgbust.rows_' || left(md5(rel), 16);
 
-    body := format($body$
+    EXECUTE format($body$
 CREATE OR REPLACE FUNCTION %1$s() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 -- generated by pgbust.capture_table(); do not edit, re-run `python -m db upgrade`
 DECLARE
-    head text := '{"v":1,"t":' || to_json(TG_TABLE_NAME::text)::text || ',"op":"'
+    head text := '{"v":1,"t":' || %7$L || ',"op":"'
                  || left(TG_OP, 1) || '","ts":'
                  || (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
     n bigint;       -- rows the statement touched, counted up to max_rows + 1
@@ -148,29 +318,51 @@ BEGIN
     RETURN NULL;
 END
 $fn$;
-$body$, fn, channel, max_rows, header_c, cols, chunk_rows);
+$body$, fn, channel, max_rows, header_c, cols, chunk_rows, to_json(name)::text);
 
-    PERFORM pgbust.uncapture_table(target);
-    EXECUTE body;
-    EXECUTE format('CREATE TRIGGER pgbust_capture_insert AFTER INSERT ON %s'
-                   ' REFERENCING NEW TABLE AS pgbust_new'
-                   ' FOR EACH STATEMENT EXECUTE FUNCTION %s()', target, fn);
-    EXECUTE format('CREATE TRIGGER pgbust_capture_update AFTER UPDATE ON %s'
-                   ' REFERENCING OLD TABLE AS pgbust_old NEW TABLE AS pgbust_new'
-                   ' FOR EACH STATEMENT EXECUTE FUNCTION %s()', target, fn);
-    EXECUTE format('CREATE TRIGGER pgbust_capture_delete AFTER DELETE ON %s'
-                   ' REFERENCING OLD TABLE AS pgbust_old'
-                   ' FOR EACH STATEMENT EXECUTE FUNCTION %s()', target, fn);
-    EXECUTE format('CREATE TRIGGER pgbust_capture_truncate AFTER TRUNCATE ON %s'
-                   ' FOR EACH STATEMENT EXECUTE FUNCTION %s()', target, fn);
+    -- Only fires with session_replication_role = replica, where no statement trigger does in
+    -- an apply worker; so it must work with an empty search_path and never raise (an error
+    -- would stop the apply worker). Every identifier below is pg_catalog's or the row's.
+    EXECUTE format($body$
+CREATE OR REPLACE FUNCTION %1$s() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+-- generated by pgbust.capture_table(); do not edit, re-run `python -m db upgrade`
+DECLARE
+    n integer := coalesce(nullif(current_setting(%4$L, true), ''), '0')::integer + 1;
+    head text;
+    chunk text;
+BEGIN
+    PERFORM set_config(%4$L, n::text, true);  -- rows seen in this transaction
+    IF n > %3$s + 1 THEN
+        RETURN NULL;  -- the table-wide event is already on its way
+    END IF;
+    head := '{"v":1,"t":' || %8$L || ',"op":"' || left(TG_OP, 1) || '","ts":'
+            || (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+    IF n > %3$s THEN
+        PERFORM pg_notify(%2$L, head || ',"all":true,"n":' || n || '}');
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        chunk := '[' || json_build_array(%6$s)::text || ']';
+    ELSIF TG_OP = 'DELETE' OR ROW(%7$s) IS NOT DISTINCT FROM ROW(%6$s) THEN
+        chunk := '[' || json_build_array(%7$s)::text || ']';
+    ELSE
+        chunk := '[' || json_build_array(%7$s)::text || ',' || json_build_array(%6$s)::text || ']';
+    END IF;
+    chunk := head || %5$L || chunk || '}';
+    IF octet_length(chunk) > 7900 THEN
+        chunk := head || ',"all":true,"n":1}';
+    END IF;
+    PERFORM pg_notify(%2$L, chunk);
+    RETURN NULL;
+END
+$fn$;
+$body$, row_fn, channel, max_rows, counter, header_c, new_cols, old_cols, to_json(name)::text);
+
+    PERFORM pgbust.capture_sync(target, true);
+    IF NOT was_captured THEN
+        PERFORM pgbust.capture_notify_wide(rel, 'capture installed');
+    END IF;
+    PERFORM pgbust.internal_end(outer_internal);
 END
 $$;
-
--- Every declared table, and whether its four triggers are in place.
-CREATE OR REPLACE VIEW pgbust.capture_status AS
-SELECT c.relation, c.key_columns, c.max_rows, c.channel,
-       (SELECT count(*) FROM pg_trigger t
-        WHERE t.tgrelid = to_regclass(c.relation) AND t.tgname LIKE 'pgbust\_capture\_%'
-          AND t.tgenabled <> 'D')::integer AS triggers
-FROM pgbust.capture c
-ORDER BY c.relation;

@@ -11,7 +11,7 @@ import orjson
 import psycopg
 import pytest
 
-from db import capture
+from db import capture, migrate
 from db.seed import Counts
 
 CHANNEL = "pgbust_changes"
@@ -112,6 +112,8 @@ def test_keys_too_long_for_notify_degrade_to_table_wide_without_error(
     pg.execute("CREATE TABLE IF NOT EXISTS wide_keys (k text PRIMARY KEY)")
     pg.execute("SELECT pgbust.capture_table('wide_keys', ARRAY['k'])")
     try:
+        [installed] = received(listener)  # a new capture flushes: nothing was announced before
+        assert (installed["t"], installed["op"], installed["all"]) == ("wide_keys", "S", True)
         pg.execute("INSERT INTO wide_keys VALUES (repeat('x', 9000))")  # must not raise
         [event] = received(listener)
         assert event["t"] == "wide_keys" and event["all"] is True
@@ -126,21 +128,113 @@ def test_declaring_an_unknown_column_is_refused(pg: Conn) -> None:
 
 
 def test_cli_remove_status_install_round_trip(database_url: str, pg: Conn) -> None:
-    def db(*args: str) -> str:
+    def db(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "db", "triggers", *args, "--database-url", database_url],
-            check=True,
+            check=check,
             capture_output=True,
             text=True,
-        ).stdout
+        )
 
     try:
-        assert "public.products" in db("remove")
-        assert not any(s.installed for s in capture.status(pg))
-        assert "NOT installed" in db("status")
+        assert "public.products" in db("remove").stdout
+        assert not any(s.captured for s in capture.status(pg))
+        removed = db("status", check=False)
+        assert removed.returncode == 1
+        assert "public.products" in removed.stdout and "NOT captured: capture removed" in (
+            removed.stdout
+        )
     finally:
-        assert "public.products" in db("install")
-    assert {s.relation for s in capture.status(pg) if s.installed} == {
+        assert "public.products" in db("install").stdout
+    assert {s.relation for s in capture.status(pg) if s.captured} == {
         "public.products",
         "public.categories",
     }
+    assert db("status").returncode == 0
+
+
+def test_copy_from_is_captured_like_an_insert(seeded: Counts, pg: Conn, listener: Conn) -> None:
+    with (
+        pg.cursor() as cur,
+        cur.copy("COPY products (category_id, name, price_cents, stock) FROM STDIN") as copy,
+    ):
+        copy.write_row((3, "copied", 1, 1))
+        copy.write_row((4, "copied", 1, 1))
+    [event] = received(listener)
+    assert event["op"] == "I" and sorted(c for _, c in event["r"]) == [3, 4]
+
+
+def test_replica_role_writes_are_announced_row_by_row_up_to_max_rows(
+    seeded: Counts, database_url: str, listener: Conn
+) -> None:
+    # what an apply worker fires: row triggers only (here in an ordinary session)
+    with psycopg.connect(database_url) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("UPDATE products SET category_id = 5 WHERE id = 1")  # was category 2
+        conn.execute("DELETE FROM products WHERE id = 2")
+        conn.commit()
+    moved, deleted = received(listener)
+    assert (moved["op"], moved["r"]) == ("U", [[1, 2], [1, 5]])
+    assert (deleted["op"], deleted["r"]) == ("D", [[2, 3]])
+    with psycopg.connect(database_url) as conn:  # over max_rows in one transaction
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("SELECT pgbust.capture_table('products', ARRAY['id', 'category_id'], 10)")
+        received(listener)
+        conn.execute("UPDATE products SET stock = stock + 1 WHERE id <= 30")
+        conn.commit()
+    try:
+        events = received(listener)
+        assert len(events) == 11 and all("r" in e for e in events[:10])
+        assert events[10]["all"] is True and events[10]["n"] == 11
+    finally:
+        pg_default = "SELECT pgbust.capture_table('products', ARRAY['id', 'category_id'])"
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(pg_default)
+
+
+def test_upgrade_again_touches_no_trigger_and_announces_nothing(
+    database_url: str, pg: Conn, listener: Conn
+) -> None:
+    query = "SELECT relation, fingerprint FROM pgbust.capture_status ORDER BY 1"
+    before = pg.execute(query).fetchall()
+    migrate.upgrade(database_url)
+    assert pg.execute(query).fetchall() == before  # no trigger re-created or re-enabled
+    assert received(listener, timeout=0.3) == []
+
+
+def test_enable_trigger_demotion_is_undone_by_the_ddl_event_trigger(pg: Conn) -> None:
+    # ENABLE TRIGGER [ALL] (as pg_restore --disable-triggers ends) makes them plain ORIGIN ones
+    pg.execute("ALTER TABLE products ENABLE TRIGGER ALL")
+    states: dict[str, str] = dict(
+        pg.execute(
+            "SELECT tgname, tgenabled FROM pg_trigger"
+            " WHERE tgrelid = 'products'::regclass AND tgname LIKE 'pgbust%'"
+        ).fetchall()
+    )
+    assert states == {
+        "pgbust_capture_insert": "O",
+        "pgbust_capture_update": "O",
+        "pgbust_capture_delete": "O",
+        "pgbust_capture_truncate": "A",
+        "pgbust_capture_replica": "R",
+    }
+
+
+def test_status_says_which_member_lacks_what(pg: Conn) -> None:
+    try:
+        pg.execute("ALTER EVENT TRIGGER pgbust_capture_ddl DISABLE")  # it would undo these
+        pg.execute("ALTER TABLE products ENABLE TRIGGER pgbust_capture_truncate")  # ORIGIN only
+        pg.execute("ALTER TABLE products DISABLE TRIGGER pgbust_capture_replica")
+        [products] = [s for s in capture.status(pg) if s.relation == "public.products"]
+        assert not products.captured and products.triggers == 3
+        assert products.problems == [
+            "public.products: replica trigger disabled (ALTER TABLE ... DISABLE TRIGGER); "
+            "truncate trigger fires for origin writes only (ENABLE TRIGGER, e.g. after "
+            "pg_restore --disable-triggers): replica-role writes (logical replication, "
+            "session_replication_role = replica) are missed"
+        ]
+        assert products.ddl_problem is not None
+    finally:
+        pg.execute("ALTER EVENT TRIGGER pgbust_capture_ddl ENABLE ALWAYS")
+        capture.install(pg)
+    assert all(s.captured and s.ddl_problem is None for s in capture.status(pg))

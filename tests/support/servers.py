@@ -125,6 +125,12 @@ class PostgresCluster:
     def init(self) -> None:
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
 
+    def configure(self, **settings: str | int) -> None:
+        """Server settings for the next start (appended to postgresql.conf)."""
+        with (self.data / "postgresql.conf").open("a") as conf:
+            for name, value in settings.items():
+                conf.write(f"{name} = '{value}'\n")
+
     def start(self) -> None:
         self._run(
             "pg_ctl",
