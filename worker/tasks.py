@@ -17,6 +17,7 @@ import psycopg
 import redis
 from celery.signals import task_prerun, worker_init
 
+from pgbust.cli import fail
 from pgbust.keys import Keyspace
 from pgbust.protocol import Targets
 from pgbust.redis_cache import RedisCache
@@ -182,6 +183,23 @@ def decay_hot() -> None:
 def _on_worker_init(handler: F) -> F:
     worker_init.connect(handler)
     return handler
+
+
+@_on_worker_init
+def _consume_the_pgbust_queue(sender: Any = None, **_: Any) -> None:
+    """`celery worker -Q other` would wait on a queue nobody sends to: pgbust sends every task
+    to PGBUST_QUEUE, so that is the setting to change, and -Q must include it."""
+    queues = getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", None)
+    if queues is None:
+        return
+    consumed = set(queues.consume_from or {})
+    if settings.task_queue not in consumed:
+        fail(
+            "worker",
+            f"invalid setting PGBUST_QUEUE: tasks are sent to {settings.task_queue!r} but this "
+            f"worker consumes only {sorted(consumed)} (-Q): set PGBUST_QUEUE instead of -Q",
+            2,
+        )
 
 
 @_on_worker_init
