@@ -77,12 +77,14 @@ class StaleRead:
     staleness_ms: float  # since the first newer version was acknowledged
     writer: str  # who wrote that version: api or oob
     outdated_at: tuple[str, ...]  # marks before which that version was already acknowledged
+    after_mark: str = ""  # the latest mark before the read, and how long before it
 
     def __str__(self) -> str:
         return (
             f"product {self.product_id} v{self.version} < v{self.newest_acked} from "
             f"{self.instance} ({self.tier}), {self.staleness_ms:.1f} ms after a {self.writer} "
-            f"write; outdated at {list(self.outdated_at) or 'no mark'}"
+            f"write, {self.after_mark or 'before any mark'}; "
+            f"outdated at {list(self.outdated_at) or 'no mark'}"
         )
 
 
@@ -120,6 +122,11 @@ class ReadJudge:
         outdated_at = tuple(label for label, at in self._marks if outdated_since < at <= sent_at)
         for label in set(outdated_at):
             stats.stale_outdated_at[label] += 1
+        earlier = [(at, label) for label, at in self._marks if at <= sent_at]
+        after_mark = ""
+        if earlier:
+            at, label = max(earlier)
+            after_mark = f"sent {(sent_at - at) * 1000:.0f} ms after {label!r}"
         stale = StaleRead(
             sent_at,
             base,
@@ -130,6 +137,7 @@ class ReadJudge:
             round(verdict.staleness_s * 1000, 3),
             verdict.cause,
             outdated_at,
+            after_mark,
         )
         if len(stats.stale_samples) < 1000:
             stats.stale_samples.append(stale)
