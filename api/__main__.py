@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 from types import FrameType
 
@@ -11,7 +12,7 @@ import uvicorn
 from api.settings import Settings
 from pgbust.checks import require_postgres, require_redis
 from pgbust.cli import run_guarded, setup_logging
-from pgbust.settings import load_settings
+from pgbust.settings import load_settings, settings_environment
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
         require_postgres(settings.database_url)
         if settings.cache_mode != "off":
             require_redis(settings.redis_url)
+        # uvicorn's worker processes build the app from the environment (create_app): write
+        # this command's settings, flags included, into it so they build the same settings
+        os.environ.update(settings_environment(settings))
         # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler it
         # found installed: make that one a clean exit 0.
         signal.signal(signal.SIGTERM, _exit_cleanly)

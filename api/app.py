@@ -8,18 +8,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import psycopg
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from prometheus_client import Histogram
-from psycopg_pool import PoolTimeout
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import errors
 from api.cache import AfterLoadHook
 from api.fastpath import L1FastPath
 from api.l1 import L1Cache
 from api.metrics import Metrics
-from api.routes import router
+from api.routes import router, write_router
 from api.runtime import Runtime
 from api.settings import Settings
 from pgbust.settings import load_settings
@@ -84,9 +82,8 @@ def create_app(
     )
     app.state.settings = settings
     app.include_router(router)
-    app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
-    app.add_exception_handler(PoolTimeout, _database_unavailable)
-    app.add_exception_handler(Exception, _internal_error)
+    app.include_router(write_router)
+    errors.install(app, [*router.routes, *write_router.routes])
     app.add_middleware(L1FastPath, lookup=_l1_lookup)
     app.add_middleware(LatencyMiddleware, histogram=metrics.request_latency)
     return app
@@ -100,13 +97,3 @@ def _l1_lookup(scope: Scope, entry: str) -> bytes | None:
     if payload is not None:
         runtime.sample_read(entry)
     return payload
-
-
-async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("database unavailable: %s", exc)
-    return JSONResponse({"detail": "database unavailable, retry later"}, 503)
-
-
-async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse({"detail": "internal error"}, 500)

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.models import MAX_BIGINT, MAX_OFFSET, MAX_PAGE
+from api.models import MAX_ID, MAX_OFFSET, MAX_PAGE
 from pgbust.keys import category_page_entry, category_summary_entry, product_entry
 
 _ID = r"([1-9][0-9]{0,18})"
@@ -67,16 +67,16 @@ def entry_of(path: str, query: bytes) -> tuple[str, _Route] | None:
     """The cache entry a canonical read path asks for, or None (let FastAPI decide)."""
     if match := _PRODUCT.fullmatch(path):
         key = int(match[1])
-        return (product_entry(key), _PRODUCT_ROUTE) if key <= MAX_BIGINT and not query else None
+        return (product_entry(key), _PRODUCT_ROUTE) if key <= MAX_ID and not query else None
     if match := _SUMMARY.fullmatch(path):
         key = int(match[1])
-        if key <= MAX_BIGINT and not query:
+        if key <= MAX_ID and not query:
             return category_summary_entry(key), _SUMMARY_ROUTE
         return None
     if match := _PAGE.fullmatch(path):
         key = int(match[1])
         page = _page_params(query)
-        if key <= MAX_BIGINT and page is not None:
+        if key <= MAX_ID and page is not None:
             return category_page_entry(key, *page), _PAGE_ROUTE
     return None
 

@@ -21,6 +21,7 @@ from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 from redis.exceptions import RedisError
 
+from api.errors import RefusedByDatabase
 from api.models import ProductCreate, ProductPatch
 from api.runtime import Runtime
 from db.queries import query
@@ -41,14 +42,13 @@ async def _returning(runtime: Runtime, name: str, params: dict[str, Any]) -> dic
             await cur.execute(query(name), params)
             return await cur.fetchone()
     except pg_errors.ForeignKeyViolation:
+        # a well-formed body that names a category that is not there: the state, not the
+        # request, is in the way (409, like a 404 of the referenced resource)
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"category_id {params.get('category_id')} does not exist",
+            status.HTTP_409_CONFLICT, f"category_id {params.get('category_id')} does not exist"
         ) from None
-    except pg_errors.CheckViolation as exc:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc.diag.message_primary)
-        ) from None
+    except (pg_errors.CheckViolation, pg_errors.DataError) as exc:
+        raise RefusedByDatabase(str(exc.diag.message_primary or type(exc).__name__)) from None
 
 
 async def create_product(runtime: Runtime, body: ProductCreate) -> bytes:

@@ -1,4 +1,5 @@
-"""python -m invalidator [--metrics-port P]: run the change-capture invalidator daemon."""
+"""python -m invalidator [--metrics-port P] [--database-url URL] [--redis-url URL]
+[--celery-broker-url URL]: run the change-capture invalidator daemon."""
 
 from __future__ import annotations
 
@@ -22,7 +23,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="port of /healthz and /metrics (overrides PGBUST_INVALIDATOR_METRICS_PORT, 9108)",
     )
     parser.add_argument("--database-url", default=None, help="overrides DATABASE_URL")
-    parser.add_argument("--redis-url", default=None, help="overrides REDIS_URL")
+    parser.add_argument(
+        "--redis-url", default=None, help="overrides REDIS_URL (and the broker derived from it)"
+    )
+    parser.add_argument(
+        "--celery-broker-url", default=None, help="overrides CELERY_BROKER_URL (worker tasks)"
+    )
     return parser.parse_args(argv)
 
 
@@ -43,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
             metrics_port=args.metrics_port,
             database_url=args.database_url,
             redis_url=args.redis_url,
+            celery_broker_url=args.celery_broker_url,
         )
         setup_logging(settings.log_level, "invalidator")
         require_postgres(settings.database_url)

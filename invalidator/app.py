@@ -20,7 +20,7 @@ from invalidator.payload import parse
 from invalidator.server import HealthServer
 from invalidator.settings import Settings
 from invalidator.sink import AppliedHook, Sink
-from invalidator.tasks import Tasks
+from invalidator.tasks import SenderFactory, Tasks, worker_sender
 from pgbust import redis_policy
 from pgbust.errors import StartupError
 from pgbust.keys import Keyspace
@@ -40,6 +40,7 @@ class Invalidator:
         metrics: Metrics | None = None,
         on_applied: AppliedHook | None = None,
         serve_http: bool = True,
+        make_sender: SenderFactory | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -48,7 +49,9 @@ class Invalidator:
             settings.redis_url, self.keyspace, "cdc", socket_connect_timeout=2, socket_timeout=5
         )
         self.cache = RedisCache(self.redis, self.keyspace)
-        self.tasks = Tasks(self.metrics)
+        # the worker tasks go where this object's settings say (flags included), never
+        # where the environment would: make_sender replaces the sender in tests
+        self.tasks = Tasks(self.metrics, make_sender or worker_sender(settings))
         self.hot = HotEntries(self.redis, self.keyspace, settings.warm_top)
         self.sink = Sink(
             self.cache,

@@ -6,7 +6,7 @@ import hashlib
 
 from pydantic import AliasChoices, Field
 
-from pgbust.settings import CommonSettings
+from pgbust.settings import TaskQueueSettings
 
 
 def default_lock_id(namespace: str) -> int:
@@ -16,8 +16,9 @@ def default_lock_id(namespace: str) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
-class Settings(CommonSettings):
-    """PGBUST_* environment variables; `--metrics-port` overrides the port."""
+class Settings(TaskQueueSettings):
+    """PGBUST_* environment variables (and CELERY_BROKER_URL / PGBUST_QUEUE, where the worker
+    tasks go); the command's flags override them."""
 
     # Postgres NOTIFY channel; must match pgbust.capture.channel (db/triggers/).
     channel: str = Field(default="pgbust_changes", pattern=r"^[a-z_][a-z0-9_]{0,62}$")

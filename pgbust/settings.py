@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import re
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pgbust.errors import ConfigError
 
 _NAMESPACE_RE = r"^[A-Za-z0-9_.-]{1,64}$"
+_BROKER_SCHEMES = r"^(redis|rediss|redis\+socket|amqp|amqps|pyamqp|memory)://"
 
 
 def redact_url(url: str) -> str:
@@ -77,6 +78,51 @@ class CommonSettings(BaseSettings):
         return "postgresql+psycopg://" + self.database_url.removeprefix("postgresql://")
 
 
+def broker_from_redis_url(redis_url: str, db: int = 1) -> str:
+    """The default broker: the cache's Redis server, but a database of its own (db 1)."""
+    parts = urlsplit(redis_url)
+    if parts.scheme == "unix":  # kombu spells a socket redis+socket:// with virtual_host=db
+        query = {k: v for k, v in parse_qsl(parts.query) if k != "db"}
+        query["virtual_host"] = str(db)
+        return f"redis+socket://{parts.path}?{urlencode(query)}"
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+class TaskQueueSettings(CommonSettings):
+    """Where the Celery tasks go: what the workers and every process that sends them share.
+
+    The broker is derived from *this object's* redis_url when CELERY_BROKER_URL is empty, so a
+    process given another Redis (a flag) sends its tasks to that deployment's broker."""
+
+    celery_broker_url: str = Field(
+        default="",
+        validation_alias=AliasChoices("CELERY_BROKER_URL", "celery_broker_url"),
+        description="Celery broker; empty = REDIS_URL's server, database 1",
+    )
+    queue: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9_.:-]{0,128}$",
+        description="task queue; empty = '<namespace>.worker' so namespaces never share one",
+    )
+
+    @field_validator("celery_broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str) -> str:
+        if value and not re.match(_BROKER_SCHEMES, value):
+            raise ValueError(
+                "must start with redis://, rediss://, redis+socket://, amqp:// or pyamqp://"
+            )
+        return value
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or broker_from_redis_url(self.redis_url)
+
+    @property
+    def task_queue(self) -> str:
+        return self.queue or f"{self.namespace}.worker"
+
+
 def env_name(settings_cls: type[BaseSettings], field: str) -> str:
     """The environment variable a user sets for a field (the loc of a validation error)."""
     for name, info in settings_cls.model_fields.items():
@@ -89,6 +135,24 @@ def env_name(settings_cls: type[BaseSettings], field: str) -> str:
             break
     prefix = str(settings_cls.model_config.get("env_prefix", ""))
     return f"{prefix}{field}".upper()
+
+
+def settings_environment(settings: BaseSettings) -> dict[str, str]:
+    """The environment that makes `load_settings` build this very object again.
+
+    For the processes a command starts itself (uvicorn's workers): they can only read the
+    environment, so the command's settings, flags included, are written into theirs."""
+    env = {}
+    for field in type(settings).model_fields:
+        value = getattr(settings, field)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[env_name(type(settings), field)] = str(value)
+    return env
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -18,7 +18,7 @@ from pgbust.checks import require_postgres, require_redis
 from pgbust.cli import run_guarded, setup_logging
 from pgbust.redis_cache import RedisCache
 from pgbust.settings import load_settings
-from worker.audit import AuditReport
+from worker.audit import AuditReport, run_and_record
 from worker.runtime import runtime
 from worker.settings import Settings
 
@@ -35,15 +35,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _audit(settings: Settings, sample: int, as_json: bool) -> None:
-    from worker import tasks  # the app and its tasks: the same code path as a beat run
+    """The same code path as a beat run (audit.run_and_record), on this command's settings."""
 
     async def job(cache: RedisCache, conn: psycopg.AsyncConnection[Any]) -> AuditReport:
-        return await tasks.run_audit(cache, conn, sample, settings.audit_grace_ms)
+        return await run_and_record(cache, conn, sample, settings.audit_grace_ms)
 
+    bridge = runtime(settings)
     try:
-        report = tasks.run_with_cache_and_db(job)
+        report = bridge.run_with_db(job)
     finally:
-        runtime(settings).close()
+        bridge.close()
     if as_json:
         print(orjson.dumps(report.as_dict()).decode())
         return

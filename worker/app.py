@@ -16,6 +16,7 @@ from celery import Celery
 from pgbust.cli import fail
 from pgbust.errors import ConfigError
 from pgbust.settings import load_settings
+from worker.client import sender_config
 from worker.settings import Settings
 
 TASK_NAMES = (
@@ -29,28 +30,21 @@ TASK_NAMES = (
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    return {
-        "broker_url": settings.broker_url,
-        "broker_connection_retry_on_startup": True,
-        "broker_connection_timeout": 3,
-        "broker_transport_options": {
+    config = sender_config(settings)
+    config["broker_transport_options"].update(
+        {
             "visibility_timeout": settings.visibility_timeout_s,
             # look for abandoned (killed worker) messages often enough for that timeout
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 2)),
             "unacked_restore_throttle": 1,
-            "socket_connect_timeout": 3,
-            "socket_timeout": 10,
-        },
-        "task_default_queue": settings.task_queue,
-        "task_default_exchange": settings.task_queue,
-        "task_default_routing_key": settings.task_queue,
+        }
+    )
+    return config | {
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_ignore_result": True,
         "result_backend": None,
         "worker_prefetch_multiplier": 1,
-        "task_serializer": "json",
-        "accept_content": ["json"],
         "timezone": "UTC",
         "enable_utc": True,
         "worker_hijack_root_logger": True,

@@ -19,6 +19,7 @@ from psycopg import AsyncConnection
 from api.loaders import UnknownEntry, load_entry
 from pgbust.protocol import Invalidation, Targets
 from pgbust.redis_cache import RedisCache
+from worker import stats
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +129,20 @@ async def audit(
         duration_ms=round((time.perf_counter() - started) * 1000, 3),
         at=time.time(),
     )
+
+
+async def run_and_record(
+    cache: RedisCache, conn: AsyncConnection[Any], sample: int, grace_ms: int
+) -> AuditReport:
+    """One audit, recorded (counters, last report in Redis) and logged: tasks and CLI share it."""
+    report = await audit(cache, conn, sample, grace_ms)
+    await stats.save_audit(cache.client, cache.keyspace, report.as_dict())
+    await stats.count(
+        cache.client,
+        cache.keyspace,
+        audits=1,
+        audit_checked=report.checked,
+        audit_stale=report.stale,
+    )
+    log.log(logging.WARNING if report.stale else logging.INFO, "%s", report.line())
+    return report

@@ -1,9 +1,9 @@
 """Enqueue worker tasks by name (no task module is imported): what the invalidator calls.
 
-Every function is synchronous and raises nothing but EnqueueError (the broker is unreachable
-or refused the message). Async callers use `await asyncio.to_thread(enqueue_...)`.
-The module functions use the settings of the environment; TaskSender(settings) sends with
-other settings (another namespace or broker, as tests do).
+A TaskSender is built from the sending process's own settings object (its broker and queue,
+flags included), never from the environment behind its back. Every method is synchronous
+and raises nothing but EnqueueError (the broker is unreachable or refused the message);
+async callers use `await asyncio.to_thread(sender.<method>, ...)`.
 """
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from functools import cache
 from typing import Any
 
 from celery import Celery
 
-from pgbust.errors import ConfigError, PgbustError
-from worker.settings import Settings
+from pgbust.errors import PgbustError
+from pgbust.settings import TaskQueueSettings
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +39,9 @@ class TaskSender:
     configuration, so the connection is opened explicitly; one lock makes it thread-safe.)
     """
 
-    def __init__(self, settings: Settings, celery_app: Celery | None = None) -> None:
-        from worker.app import create_app
-
+    def __init__(self, settings: TaskQueueSettings, celery_app: Celery | None = None) -> None:
         self.settings = settings
-        self.app = celery_app if celery_app is not None else create_app(settings)
+        self.app = celery_app if celery_app is not None else sender_app(settings)
         self._connection = self.app.connection_for_write(settings.broker_url)
         self._lock = threading.Lock()
 
@@ -87,48 +84,31 @@ class TaskSender:
             self.send("pgbust.warm", entries=sorted(set(entries)))
 
     def audit(self, sample: int | None = None) -> None:
-        self.send("pgbust.audit", sample=sample or self.settings.audit_sample)
+        """None: the worker's PGBUST_AUDIT_SAMPLE."""
+        self.send("pgbust.audit", sample=sample)
 
     def close(self) -> None:
         self._connection.release()
         self.app.close()
 
 
-@cache
-def _default_sender() -> TaskSender:
-    from worker.app import app, settings  # loads the settings of the environment
-
-    return TaskSender(settings, app)
-
-
-def default_sender() -> TaskSender:
-    """The sender with the environment's settings (a bad setting is an EnqueueError)."""
-    try:
-        return _default_sender()
-    except ConfigError as exc:
-        raise EnqueueError(str(exc)) from None
-
-
-def enqueue_retry_invalidation(keys: list[str], tags: list[str], flush: bool, reason: str) -> None:
-    """Invalidate these targets once Redis answers again, then bump the namespace epoch."""
-    default_sender().retry_invalidation(keys, tags, flush, reason)
+def sender_config(settings: TaskQueueSettings) -> dict[str, Any]:
+    """What sending a task needs: the broker and the queue, both from these settings."""
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 3,
+        "broker_transport_options": {"socket_connect_timeout": 3, "socket_timeout": 10},
+        "task_default_queue": settings.task_queue,
+        "task_default_exchange": settings.task_queue,
+        "task_default_routing_key": settings.task_queue,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+    }
 
 
-def enqueue_garbage(keys: list[str]) -> None:
-    """UNLINK the members of renamed tag member sets (InvalidateResult.garbage) in chunks."""
-    default_sender().garbage(keys)
-
-
-def enqueue_purge(reason: str) -> None:
-    """SCAN the namespace and UNLINK values killed by an epoch bump, in chunks."""
-    default_sender().purge(reason)
-
-
-def enqueue_warm(entries: list[str]) -> None:
-    """Recompute these (hot, just invalidated) entries through the fill guard."""
-    default_sender().warm(entries)
-
-
-def enqueue_audit(sample: int | None = None) -> None:
-    """Run one consistency audit now (beat schedules it every PGBUST_AUDIT_INTERVAL_S)."""
-    default_sender().audit(sample)
+def sender_app(settings: TaskQueueSettings) -> Celery:
+    """A Celery app that only sends (no task is imported): broker and queue of `settings`."""
+    app = Celery("pgbust-sender", set_as_current=False)
+    app.conf.update(sender_config(settings))
+    return app

@@ -2,39 +2,16 @@
 
 from __future__ import annotations
 
-import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from pydantic import Field
 
-from pydantic import AliasChoices, Field, field_validator
+from pgbust.settings import TaskQueueSettings, broker_from_redis_url
 
-from pgbust.settings import CommonSettings
-
-_BROKER_SCHEMES = r"^(redis|rediss|redis\+socket|amqp|amqps|pyamqp|memory)://"
+__all__ = ["Settings", "broker_from_redis_url"]
 
 
-def broker_from_redis_url(redis_url: str, db: int = 1) -> str:
-    """The default broker: the cache's Redis server, but a database of its own (db 1)."""
-    parts = urlsplit(redis_url)
-    if parts.scheme == "unix":  # kombu spells a socket redis+socket:// with virtual_host=db
-        query = {k: v for k, v in parse_qsl(parts.query) if k != "db"}
-        query["virtual_host"] = str(db)
-        return f"redis+socket://{parts.path}?{urlencode(query)}"
-    return urlunsplit(parts._replace(path=f"/{db}"))
-
-
-class Settings(CommonSettings):
+class Settings(TaskQueueSettings):
     """Env: CELERY_BROKER_URL and PGBUST_<NAME> for every other field (see README, Workers)."""
 
-    celery_broker_url: str = Field(
-        default="",
-        validation_alias=AliasChoices("CELERY_BROKER_URL", "celery_broker_url"),
-        description="Celery broker; empty = REDIS_URL's server, database 1",
-    )
-    queue: str = Field(
-        default="",
-        pattern=r"^[A-Za-z0-9_.:-]{0,128}$",
-        description="task queue; empty = '<namespace>.worker' so namespaces never share one",
-    )
     visibility_timeout_s: int = Field(
         default=600,
         ge=1,
@@ -54,20 +31,3 @@ class Settings(CommonSettings):
         default="",
         description="fault injection for tests: block every task until this Redis key exists",
     )
-
-    @field_validator("celery_broker_url")
-    @classmethod
-    def _check_broker_url(cls, value: str) -> str:
-        if value and not re.match(_BROKER_SCHEMES, value):
-            raise ValueError(
-                "must start with redis://, rediss://, redis+socket://, amqp:// or pyamqp://"
-            )
-        return value
-
-    @property
-    def broker_url(self) -> str:
-        return self.celery_broker_url or broker_from_redis_url(self.redis_url)
-
-    @property
-    def task_queue(self) -> str:
-        return self.queue or f"{self.namespace}.worker"

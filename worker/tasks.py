@@ -8,6 +8,7 @@ acknowledged late and idempotent: a redelivered task simply does the remaining w
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -17,13 +18,15 @@ import redis
 from celery.signals import task_prerun, worker_init
 
 from pgbust import redis_policy
+from pgbust.cli import fail
 from pgbust.errors import StartupError
 from pgbust.keys import Keyspace
 from pgbust.protocol import Targets
 from pgbust.redis_cache import RedisCache
 from worker import audit as audit_job
-from worker import client, jobs, stats
+from worker import jobs, stats
 from worker.app import app, settings
+from worker.client import TaskSender
 from worker.runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,19 @@ REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
 
 def _keyspace() -> Keyspace:
     return Keyspace(settings.namespace)
+
+
+_senders: dict[int, TaskSender] = {}
+
+
+def _sender() -> TaskSender:
+    """The follow-up tasks' sender: this worker's own settings and app (its broker, flags
+    included: `celery -b` is exported before the app is imported), one per pool process."""
+    pid = os.getpid()
+    sender = _senders.get(pid)
+    if sender is None:
+        sender = _senders[pid] = TaskSender(settings, app)
+    return sender
 
 
 def run_with_cache(job: Callable[[RedisCache], Awaitable[T]]) -> T:
@@ -98,7 +114,7 @@ def retry_invalidation(
         outcome.epoch_bumped,
     )
     if outcome.epoch_bumped:
-        client.enqueue_purge(f"after retry: {reason}")
+        _sender().purge(f"after retry: {reason}")
 
 
 @_task(name="pgbust.collect_garbage")
@@ -153,28 +169,11 @@ def warm(entries: list[str]) -> None:
 @_task(name="pgbust.audit")
 def audit(sample: int | None = None) -> dict[str, Any]:
     report = run_with_cache_and_db(
-        lambda cache, conn: run_audit(
+        lambda cache, conn: audit_job.run_and_record(
             cache, conn, sample or settings.audit_sample, settings.audit_grace_ms
         )
     )
     return report.as_dict()
-
-
-async def run_audit(
-    cache: RedisCache, conn: psycopg.AsyncConnection[Any], sample: int, grace_ms: int
-) -> audit_job.AuditReport:
-    """One audit, recorded (counters, last report in Redis) and logged: tasks and CLI share it."""
-    report = await audit_job.audit(cache, conn, sample, grace_ms)
-    await stats.save_audit(cache.client, cache.keyspace, report.as_dict())
-    await stats.count(
-        cache.client,
-        cache.keyspace,
-        audits=1,
-        audit_checked=report.checked,
-        audit_stale=report.stale,
-    )
-    log.log(logging.WARNING if report.stale else logging.INFO, "%s", report.line())
-    return report
 
 
 @_task(name="pgbust.decay_hot")
@@ -203,6 +202,23 @@ def _check_redis(**_: Any) -> None:
         log.warning("cannot read the Redis settings of REDIS_URL at start: %s", exc)
     finally:
         client.close()
+
+
+@_on_worker_init
+def _consume_the_pgbust_queue(sender: Any = None, **_: Any) -> None:
+    """`celery worker -Q other` would wait on a queue nobody sends to: pgbust sends every task
+    to PGBUST_QUEUE, so that is the setting to change, and -Q must include it."""
+    queues = getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", None)
+    if queues is None:
+        return
+    consumed = set(queues.consume_from or {})
+    if settings.task_queue not in consumed:
+        fail(
+            "worker",
+            f"invalid setting PGBUST_QUEUE: tasks are sent to {settings.task_queue!r} but this "
+            f"worker consumes only {sorted(consumed)} (-Q): set PGBUST_QUEUE instead of -Q",
+            2,
+        )
 
 
 @_on_worker_init

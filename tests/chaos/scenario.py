@@ -69,6 +69,9 @@ def run_scenario(
     record.stale_reads_during_fault = stats.stale_reads_during_fault
     record.stale_reads_total = stats.stale_reads
     record.stale_reads_by_tier = dict(stats.stale_by_tier)
+    record.max_staleness_ms = round(stats.max_staleness_ms, 3)
+    record.stale_reads_outdated_at_mark = dict(stats.stale_outdated_at)
+    record.stale_read_samples = [str(sample) for sample in stats.stale_samples[:20]]
     record.read_errors, record.write_errors = stats.read_errors, stats.write_errors
     record.error_statuses = {str(k): v for k, v in stats.error_statuses.items()}
     record.leaked_internals = stats.leaked_internals

@@ -52,6 +52,10 @@ class ScenarioRecord:
     stale_reads_during_fault: int = 0
     stale_reads_total: int = 0
     stale_reads_by_tier: dict[str, int] = field(default_factory=dict)  # X-Cache of stale reads
+    max_staleness_ms: float = 0.0  # of the stale reads: since the newer version's ack
+    # per load.mark(): reads after the mark that returned a version outdated before it
+    stale_reads_outdated_at_mark: dict[str, int] = field(default_factory=dict)
+    stale_read_samples: list[str] = field(default_factory=list)  # the first 20, for diagnosis
     read_errors: int = 0
     write_errors: int = 0
     error_statuses: dict[str, int] = field(default_factory=dict)

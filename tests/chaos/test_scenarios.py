@@ -121,6 +121,9 @@ def test_postgres_restart(
 # --- 4. stop Redis under load, start it again (empty, or from an older snapshot) ---
 
 
+REDIS_BACK = "redis back"
+
+
 def _redis_outage(*, from_snapshot: bool) -> Inject:
     def inject(stack: ChaosStack, load: LoadDriver, plan: Plan) -> int:
         for _ in range(plan.repeats):
@@ -129,6 +132,7 @@ def _redis_outage(*, from_snapshot: bool) -> Inject:
                 load.wait_for_writes(20)  # the snapshot now holds entries that are stale
             stack.redis.stop(keep_snapshot=from_snapshot)
             time.sleep(plan.outage_s)  # the outage itself
+            load.mark(REDIS_BACK)  # before it can answer: nothing from before may be served
             stack.redis.start()
             load.wait_for_writes(5)
         return plan.repeats
@@ -136,11 +140,26 @@ def _redis_outage(*, from_snapshot: bool) -> Inject:
     return inject
 
 
+def _assert_nothing_from_before_the_restart_served(record: ScenarioRecord) -> None:
+    """Reads after Redis came back never return a version already superseded before it (an
+    entry of the old snapshot, an L1 copy that outlived the restart). A read stale by a few
+    ms behind a commit acknowledged *after* the restart is the asynchronous invalidation that
+    every scenario, and no fault at all, shows: README, Limits."""
+    outdated = record.stale_reads_outdated_at_mark.get(REDIS_BACK, 0)
+    assert outdated == 0, "\n".join(
+        [
+            f"{outdated} reads served a value outdated before Redis came back:",
+            *record.stale_read_samples,
+        ]
+    )
+
+
 def test_redis_restart_empty(
     stack: ChaosStack, chaos_results: list[ScenarioRecord], plan: Plan
 ) -> None:
     inject = _redis_outage(from_snapshot=False)
-    run_scenario(stack, chaos_results, "4a_redis_restart_empty", inject, plan)
+    record = run_scenario(stack, chaos_results, "4a_redis_restart_empty", inject, plan)
+    _assert_nothing_from_before_the_restart_served(record)
 
 
 def test_redis_restart_from_old_snapshot_resurrects_nothing(
@@ -148,13 +167,14 @@ def test_redis_restart_from_old_snapshot_resurrects_nothing(
 ) -> None:
     inject = _redis_outage(from_snapshot=True)
     try:
-        run_scenario(stack, chaos_results, "4b_redis_restart_from_old_snapshot", inject, plan)
+        record = run_scenario(
+            stack, chaos_results, "4b_redis_restart_from_old_snapshot", inject, plan
+        )
     finally:
         (stack.redis.folder / "dump.rdb").unlink(missing_ok=True)
     # every new connection checks the server (pgbust.redis_connect) before it serves: the
-    # snapshot's values are dead before the first read, so Redis never serves one of them
-    record = chaos_results[-1]
-    assert record.stale_reads_by_tier.get("L2", 0) == 0, record.stale_reads_by_tier
+    # snapshot's values are dead before the first read, so no tier serves one of them
+    _assert_nothing_from_before_the_restart_served(record)
 
 
 # --- 5. CLIENT KILL TYPE pubsub ---

@@ -1,15 +1,18 @@
-"""Bad HTTP input against a real API process: schema fuzzing, SQL injection strings, tokens.
+"""Bad HTTP input against a real API process: the OpenAPI contract, SQL injection strings, tokens.
 
-Schemathesis generates requests from the API's own OpenAPI schema, valid (positive) and
-invalid (negative) ones, with and without the write token: no 500, no hang, no stack trace.
+The contract: Schemathesis 4 (`st run <api>/openapi.json --checks all`, every phase including
+the stateful one, with the write token) against a real `python -m api` on real Postgres and
+Redis with an invalidator running: every response must be what the document says (status,
+body schema, content type, headers, Allow), schema-valid requests accepted, invalid ones
+refused with a 4xx, no 5xx, none slower than 5 s, no internals in an error body.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import time
-import uuid
-from collections import Counter
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,19 +21,17 @@ from urllib.parse import quote
 import httpx
 import psycopg
 import pytest
-import schemathesis
-from hypothesis import HealthCheck, given, settings
-from hypothesis.errors import Unsatisfiable
-from schemathesis import GenerationMode
 
 from db import seed
 from tests.support.processes import ManagedProcess, ProcessManager
 from tests.support.servers import RedisServer
 
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "http-fuzz-token-0123456789"
-EXAMPLES = int(os.environ.get("PGBUST_FUZZ_EXAMPLES", "40"))  # per operation and mode
-SLOW_S = 5.0
-TRACE_MARKERS = ("Traceback", 'File "/', "psycopg.", "redis.exceptions", "asyncpg")
+# per operation and phase; the run's total (about 1,400 cases at 100) is printed
+EXAMPLES = int(os.environ.get("PGBUST_FUZZ_EXAMPLES", "100"))
+SEED = int(os.environ.get("PGBUST_FUZZ_SEED", "1"))
+PHASES = ("examples", "coverage", "fuzzing", "stateful")
 
 SQL_INJECTION = [
     "'; DROP TABLE products; --",
@@ -52,105 +53,94 @@ SQL_INJECTION = [
 
 
 @pytest.fixture(scope="module")
-def api(
+def stack(
     database_url: str, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ManagedProcess]:
+) -> Iterator[ProcessManager]:
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("PGBUST_") and k not in {"API_TOKEN", "CELERY_BROKER_URL"}
     }
+    namespace = f"fuzz{os.getpid()}"
     env.update(
         DATABASE_URL=database_url,
         REDIS_URL=redis_server.url,
         CELERY_BROKER_URL=f"redis://127.0.0.1:{redis_server.port}/1",
         API_TOKEN=TOKEN,
-        PGBUST_NAMESPACE=f"fuzz{uuid.uuid4().hex[:8]}",
+        PGBUST_NAMESPACE=namespace,
         PYTHONUNBUFFERED="1",
     )
     seed.seed(database_url, products=50, categories=3, replace=True)
     manager = ProcessManager(env, tmp_path_factory.mktemp("http-fuzz"))
-    yield manager.api("api-fuzz")
+    manager.invalidator("invalidator-fuzz")
+    manager.api("api-fuzz")
+    yield manager
     manager.stop_all()
+
+
+@pytest.fixture(scope="module")
+def api(stack: ProcessManager) -> ManagedProcess:
+    return next(p for p in stack.processes if p.name == "api-fuzz")
 
 
 def _auth(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-class Tally:
-    def __init__(self) -> None:
-        self.cases = 0
-        self.statuses: Counter[int] = Counter()
-        self.problems: list[str] = []
-        self.unsatisfiable = 0
-
-    def check(self, label: str, response: Any, elapsed: float) -> None:
-        self.cases += 1
-        self.statuses[response.status_code] += 1
-        text = response.text
-        if response.status_code >= 500:
-            self.problems.append(f"{label}: {response.status_code} {text[:200]}")
-        if elapsed > SLOW_S:
-            self.problems.append(f"{label}: took {elapsed:.1f}s")
-        if any(marker in text for marker in TRACE_MARKERS):
-            self.problems.append(f"{label}: internals in the body: {text[:200]}")
-        if response.status_code >= 400 and response.status_code != 405:
-            try:
-                body = response.json()
-            except ValueError:
-                self.problems.append(f"{label}: error body is not JSON: {text[:100]}")
-                return
-            if not isinstance(body, dict) or "detail" not in body:
-                self.problems.append(f"{label}: error body without detail: {text[:100]}")
-
-
-def _fuzz(
-    api: ManagedProcess, operation: Any, mode: GenerationMode, with_token: bool, tally: Tally
+def test_openapi_document_holds_under_schemathesis_every_check_and_phase(
+    stack: ProcessManager, api: ManagedProcess, tmp_path: Path
 ) -> None:
-    write = operation.method.upper() in {"POST", "PATCH", "DELETE"}
-
-    @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        database=None,
+    command = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "run",
+        f"{api.base_url}/openapi.json",
+        "--checks",
+        "all",
+        "--phases",
+        ",".join(PHASES),
+        "--header",
+        f"Authorization: Bearer {TOKEN}",
+        "--max-examples",
+        str(EXAMPLES),
+        "--seed",
+        str(SEED),
+        "--max-response-time",
+        "5",
+        "--request-timeout",
+        "10",
+        "--report",
+        "json",
+        "--report-dir",
+        str(tmp_path / "report"),
+        "--no-color",
+    ]
+    # run from a scratch folder (Schemathesis keeps its replay cache in ./.schemathesis)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "SCHEMATHESIS_HOOKS": "tests.support.schemathesis_checks",
+    }
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
-    @given(case=operation.as_strategy(generation_mode=mode))
-    def run(case: Any) -> None:
-        headers = dict(case.headers or {})
-        if with_token:
-            headers.update(_auth())
-        started = time.monotonic()
-        response = case.call(base_url=api.base_url, headers=headers, timeout=10)
-        label = (
-            f"{operation.label} {mode.value} token={with_token} "
-            f"{case.path_parameters} {case.query} {str(case.body)[:80]}"
-        )
-        tally.check(label, response, time.monotonic() - started)
-        if write and not with_token and 200 <= response.status_code < 300:
-            tally.problems.append(f"{label}: write without token")
-
-    try:
-        run()
-    except Unsatisfiable:
-        tally.unsatisfiable += 1  # nothing to make invalid (an operation without parameters)
-
-
-def test_schema_fuzzing_never_500_never_hangs(api: ManagedProcess) -> None:
-    schema = schemathesis.openapi.from_url(api.base_url + "/openapi.json")
-    tally = Tally()
-    results: list[Any] = list(schema.get_all_operations())
-    operations = [result.ok() for result in results]
-    assert len(operations) >= 6, [op.label for op in operations]
-    for operation in operations:
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            for with_token in (True, False):
-                _fuzz(api, operation, mode, with_token, tally)
-    print(f"HTTP fuzz: {tally.cases} requests over {len(operations)} operations; {tally.statuses}")
-    assert tally.cases >= len(operations) * 20
-    assert api.alive()
-    assert not tally.problems, "\n".join(tally.problems[:20])
+    output = result.stdout + result.stderr
+    [path] = (tmp_path / "report").glob("*.json")
+    report: dict[str, Any] = json.loads(path.read_text())
+    cases = report["test_cases"]
+    phases = {name: phase["status"] for name, phase in report["phases"].items()}
+    print(
+        f"schemathesis {report['schemathesis_version']}: {cases['generated']} cases over "
+        f"{report['operations']['tested']} operations in {report['running_time']:.0f} s, "
+        f"seed {report['seed']}, phases {phases}, failures {cases['unique_failures']}"
+    )
+    assert result.returncode == 0, output[output.find("FAILURES") :][-6000:] or output[-3000:]
+    assert report["failures"] == [] and report["errors"] == []
+    assert phases["stateful"] == phases["fuzzing"] == phases["coverage"] == "success", phases
+    assert report["operations"]["tested"] == report["operations"]["total"] >= 8
+    assert cases["generated"] >= EXAMPLES * 8
+    assert all(proc.alive() for proc in stack.processes), [p.name for p in stack.processes]
 
 
 def test_sql_injection_strings_are_stored_and_returned_verbatim(
@@ -238,3 +228,78 @@ def test_token_is_compared_in_constant_time() -> None:
     source = (Path(__file__).resolve().parents[2] / "api" / "auth.py").read_text()
     assert "hmac.compare_digest" in source or "secrets.compare_digest" in source
     assert "== expected" not in source and "expected ==" not in source
+
+
+NOT_JSON_BODIES = [b"{bad", b"\xff\xfe\x00", b"", b'{"category_id": 1, "name": "x"' * 1000]
+
+
+@pytest.mark.parametrize("body", NOT_JSON_BODIES, ids=["syntax", "not-utf8", "empty", "large"])
+def test_a_write_without_the_token_is_401_whatever_the_body(
+    api: ManagedProcess, body: bytes
+) -> None:
+    """The token is checked before the body is read: no 400 or 422 tells a caller without
+    the token anything about what it sent."""
+    headers = {"Content-Type": "application/json"}
+    with httpx.Client(base_url=api.base_url, timeout=10, headers=headers) as http:
+        for method, path in (("POST", "/products"), ("PATCH", "/products/1")):
+            response = http.request(method, path, content=body)
+            assert response.status_code == 401, (method, body[:20], response.text)
+            assert response.headers["www-authenticate"] == "Bearer"
+
+
+# (method, path, JSON body or raw bytes, status, what the body must say)
+EDGES: list[tuple[str, str, Any, int, str]] = [
+    ("POST", "/products", {"category_id": 1, "name": "a\u0000b", "price_cents": 1}, 422, "name"),
+    ("POST", "/products", b'{"category_id": 1, "name": "\\ud800", "price_cents": 1}', 422, "name"),
+    ("POST", "/products", {"category_id": 1, "name": "n", "price_cents": 2**53}, 422, "price"),
+    ("POST", "/products", {"category_id": 1, "name": "n", "price_cents": 2**53 - 1}, 201, ""),
+    ("POST", "/products", {"category_id": 1.0, "name": "n", "price_cents": 5.0}, 201, ""),
+    ("POST", "/products", {"category_id": 99_999, "name": "n", "price_cents": 1}, 409, "99999"),
+    ("PATCH", "/products/{id}", {"category_id": 99_999}, 409, "category_id 99999 does not exist"),
+    ("PATCH", "/products/{id}", {"stock": None}, 422, "must not be null"),
+    ("PATCH", "/products/{id}", {}, 422, "at least one"),
+    ("PATCH", "/products/{id}", b'{"stock": "5"}', 422, "stock"),
+    ("POST", "/products", b'{"name": "\xc3\x28"}', 400, "parsing the body"),  # not UTF-8
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "says"), EDGES)
+def test_each_documented_error_has_its_documented_body(
+    api: ManagedProcess, method: str, path: str, body: Any, status: int, says: str
+) -> None:
+    """One shape per status: 422 is the validation list (loc, msg, type), every other error
+    a {"detail": sentence}; a refused input that cannot be encoded is echoed replaced."""
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {**_auth(), "Content-Type": "application/json"}
+    if "{id}" in path:  # a product of this test's own (the fuzzing may delete any other)
+        created = httpx.post(
+            api.base_url + "/products",
+            json={"category_id": 1, "name": "edge", "price_cents": 1},
+            headers=_auth(),
+        )
+        assert created.status_code == 201, created.text
+        path = path.replace("{id}", str(created.json()["id"]))
+    response = httpx.request(method, api.base_url + path, content=raw, headers=headers)
+    assert response.status_code == status, response.text
+    detail = response.json().get("detail")
+    if status == 422:
+        assert isinstance(detail, list) and detail, detail
+        assert all({"loc", "msg", "type"} <= set(item) for item in detail), detail
+    elif status >= 400:
+        assert isinstance(detail, str), detail
+    assert says in response.text, response.text
+
+
+def test_methods_a_resource_lacks_are_405_with_every_method_it_has_in_allow(
+    api: ManagedProcess,
+) -> None:
+    for method, path, allowed in (
+        ("OPTIONS", "/products/1", "DELETE, GET, PATCH"),
+        ("PUT", "/products/1", "DELETE, GET, PATCH"),
+        ("HEAD", "/products/1", "DELETE, GET, PATCH"),
+        ("GET", "/products", "POST"),
+        ("DELETE", "/categories/1/summary", "GET"),
+    ):
+        response = httpx.request(method, api.base_url + path, headers=_auth())
+        assert response.status_code == 405, (method, path, response.status_code)
+        assert response.headers["allow"] == allowed, (method, path)

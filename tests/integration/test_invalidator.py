@@ -54,9 +54,27 @@ def settings(database_url: str, redis_server: RedisServer, namespace: str) -> Se
     )
 
 
+class RecordingSender:
+    """Stands in for the Celery task sender: records (method, args) of every task."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args: self.calls.append((name, args))
+
+    def args_of(self, method: str) -> list[tuple[Any, ...]]:
+        return [args for name, args in self.calls if name == method]
+
+
 @pytest.fixture
-async def daemon(settings: Settings) -> AsyncIterator[Invalidator]:
-    inv = Invalidator(settings, serve_http=False)
+def tasks_sent() -> RecordingSender:
+    return RecordingSender()
+
+
+@pytest.fixture
+async def daemon(settings: Settings, tasks_sent: RecordingSender) -> AsyncIterator[Invalidator]:
+    inv = Invalidator(settings, serve_http=False, make_sender=lambda: tasks_sent)
     task = asyncio.create_task(inv.run())
     await asyncio.wait_for(inv.started.wait(), 10)
     # the start-up epoch bump has been applied once the first batch is through
@@ -278,14 +296,9 @@ async def test_redis_outage_keeps_pending_changes_and_bumps_the_epoch_when_back(
     namespace: str,
     pg: Conn,
     tmp_path: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    tasks_sent: RecordingSender,
 ) -> None:
-    import worker.client
-
-    handed: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(
-        worker.client, "enqueue_retry_invalidation", lambda *args: handed.append(args)
-    )
+    handed = tasks_sent.args_of  # the retry tasks handed to the workers, as they arrive
     private = RedisServer(tmp_path / "redis")
     private.start()
     settings = Settings(
@@ -295,7 +308,7 @@ async def test_redis_outage_keeps_pending_changes_and_bumps_the_epoch_when_back(
         lock_id=random.randint(1, 2**40),
         redis_retry_max_s=0.2,
     )
-    inv = Invalidator(settings, serve_http=False)
+    inv = Invalidator(settings, serve_http=False, make_sender=lambda: tasks_sent)
     task = asyncio.create_task(inv.run())
     try:
         await asyncio.wait_for(inv.started.wait(), 10)
@@ -307,8 +320,8 @@ async def test_redis_outage_keeps_pending_changes_and_bumps_the_epoch_when_back(
             lambda: _true(sample(m, "pgbust_invalidator_errors_total", kind="redis") >= 2)
         )
         assert not inv.sink.redis_ok
-        assert await eventually(lambda: _true(bool(handed)))
-        keys, tags, flush, reason = handed[0]
+        assert await eventually(lambda: _true(bool(handed("retry_invalidation"))))
+        keys, tags, flush, reason = handed("retry_invalidation")[0]
         assert keys == [P1] and tags == ["category:2"] and not flush
         assert "redis unreachable" in reason
         pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 2")
@@ -333,7 +346,7 @@ async def test_after_a_long_redis_outage_the_catch_up_follows_its_return_within_
     private.start()
     settings = Settings(database_url=database_url, redis_url=private.url, namespace=namespace)
     assert settings.redis_retry_max_s <= 0.25
-    inv = Invalidator(settings, serve_http=False)
+    inv = Invalidator(settings, serve_http=False, make_sender=lambda: tasks_sent)
     task = asyncio.create_task(inv.run())
     try:
         await asyncio.wait_for(inv.started.wait(), 10)
@@ -378,18 +391,14 @@ async def test_hot_entries_are_handed_to_the_warm_task(
     daemon: Invalidator,
     cache: RedisCache,
     pg: Conn,
-    monkeypatch: pytest.MonkeyPatch,
+    tasks_sent: RecordingSender,
 ) -> None:
-    import worker.client
-
-    warmed: list[list[str]] = []
-    monkeypatch.setattr(worker.client, "enqueue_warm", lambda entries: warmed.append(entries))
     await cache.client.zincrby(cache.keyspace.hot, 5, P1)
     await cache.client.zincrby(cache.keyspace.hot, 5, C3)
     await daemon.hot.refresh()
     pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 1")
-    assert await eventually(lambda: _true(bool(warmed)))
-    assert warmed[0] == [P1]  # category 3 was not touched
+    assert await eventually(lambda: _true(bool(tasks_sent.args_of("warm"))))
+    assert tasks_sent.args_of("warm")[0] == ([P1],)  # category 3 was not touched
 
 
 async def test_lost_lock_connection_stops_serving_then_takes_the_lock_again(

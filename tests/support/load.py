@@ -1,9 +1,17 @@
 """Load for chaos tests: one writer mixing API PATCHes and out-of-band SQL, several readers.
 
-The oracle is the product `version` (bumped by the database on every UPDATE): the writer
-records, per product, the newest version whose commit was acknowledged; a reader snapshots
-that number *before* sending its request, and a read that returns an older version is
-stale. Reads and writes are counted separately while a fault is active (`with load.fault():`).
+The oracle is the product `version` (bumped by the database on every UPDATE) judged by the
+load test's own oracle (loadtest/oracle.py, DESIGN.md's definition): the writer records each
+version and the moment its commit was acknowledged; a read that returns a version older than
+one acknowledged *before the read was sent* is stale, by the time since the first newer
+version's acknowledgement. Reads and writes are counted separately while a fault is active
+(`with load.fault():`).
+
+A stale read by a few milliseconds is the asynchronous invalidation at work (an out-of-band
+commit is acknowledged before its invalidation arrives): it happens with no fault at all. What
+a fault must never do is serve, after it, a value that was outdated before it: `mark(label)`
+records a moment (a server came back), and `stale_outdated_at[label]` counts the reads sent
+after it that returned a version already superseded by a write acknowledged before it.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from typing import Any
 
 import httpx
 import psycopg
+
+from loadtest.oracle import Oracle
 
 INTERNALS = ("Traceback", 'File "/', "psycopg.", "redis.exceptions")
 
@@ -40,8 +50,10 @@ class LoadStats:
     x_cache: Counter[str] = field(default_factory=Counter)
     error_statuses: Counter[int] = field(default_factory=Counter)
     stale_by_tier: Counter[str] = field(default_factory=Counter)  # X-Cache of stale reads
-    # (monotonic time sent, instance, X-Cache, product, version got, acked floor): diagnostics
-    stale_samples: list[tuple[float, str, str, int, int, int]] = field(default_factory=list)
+    max_staleness_ms: float = 0.0
+    # per mark: reads after it returning a version outdated before it (see the module doc)
+    stale_outdated_at: Counter[str] = field(default_factory=Counter)
+    stale_samples: list[StaleRead] = field(default_factory=list)  # diagnostics, the first 1,000
     leaked_internals: int = 0  # error bodies with a traceback or a driver's exception name
 
     def as_dict(self) -> dict[str, Any]:
@@ -49,8 +61,87 @@ class LoadStats:
         data["x_cache"] = dict(self.x_cache)
         data["error_statuses"] = dict(self.error_statuses)
         data["stale_by_tier"] = dict(self.stale_by_tier)
+        data["stale_outdated_at"] = dict(self.stale_outdated_at)
         del data["stale_samples"]
         return data
+
+
+@dataclass(frozen=True)
+class StaleRead:
+    sent_at: float  # time.monotonic()
+    instance: str
+    tier: str  # X-Cache
+    product_id: int
+    version: int
+    newest_acked: int
+    staleness_ms: float  # since the first newer version was acknowledged
+    writer: str  # who wrote that version: api or oob
+    outdated_at: tuple[str, ...]  # marks before which that version was already acknowledged
+    after_mark: str = ""  # the latest mark before the read, and how long before it
+
+    def __str__(self) -> str:
+        return (
+            f"product {self.product_id} v{self.version} < v{self.newest_acked} from "
+            f"{self.instance} ({self.tier}), {self.staleness_ms:.1f} ms after a {self.writer} "
+            f"write, {self.after_mark or 'before any mark'}; "
+            f"outdated at {list(self.outdated_at) or 'no mark'}"
+        )
+
+
+class ReadJudge:
+    """The oracle and the marks, counting into LoadStats: pure (no I/O, no clock, no threads:
+    the driver calls it under its lock with time.monotonic() values)."""
+
+    def __init__(self, stats: LoadStats) -> None:
+        self.stats = stats
+        self._oracle = Oracle()
+        self._marks: list[tuple[str, float]] = []
+
+    def record_write(self, product_id: int, version: int, acked_at: float, writer: str) -> None:
+        self._oracle.record_ack(product_id, version, acked_at, writer)
+
+    def mark(self, label: str, at: float) -> None:
+        self._marks.append((label, at))
+
+    def judge(
+        self, base: str, tier: str, product_id: int, version: int, sent_at: float, in_fault: bool
+    ) -> StaleRead | None:
+        """Count a read as stale (or not); the stale read, or None when it was fresh."""
+        verdict = self._oracle.judge(product_id, version, sent_at)
+        if not verdict.stale:
+            return None
+        stats = self.stats
+        stats.stale_reads += 1
+        stats.stale_by_tier[tier] += 1
+        newest = verdict.newest_acked or 0
+        stats.max_staleness_versions = max(stats.max_staleness_versions, newest - version)
+        stats.max_staleness_ms = max(stats.max_staleness_ms, verdict.staleness_s * 1000)
+        if in_fault:
+            stats.stale_reads_during_fault += 1
+        outdated_since = sent_at - verdict.staleness_s  # the first newer version's ack
+        outdated_at = tuple(label for label, at in self._marks if outdated_since < at <= sent_at)
+        for label in set(outdated_at):
+            stats.stale_outdated_at[label] += 1
+        earlier = [(at, label) for label, at in self._marks if at <= sent_at]
+        after_mark = ""
+        if earlier:
+            at, label = max(earlier)
+            after_mark = f"sent {(sent_at - at) * 1000:.0f} ms after {label!r}"
+        stale = StaleRead(
+            sent_at,
+            base,
+            tier,
+            product_id,
+            version,
+            newest,
+            round(verdict.staleness_s * 1000, 3),
+            verdict.cause,
+            outdated_at,
+            after_mark,
+        )
+        if len(stats.stale_samples) < 1000:
+            stats.stale_samples.append(stale)
+        return stale
 
 
 class LoadDriver:
@@ -84,7 +175,7 @@ class LoadDriver:
         self.oob_share = oob_share
         self.move_share = move_share
         self.stats = LoadStats()
-        self._acked: dict[int, int] = {}
+        self._judge = ReadJudge(self.stats)  # guarded by _lock
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._in_fault = False
@@ -131,16 +222,17 @@ class LoadDriver:
             time.sleep(0.01)
         return self.stats.writes >= target
 
-    def acked_version(self, product_id: int) -> int:
+    def mark(self, label: str) -> None:
+        """Remember this moment: reads after it must not return what was outdated before it."""
         with self._lock:
-            return self._acked.get(product_id, 0)
+            self._judge.mark(label, time.monotonic())
 
     # --- the writer --------------------------------------------------------------------------
 
     def _record_write(self, product_id: int, version: int, *, oob: bool) -> None:
+        acked_at = time.monotonic()  # the commit (or the API's response) just returned
         with self._lock:
-            if version > self._acked.get(product_id, 0):
-                self._acked[product_id] = version
+            self._judge.record_write(product_id, version, acked_at, "oob" if oob else "api")
             self.stats.writes += 1
             if oob:
                 self.stats.oob_writes += 1
@@ -219,7 +311,6 @@ class LoadDriver:
             while not self._stop.is_set():
                 product_id = rng.choice(self.product_ids)
                 base = self.api_urls[rng.randrange(len(self.api_urls))]
-                floor = self.acked_version(product_id)  # snapshot BEFORE sending
                 in_fault = self._in_fault
                 sent_at = time.monotonic()
                 try:
@@ -235,21 +326,10 @@ class LoadDriver:
                             self._error_response(response)
                     self._stop.wait(0.02)
                     continue
+                tier = response.headers.get("x-cache", "?")
                 with self._lock:
                     self.stats.reads += 1
-                    self.stats.x_cache[response.headers.get("x-cache", "?")] += 1
+                    self.stats.x_cache[tier] += 1
                     if in_fault:
                         self.stats.reads_during_fault += 1
-                    if version < floor:
-                        self.stats.stale_reads += 1
-                        tier = response.headers.get("x-cache", "?")
-                        self.stats.stale_by_tier[tier] += 1
-                        if len(self.stats.stale_samples) < 1000:
-                            self.stats.stale_samples.append(
-                                (sent_at, base, tier, product_id, version, floor)
-                            )
-                        self.stats.max_staleness_versions = max(
-                            self.stats.max_staleness_versions, floor - version
-                        )
-                        if in_fault:
-                            self.stats.stale_reads_during_fault += 1
+                    self._judge.judge(base, tier, product_id, version, sent_at, in_fault)

@@ -11,7 +11,7 @@ from api.fastpath import entry_of
     "path,query,entry",
     [
         ("/products/7", b"", "product:7"),
-        ("/products/9223372036854775807", b"", "product:9223372036854775807"),
+        ("/products/9007199254740991", b"", "product:9007199254740991"),  # 2**53 - 1
         ("/categories/3/summary", b"", "category:3:summary"),
         ("/categories/3/products", b"", "category:3:products:20:0"),
         ("/categories/3/products", b"limit=5&offset=10", "category:3:products:5:10"),
@@ -29,7 +29,7 @@ def test_canonical_read_paths_map_to_their_entry(path: str, query: bytes, entry:
         ("/products/007", b""),  # FastAPI reads 7: let it (and the cache) decide
         ("/products/0", b""),
         ("/products/-1", b""),
-        ("/products/9223372036854775808", b""),  # beyond bigint: FastAPI answers 422
+        ("/products/9007199254740992", b""),  # beyond the API's ids: FastAPI answers 422
         ("/products/7/", b""),
         ("/products/7", b"x=1"),
         ("/categories/3/products", b"limit=0"),

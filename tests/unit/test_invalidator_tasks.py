@@ -2,65 +2,83 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import Any
 
 import pytest
 
 from invalidator.hot import HotEntries
 from invalidator.metrics import Metrics
-from invalidator.tasks import Tasks
+from invalidator.settings import Settings
+from invalidator.tasks import Tasks, worker_sender
 from pgbust.keys import Keyspace
 from pgbust.protocol import Targets
+from pgbust.settings import load_settings
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-@pytest.fixture
-def fake_client(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
-    calls: list[tuple[str, Any]] = []
-    module = types.ModuleType("fake_worker_client")
+class FakeSender:
+    """Stands in for worker.client.TaskSender: records warm, fails purge."""
 
-    def enqueue_warm(entries: list[str]) -> None:
-        calls.append(("warm", entries))
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
 
-    def enqueue_purge(reason: str) -> None:
+    def warm(self, entries: list[str]) -> None:
+        self.calls.append(("warm", entries))
+
+    def purge(self, reason: str) -> None:
         raise RuntimeError("broker down")
 
-    module.enqueue_warm = enqueue_warm  # type: ignore[attr-defined]
-    module.enqueue_purge = enqueue_purge  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "fake_worker_client", module)
-    return calls
 
-
-async def test_a_sent_task_runs_in_a_thread_and_is_counted(
-    fake_client: list[tuple[str, Any]],
-) -> None:
+async def test_a_sent_task_runs_in_a_thread_and_is_counted() -> None:
     metrics = Metrics()
-    tasks = Tasks(metrics, client_module="fake_worker_client")
+    sender = FakeSender()
+    tasks = Tasks(metrics, lambda: sender)
     tasks.send("enqueue_warm", ["product:1"])
     await tasks.drain()
-    assert fake_client == [("warm", ["product:1"])]
+    assert sender.calls == [("warm", ["product:1"])]
     assert sample(metrics, "pgbust_invalidator_enqueued_tasks_total", task="warm") == 1
 
 
-async def test_a_failing_enqueue_is_logged_and_counted_not_raised(
-    fake_client: list[tuple[str, Any]],
-) -> None:
+async def test_a_failing_enqueue_is_logged_and_counted_not_raised() -> None:
     metrics = Metrics()
-    tasks = Tasks(metrics, client_module="fake_worker_client")
+    tasks = Tasks(metrics, FakeSender)
     tasks.send("enqueue_purge", "why")
     await tasks.drain()
     assert sample(metrics, "pgbust_invalidator_errors_total", kind="enqueue") == 1
 
 
 async def test_missing_worker_client_is_tolerated() -> None:
-    tasks = Tasks(Metrics(), client_module="no_such_module_here")
-    tasks.send("enqueue_warm", ["product:1"])  # no error, nothing to wait for
+    def missing() -> Any:
+        raise ImportError("No module named 'celery'")
+
+    metrics = Metrics()
+    tasks = Tasks(metrics, missing)
+    tasks.send("enqueue_warm", ["product:1"])  # no error
     await tasks.drain()
+    assert sample(metrics, "pgbust_invalidator_enqueued_tasks_total", task="warm") == 0
+    assert sample(metrics, "pgbust_invalidator_errors_total", kind="enqueue") == 0
+
+
+def test_the_sender_is_made_from_the_daemons_settings_not_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://environment.example:6379/0")
+    monkeypatch.setenv("PGBUST_NAMESPACE", "env-namespace")
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("PGBUST_QUEUE", raising=False)
+    settings = load_settings(
+        Settings, redis_url="redis://flag.example:6390/0", namespace="flag-namespace"
+    )
+    sender = worker_sender(settings)()
+    try:
+        assert sender.settings.broker_url == "redis://flag.example:6390/1"
+        assert sender.settings.task_queue == "flag-namespace.worker"
+        assert sender.app.conf.task_default_queue == "flag-namespace.worker"
+    finally:
+        sender.close()
 
 
 def test_hot_entries_hit_by_keys_and_tags() -> None:

@@ -1,8 +1,17 @@
+import importlib
+import os
+
 import pytest
 
 from db.settings import DbSettings
 from pgbust.errors import ConfigError
-from pgbust.settings import CommonSettings, load_settings, normalize_postgres_url, redact_url
+from pgbust.settings import (
+    CommonSettings,
+    load_settings,
+    normalize_postgres_url,
+    redact_url,
+    settings_environment,
+)
 
 
 def test_contract_env_names_are_read_without_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,3 +62,26 @@ def test_bad_redis_url_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_redact_url_hides_only_the_password() -> None:
     assert redact_url("postgresql://app:s3cret@db:5432/shop") == "postgresql://app:***@db:5432/shop"
     assert redact_url("redis://cache:6379/0") == "redis://cache:6379/0"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["api.settings:Settings", "invalidator.settings:Settings", "worker.settings:Settings"],
+)
+def test_settings_written_into_the_environment_are_read_back_identical(
+    spec: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `python -m api` hands its uvicorn workers: flags and environment, as one object."""
+    module, name = spec.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    for var in list(os.environ):
+        if var.startswith("PGBUST_") or var in {"REDIS_URL", "DATABASE_URL", "CELERY_BROKER_URL"}:
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("API_TOKEN", "from-the-environment-0123")
+    monkeypatch.setenv("PGBUST_LOG_LEVEL", "WARNING")
+    flags = {"redis_url": "redis://flag.example:6390/0", "namespace": "from-a-flag"}
+    original = load_settings(cls, **flags)
+    for var, value in settings_environment(original).items():
+        monkeypatch.setenv(var, value)
+    assert load_settings(cls) == original
+    assert load_settings(cls).redis_url == "redis://flag.example:6390/0"
