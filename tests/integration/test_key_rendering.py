@@ -11,7 +11,7 @@ from pgbust.templates import Template
 
 # Postgres text cannot hold NUL; everything else, surrogates aside, is fair game
 texts = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
     max_size=30,
 )
 
