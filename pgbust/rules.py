@@ -36,13 +36,16 @@ class RowChange:
 @dataclass(frozen=True, slots=True)
 class Change:
     """One captured change of a table. table_wide: any row may have changed (TRUNCATE, a
-    statement over max_rows rows, a payload that could not be read in full)."""
+    statement over max_rows rows, a payload that could not be read in full). ts_us: when it
+    happened (the trigger's clock, or the commit time from the WAL); lsn: the end LSN of the
+    committing transaction when it came from the WAL (None from NOTIFY)."""
 
     table: str
     op: str
     rows: tuple[RowChange, ...] = ()
     table_wide: bool = False
     ts_us: int | None = None
+    lsn: int | None = None
 
 
 class Unkeyable(Exception):
