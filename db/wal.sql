@@ -8,6 +8,15 @@
 -- IDENTITY FULL: UPDATE and DELETE then carry the whole old row, so a row that moved to
 -- another dependency (category) names the old one too, and which columns an UPDATE changed is
 -- known. Returns the tables whose identity had to be changed.
+-- A table and, when it is partitioned, every partition under it (pg_partition_tree lists
+-- nothing for a table that is not partitioned).
+CREATE OR REPLACE FUNCTION pgbust.wal_tree(target regclass) RETURNS SETOF regclass
+LANGUAGE sql STABLE AS $$
+    SELECT target
+    UNION
+    SELECT relid FROM pg_partition_tree(target)
+$$;
+
 CREATE OR REPLACE FUNCTION pgbust.wal_publish(publication name, tables text[])
 RETURNS text[] LANGUAGE plpgsql AS $$
 DECLARE
@@ -34,9 +43,9 @@ BEGIN
                        publication, targets, 'insert, update, delete, truncate');
     END IF;
     FOR part IN
-        SELECT tree.relid FROM unnest(tables) t, pg_partition_tree(to_regclass(t)) tree
-        JOIN pg_class c ON c.oid = tree.relid
+        SELECT c.oid FROM pg_class c
         WHERE c.relkind IN ('r', 'p') AND c.relreplident <> 'f'
+          AND c.oid IN (SELECT pgbust.wal_tree(to_regclass(t)) FROM unnest(tables) t)
     LOOP
         EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', part);
         changed := changed || part::text;
@@ -104,8 +113,8 @@ SELECT current_setting('wal_level') AS wal_level,
 -- name: replica_identities
 -- Published tables (and partitions) whose replica identity is not FULL: their UPDATEs would
 -- not carry the old row (re-run `python -m db upgrade` after attaching a partition).
-SELECT tree.relid::regclass::text, c.relreplident::text
-FROM unnest(%(tables)s::text[]) t, pg_partition_tree(to_regclass(t)) tree
-JOIN pg_class c ON c.oid = tree.relid
+SELECT c.oid::regclass::text, c.relreplident::text
+FROM pg_class c
 WHERE c.relkind IN ('r', 'p') AND c.relreplident <> 'f'
+  AND c.oid IN (SELECT pgbust.wal_tree(to_regclass(t)) FROM unnest(%(tables)s::text[]) t)
 ORDER BY 1;

@@ -118,6 +118,11 @@ class Transactions:
         self._open: _Open | None = None
         self._pending = _Open(None)  # widenings seen outside a transaction: go to the next one
 
+    @property
+    def in_transaction(self) -> bool:
+        """Between a BEGIN and its COMMIT."""
+        return self._open is not None
+
     # --- feeding ------------------------------------------------------------------------
 
     def feed(self, message: po.Decoded) -> Transaction | None:
