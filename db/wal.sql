@@ -88,6 +88,12 @@ SELECT lsn::text FROM pg_create_logical_replication_slot(%(slot)s, 'pgoutput');
 SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
 WHERE slot_name = %(slot)s AND active_pid IS NOT NULL;
 
+-- name: end_stale_walsender
+-- The consumer's own previous walsender, still holding the slot after its connection went
+-- silent (the server only notices after wal_sender_timeout): end it so streaming can resume.
+SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+WHERE slot_name = %(slot)s AND active_pid = %(pid)s;
+
 -- name: drop_slot_now
 SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
 WHERE slot_name = %(slot)s;

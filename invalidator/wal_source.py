@@ -101,6 +101,7 @@ class WalSource:
         self.received_lsn = 0  # end of the last transaction delivered
         self._unconfirmed: deque[tuple[int, int]] = deque()  # (end LSN, commit µs) delivered
         self._stream: ReplicationStream | None = None
+        self._last_pid: int | None = None  # walsender of the previous session
         metrics.wal_lag_seconds.set_function(self._lag_s)
 
     # --- the caller's side ------------------------------------------------------------------
@@ -159,6 +160,14 @@ class WalSource:
         conn = await pg.connect(self.database_url, ADMIN_APPLICATION_NAME)
         async with conn:
             status = await self._slot_status(conn)
+            stale = self._last_pid
+            if status is not None and status.active_pid is not None and status.active_pid == stale:
+                log.warning(
+                    "ending our own stale walsender (pid %s) that still holds the slot", stale
+                )
+                await conn.execute(
+                    wal.query("end_stale_walsender"), {"slot": self.slot, "pid": stale}
+                )
             cur = await conn.execute(
                 wal.query("publication_exists"), {"publication": self.publication}
             )
@@ -220,7 +229,7 @@ class WalSource:
         self._stream = stream
         self.connections += 1
         self.connected = True
-        self.backend_pid = stream.backend_pid
+        self.backend_pid = self._last_pid = stream.backend_pid
         log.info("streaming slot %s (publication %s)", self.slot, self.publication)
         checker = asyncio.create_task(self._check_slot_forever(), name="wal-slot-check")
         try:
