@@ -182,7 +182,7 @@ def _marker(run: Run, slug: str) -> Callable[[], bool]:
     )
 
 
-def _rows(run: Run, table: str) -> list[tuple[str, dict[str, str | None] | None, Any]]:
+def _rows(run: Run, table: str) -> list[tuple[str, Any, Any]]:
     return [(r.kind, r.old, r.new) for c in run.changes if c.table == table for r in c.rows]
 
 
