@@ -227,6 +227,8 @@ class WalSource:
             self.database_url, APPLICATION_NAME, self.slot, self.publication
         )
         self._stream = stream
+        # what an earlier session delivered and nobody confirmed comes again from the slot
+        self._unconfirmed.clear()
         self.connections += 1
         self.connected = True
         self.backend_pid = self._last_pid = stream.backend_pid

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import shutil
 import tempfile
 import time
@@ -18,17 +19,23 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis.asyncio as aioredis
 from psycopg import sql
 
 from db import migrate, wal
+from invalidator.app import Invalidator
 from invalidator.listener import FlushRequest
 from invalidator.metrics import Metrics
+from invalidator.settings import Settings
 from invalidator.wal_source import WalBatch, WalItem, WalSource
 from pgbust.declaration import Declaration, parse
 from pgbust.devservers import with_database
+from pgbust.keys import Keyspace
+from pgbust.protocol import Lease
+from pgbust.redis_cache import RedisCache
 from pgbust.rules import Change, explain
 from tests.support.proxy import TcpProxy
-from tests.support.servers import PostgresCluster
+from tests.support.servers import PostgresCluster, RedisServer
 
 TABLES_SQL = """
 CREATE TABLE notes (slug text PRIMARY KEY, body text);
@@ -40,8 +47,7 @@ CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');
 CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us');
 CREATE TABLE undeclared (id int PRIMARY KEY);
 """
-DECLARATION = parse(
-    """
+DECLARATION_TOML = """
 [tables."public.products"]
 key = ["id"]
 depends = ["category_id"]
@@ -73,7 +79,7 @@ key = ["region", "id"]
 depends = ["kind"]
 entries = ["event:{region}:{id}"]
 """
-)
+DECLARATION = parse(DECLARATION_TOML)
 FAST = {"status_interval_s": 0.2, "keepalive_s": 0.3, "timeout_s": 1.5, "slot_check_s": 0.5}
 
 
@@ -450,3 +456,84 @@ def test_upgrade_in_wal_mode_publishes_the_declaration_and_notify_mode_drops_the
             )
         ).fetchone()
         assert row == (0,)
+
+
+async def test_the_daemon_in_wal_mode_catches_up_after_a_restart_without_an_epoch_bump(
+    wal_url: str,
+    names: tuple[str, str],
+    redis_server: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An UPDATE committed while no invalidator ran is invalidated once one runs again, and
+    the restart empties nothing: the slot kept the change."""
+    config = tmp_path / "pgbust.toml"
+    config.write_text(DECLARATION_TOML)
+    monkeypatch.setenv("PGBUST_CONFIG", str(config))
+    namespace = f"w{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        database_url=wal_url,
+        redis_url=redis_server.url,
+        namespace=namespace,
+        lock_id=random.randint(1, 2**40),
+        metrics_port=0,
+        capture="wal",
+        wal_slot=names[0],
+        wal_publication=names[1],
+    )
+    _execute(
+        wal_url,
+        "INSERT INTO products (id, category_id, name, price_cents, stock)"
+        " VALUES (400, 3, 'd', 1, 1)",
+    )
+    client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
+    cache = RedisCache(client, Keyspace(namespace))
+
+    async def fill() -> None:
+        lease = await cache.get_or_lease("product:400")
+        assert isinstance(lease, Lease)
+        assert await cache.fill("product:400", lease.token, lease.stamp, b"{}") == 1
+
+    async def gone() -> bool:
+        return await cache.peek("product:400") is None
+
+    async def wait_gone() -> None:
+        deadline = time.monotonic() + 10
+        while not await gone():
+            assert time.monotonic() < deadline, "product:400 was not invalidated"
+            await asyncio.sleep(0.01)
+
+    def bumps(daemon: Invalidator) -> float:
+        registry = daemon.metrics.registry
+        return sum(
+            s.value
+            for m in registry.collect()
+            if m.name == "pgbust_invalidator_epoch_bumps"
+            for s in m.samples
+            if s.name.endswith("_total")
+        )
+
+    try:
+        first = Invalidator(settings, serve_http=False)
+        task = asyncio.create_task(first.run())
+        await asyncio.wait_for(first.started.wait(), 10)
+        await fill()
+        _execute(wal_url, "UPDATE products SET stock = stock + 1 WHERE id = 400")
+        await wait_gone()
+        assert first.health()[1]["capture"] == "wal"
+        assert bumps(first) == 0
+        first.stop()
+        await asyncio.wait_for(task, 15)
+
+        await fill()
+        _execute(wal_url, "UPDATE products SET stock = stock + 1 WHERE id = 400")  # nobody runs
+        assert not await gone()
+        second = Invalidator(settings, serve_http=False)
+        task = asyncio.create_task(second.run())
+        await asyncio.wait_for(second.started.wait(), 10)
+        await wait_gone()
+        assert bumps(second) == 0  # nothing could have been missed: no flush
+        second.stop()
+        await asyncio.wait_for(task, 15)
+    finally:
+        await client.aclose()
