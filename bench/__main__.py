@@ -13,6 +13,7 @@ BENCHMARKS = {
     "http": "bench.http",
     "loadtest": "bench.loadtest",
     "worker": "bench.worker",
+    "wal": "bench.wal",
 }
 
 
