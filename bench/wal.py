@@ -287,7 +287,10 @@ async def ack_to_decoded(url: str, rate: int, seconds: float) -> dict[str, Any]:
         collecting = False
         await collector
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        # bounded: a cancelled source that does not end is reported, not waited for forever
+        _, stuck = await asyncio.wait({task}, timeout=5)
+        if stuck:
+            print("bench wal: the WalSource did not stop within 5 s", file=sys.stderr)
     writes = [w for part in parts for w in part]
     lags = []
     for product_id, sent, acked in writes:

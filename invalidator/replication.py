@@ -114,12 +114,15 @@ class ReplicationStream:
             if not ready.done():
                 ready.set_result(None)
 
+        # A plain future woken by the socket or a timer, not asyncio.wait_for: on Python 3.11
+        # wait_for can swallow a cancellation that coincides with the wake-up (gh-86296), and
+        # a source that misses its cancellation streams on, holding the slot.
         loop.add_reader(fd, wake)
+        timer = loop.call_later(wait_s, wake)
         try:
-            await asyncio.wait_for(ready, wait_s)
-        except TimeoutError:
-            return []
+            await ready
         finally:
+            timer.cancel()
             loop.remove_reader(fd)
         self._consume()
         return self._drain()
