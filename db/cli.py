@@ -70,8 +70,8 @@ def _set_up_capture(settings: DbSettings) -> None:
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         if settings.capture == "wal":
             tables = list(declaration.load().tables)
+            setup = wal.ensure(conn, publication, slot, tables)  # the slot first: no gap
             removed = capture.remove(conn)
-            setup = wal.ensure(conn, publication, slot, tables)
             typer.echo(
                 f"capture: wal; publication {publication} of {', '.join(tables)}; slot {slot} "
                 f"{'created' if setup.created_slot else 'kept'}; NOTIFY triggers removed from "
