@@ -15,6 +15,7 @@ BENCHMARKS = {
     "worker": "bench.worker",
     "peers": "bench.peers",
     "capture": "bench.capture",
+    "wal": "bench.wal",
 }
 
 

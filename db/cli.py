@@ -8,8 +8,9 @@ from typing import Annotated
 import psycopg
 import typer
 
-from db import capture, migrate, seed
+from db import capture, migrate, seed, wal
 from db.settings import DbSettings
+from pgbust import declaration
 from pgbust.checks import require_postgres
 from pgbust.cli import run_guarded, setup_logging
 from pgbust.errors import StartupError
@@ -68,9 +69,37 @@ def upgrade(database_url: DatabaseUrl = None) -> None:
         typer.echo(
             f"migrations applied: {applied}; trigger files installed: {len(result.triggers)}"
         )
-        _warn_not_captured(settings.database_url)
+        _set_up_capture(settings)
+        if settings.capture == "notify":
+            _warn_not_captured(settings.database_url)
 
     run_guarded("db upgrade", _database_errors_in_one_line(main))
+
+
+def _set_up_capture(settings: DbSettings) -> None:
+    """PGBUST_CAPTURE=wal: no trigger on the writers' path, a publication and a slot instead.
+    notify: this namespace's slot and publication, if any, are dropped (a slot nobody reads
+    would keep WAL until the disk is full)."""
+    slot, publication = settings.slot_name, settings.publication_name
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        if settings.capture == "wal":
+            tables = list(declaration.load().tables)
+            setup = wal.ensure(conn, publication, slot, tables)  # the slot first: no gap
+            removed = capture.remove(conn)
+            typer.echo(
+                f"capture: wal; publication {publication} of {', '.join(tables)}; slot {slot} "
+                f"{'created' if setup.created_slot else 'kept'}; NOTIFY triggers removed from "
+                f"{len(removed)} tables"
+            )
+            for warning in setup.warnings:
+                typer.echo(f"WARNING: {warning}", err=True)
+            return
+        if wal.slot_status(conn, slot) is not None or wal.published_tables(conn, publication):
+            dropped_slot, dropped_publication = wal.remove(conn, publication, slot)
+            typer.echo(
+                f"capture: notify; dropped WAL slot {slot} ({dropped_slot}) and publication "
+                f"{publication} ({dropped_publication})"
+            )
 
 
 @app.command("seed")
@@ -154,3 +183,69 @@ def triggers_status(database_url: DatabaseUrl = None) -> None:
             raise typer.Exit(1)
 
     run_guarded("db triggers status", _database_errors_in_one_line(main))
+
+
+wal_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="WAL capture (PGBUST_CAPTURE=wal): the slot and the publication (db/wal.sql)",
+)
+app.add_typer(wal_app, name="wal")
+
+
+@wal_app.command("status")
+def wal_status(database_url: DatabaseUrl = None) -> None:
+    """The slot (active, confirmed position, lag, wal_status, safe_wal_size) and publication."""
+
+    def main() -> None:
+        settings = _settings(database_url)
+        slot, publication = settings.slot_name, settings.publication_name
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            server = wal.server_settings(conn)
+            status = wal.slot_status(conn, slot)
+            tables = wal.published_tables(conn, publication)
+            not_full = wal.tables_without_full_identity(conn, tables) if tables else []
+        typer.echo(
+            f"capture: {settings.capture}; wal_level {server.wal_level}; "
+            f"max_slot_wal_keep_size {server.max_slot_wal_keep_size}; "
+            f"wal_sender_timeout {server.wal_sender_timeout}"
+        )
+        if status is None:
+            typer.echo(f"slot {slot}: none")
+        else:
+            safe = "unlimited" if status.safe_wal_size is None else f"{status.safe_wal_size} bytes"
+            typer.echo(
+                f"slot {slot}: {'active' if status.active else 'inactive'}"
+                f"{f' (pid {status.active_pid})' if status.active_pid else ''}; plugin "
+                f"{status.plugin}; confirmed_flush_lsn {status.confirmed_flush_lsn}; lag "
+                f"{status.lag_bytes} bytes; wal_status {status.wal_status}; safe_wal_size {safe}"
+            )
+        typer.echo(f"publication {publication}: {', '.join(tables) or 'none'}")
+        for relation, identity in not_full:
+            typer.echo(
+                f"WARNING: {relation} has REPLICA IDENTITY {identity!r}, not FULL: its updates "
+                "do not carry the old row and are invalidated table-wide (run python -m db "
+                "upgrade)",
+                err=True,
+            )
+        for warning in server.warnings():
+            typer.echo(f"WARNING: {warning}", err=True)
+
+    run_guarded("db wal status", _database_errors_in_one_line(main))
+
+
+@wal_app.command("remove")
+def wal_remove(database_url: DatabaseUrl = None) -> None:
+    """Drop this namespace's slot and publication (WAL is no longer kept for it)."""
+
+    def main() -> None:
+        settings = _settings(database_url)
+        slot, publication = settings.slot_name, settings.publication_name
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            dropped_slot, dropped_publication = wal.remove(conn, publication, slot)
+        typer.echo(
+            f"slot {slot}: {'dropped' if dropped_slot else 'none'}; publication {publication}: "
+            f"{'dropped' if dropped_publication else 'none'}"
+        )
+
+    run_guarded("db wal remove", _database_errors_in_one_line(main))

@@ -1,7 +1,7 @@
 """Settings of the db command (python -m db)."""
 
-from pgbust.settings import CommonSettings
+from pgbust.settings import CaptureSettings
 
 
-class DbSettings(CommonSettings):
+class DbSettings(CaptureSettings):
     pass

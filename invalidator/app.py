@@ -21,7 +21,8 @@ from invalidator.server import HealthServer
 from invalidator.settings import Settings
 from invalidator.sink import AppliedHook, Sink
 from invalidator.tasks import SenderFactory, Tasks, worker_sender
-from pgbust import redis_policy
+from invalidator.wal_source import WalBatch, WalSource
+from pgbust import declaration, redis_policy
 from pgbust.errors import StartupError
 from pgbust.keys import Keyspace
 from pgbust.redis_cache import RedisCache
@@ -61,8 +62,30 @@ class Invalidator:
             retry_max_s=settings.redis_retry_max_s,
             on_applied=on_applied,
         )
-        self.queue: asyncio.Queue[Item] = asyncio.Queue()
-        self.listener = Listener(settings.database_url, settings.channel, self.queue, self.metrics)
+        self.queue: asyncio.Queue[Item | WalBatch] = asyncio.Queue()
+        self.declaration = declaration.load() if settings.capture == "wal" else None
+        self.listener: Listener | WalSource
+        if self.declaration is not None:
+            # PGBUST_CAPTURE=wal: the slot instead of LISTEN; no flush at start when the slot
+            # was there (it kept everything), confirmed only after Redis applied a batch
+            self.listener = WalSource(
+                settings.database_url,
+                settings.slot_name,
+                settings.publication_name,
+                self.declaration,
+                self.queue,  # type: ignore[arg-type]  # the term's queue, set in _serve
+                self.metrics,
+                status_interval_s=settings.wal_status_interval_s,
+                keepalive_s=settings.wal_keepalive_s,
+                timeout_s=settings.wal_timeout_s,
+            )
+        else:
+            self.listener = Listener(
+                settings.database_url,
+                settings.channel,
+                self.queue,  # type: ignore[arg-type]
+                self.metrics,
+            )
         self.leadership = Leadership(
             settings.database_url,
             settings.effective_lock_id,
@@ -94,6 +117,7 @@ class Invalidator:
             "status": "ok" if self.role in {"active", "standby", "starting"} else self.role,
             "role": self.role,
             "listener_connected": self.listener.connected,
+            "capture_mode": self.settings.capture,
             "redis_ok": self.sink.redis_ok,
             "redis_error": self.sink.redis_error,
             "pending_events": self.sink.pending_events,
@@ -106,6 +130,11 @@ class Invalidator:
             "capture": self.capture.health(),
             "uptime_s": round(time.monotonic() - self._started_at, 1),
         }
+        if isinstance(self.listener, WalSource):
+            m = self.metrics
+            details["wal_slot"] = self.listener.slot
+            details["wal_slot_lag_bytes"] = int(m.wal_slot_lag_bytes._value.get())
+            details["wal_lag_s"] = round(self.listener._lag_s(), 3)
         return (200 if self.role != "stopping" else 503), details
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -157,22 +186,27 @@ class Invalidator:
         self.terms += 1
         self.metrics.active.set(1)
         self.queue = asyncio.Queue()
-        self.listener.queue = self.queue
-        # the baseline of the capture check, before LISTEN: the term's start flush covers what
-        # changed before it, the check's next round what changes after it
-        self.capture.new_term()
-        try:
-            await self.capture.check(self.leadership.fetch, self._flush)
-        except psycopg.Error as exc:
-            log.warning("capture check failed (%s); retrying", str(exc).splitlines()[0])
+        self.listener.queue = self.queue  # type: ignore[assignment]
+        if self.settings.capture == "notify":
+            # the baseline of the capture check, before LISTEN: the term's start flush covers
+            # what changed before it, the check's next round what changes after it
+            self.capture.new_term()
+            try:
+                await self.capture.check(self.leadership.fetch, self._flush)
+            except psycopg.Error as exc:
+                log.warning("capture check failed (%s); retrying", str(exc).splitlines()[0])
         with contextlib.suppress(Exception):
             await self.cache.ensure_server_identity(origin="cdc")
         listener = asyncio.create_task(self.listener.run(), name="listener")
         consumer = asyncio.create_task(self._consume(self.queue), name="consumer")
         watch = asyncio.create_task(self.leadership.watch(), name="lock-watch")
         hot = asyncio.create_task(self.hot.refresh_forever(self.settings.hot_refresh_s), name="hot")
+        # the trigger check has nothing to check in wal mode (no triggers: the slot is the capture)
         capture = asyncio.create_task(
-            self.capture.run(self.leadership.fetch, self._flush), name="capture-check"
+            self.capture.run(self.leadership.fetch, self._flush)
+            if self.settings.capture == "notify"
+            else asyncio.Event().wait(),
+            name="capture-check",
         )
         stop: asyncio.Task[Any] = asyncio.create_task(self.stopping.wait())
         self.started.set()
@@ -221,17 +255,20 @@ class Invalidator:
 
     # --- batching -------------------------------------------------------------------------
 
-    def _add(self, batch: Batch, item: Item) -> bool:
+    def _add(self, batch: Batch, item: Item | WalBatch) -> bool:
         """Add one queue item; False when it is the stop sentinel."""
         if item is _STOP:
             return False
-        if isinstance(item, FlushRequest):
+        if isinstance(item, WalBatch):
+            assert self.declaration is not None
+            batch.add_wal(item, self.declaration)
+        elif isinstance(item, FlushRequest):
             batch.add_flush(item.kind, item.reason)
         else:
             batch.add(parse(item))
         return True
 
-    def _drain(self, batch: Batch, queue: asyncio.Queue[Item]) -> bool:
+    def _drain(self, batch: Batch, queue: asyncio.Queue[Item | WalBatch]) -> bool:
         """Move what is already queued into the batch (up to batch_max); False on stop."""
         limit = self.settings.batch_max
         while len(batch) < limit:
@@ -243,7 +280,7 @@ class Invalidator:
                 return False
         return True
 
-    async def _consume(self, queue: asyncio.Queue[Item]) -> None:
+    async def _consume(self, queue: asyncio.Queue[Item | WalBatch]) -> None:
         """Apply the batches of one term, read from that term's own queue until _STOP."""
         window_s = self.settings.batch_window_ms / 1000
         running = True
@@ -268,11 +305,13 @@ class Invalidator:
                         break
                     running = self._add(batch, item) and self._drain(batch, queue)
             if batch:
-                await self.sink.apply(
+                applied = await self.sink.apply(
                     batch, absorb=lambda b: self._absorb(b, queue), stopping=self.stopping
                 )
+                if applied and batch.wal_lsn is not None and isinstance(self.listener, WalSource):
+                    await self.listener.confirm(batch.wal_lsn)  # only now may the slot forget
 
-    def _absorb(self, batch: Batch, queue: asyncio.Queue[Item]) -> None:
+    def _absorb(self, batch: Batch, queue: asyncio.Queue[Item | WalBatch]) -> None:
         """While Redis is unreachable, keep merging new events into the pending batch."""
         if not self._drain(batch, queue):
             queue.put_nowait(_STOP)  # seen again by the consumer loop after this batch

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from invalidator.payload import Parsed
 from invalidator.rules import RULES, explain
+from pgbust.declaration import Declaration
 from pgbust.protocol import Targets
+from pgbust.rules import explain as declared_explain
+
+if TYPE_CHECKING:
+    from invalidator.wal_source import WalBatch
 
 
 @dataclass(slots=True)
@@ -26,6 +32,7 @@ class Batch:
     reasons: list[str] = field(default_factory=list)  # why this batch flushes, if it does
     flush_kind: str | None = None  # low-cardinality label of the first reason to flush
     opened_us: int | None = None  # when the daemon took the batch's first event (wall clock)
+    wal_lsn: int | None = None  # WAL capture: confirm the slot up to here once applied
 
     def __len__(self) -> int:
         return self.events
@@ -59,6 +66,29 @@ class Batch:
             )
         self.add_targets(targets)
 
+    def add_wal(self, item: WalBatch, declaration: Declaration) -> None:
+        """Add one committed transaction from the WAL; its problems were counted by the
+        source, so only unusable rows are counted here."""
+        self.wal_lsn = max(self.wal_lsn or 0, item.end_lsn)
+        for change in item.changes:
+            self.events += 1
+            self.tables[change.table] += 1
+            if change.ts_us is not None:
+                self.timestamps.append(change.ts_us)
+            targets, unkeyable = declared_explain(declaration, change)
+            if unkeyable is not None:
+                self.problems[unkeyable] += 1
+            if targets.flush and not self.flush:
+                if change.table_wide:
+                    kind = "table_wide"
+                elif declaration.table(change.table) is None:
+                    kind = "unknown_table"
+                else:
+                    kind = "unkeyable_row"
+                self.flush_kind = kind
+                self.reasons.append(f"{unkeyable or kind} change of {change.table} (wal)")
+            self.add_targets(targets)
+
     def add_targets(self, targets: Targets) -> None:
         if self.flush:
             return  # a flush already covers everything
@@ -78,6 +108,8 @@ class Batch:
         self.add_targets(Targets(flush=True))
 
     def merge(self, other: Batch) -> None:
+        if other.wal_lsn is not None:
+            self.wal_lsn = max(self.wal_lsn or 0, other.wal_lsn)
         self.events += other.events
         self.timestamps += other.timestamps
         self.tables.update(other.tables)

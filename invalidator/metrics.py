@@ -72,6 +72,25 @@ class Metrics:
             "1 when the DDL event triggers are in place (rewrites, partition changes)",
             registry=r,
         )
+        # WAL capture (PGBUST_CAPTURE=wal)
+        self.wal_slot_lag_bytes = Gauge(
+            p + "wal_slot_lag_bytes",
+            "WAL the slot holds back: current WAL position - confirmed_flush_lsn",
+            registry=r,
+        )
+        self.wal_safe_wal_size_bytes = Gauge(
+            p + "wal_safe_wal_size_bytes",
+            "WAL that can still be written before the slot is invalidated (-1: unlimited)",
+            registry=r,
+        )
+        self.wal_lag_seconds = Gauge(
+            p + "wal_lag_seconds",
+            "Age of the oldest commit received from the slot and not yet confirmed (0: none)",
+            registry=r,
+        )
+        self.wal_transactions = Counter(
+            p + "wal_transactions", "Committed transactions received from the slot", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

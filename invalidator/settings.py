@@ -6,7 +6,7 @@ import hashlib
 
 from pydantic import AliasChoices, Field
 
-from pgbust.settings import TaskQueueSettings
+from pgbust.settings import CaptureSettings, TaskQueueSettings
 
 
 def default_lock_id(namespace: str) -> int:
@@ -16,7 +16,7 @@ def default_lock_id(namespace: str) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
-class Settings(TaskQueueSettings):
+class Settings(TaskQueueSettings, CaptureSettings):
     """PGBUST_* environment variables (and CELERY_BROKER_URL / PGBUST_QUEUE, where the worker
     tasks go); the command's flags override them."""
 
@@ -62,6 +62,13 @@ class Settings(TaskQueueSettings):
     # costs nothing, and a commit made after Redis is back but before the next attempt would
     # be served stale from the API's fresh fills until then.
     redis_retry_max_s: float = Field(default=0.25, gt=0, le=60)
+
+    # PGBUST_CAPTURE=wal: standby status updates to the server this often; after
+    # wal_keepalive_s without a frame the server is asked to reply, and a replication
+    # connection silent for wal_timeout_s is treated as lost (reconnect, resume from the slot).
+    wal_status_interval_s: float = Field(default=1.0, gt=0, le=60)
+    wal_keepalive_s: float = Field(default=1.0, gt=0, le=60)
+    wal_timeout_s: float = Field(default=5.0, gt=0, le=600)
 
     @property
     def effective_lock_id(self) -> int:

@@ -7,8 +7,9 @@ the environment by being passed to the constructor.
 
 from __future__ import annotations
 
+import hashlib
 import re
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -178,3 +179,34 @@ def load_settings(settings_cls: type[S], **overrides: Any) -> S:
             shown = None  # never echo a secret, not even a too-short one
         suffix = f" (got {shown!r})" if shown is not None and error["type"] != "missing" else ""
         raise ConfigError(f"invalid setting {name}: {reason}{suffix}") from None
+
+
+_WAL_NAME_RE = re.compile(r"[a-z0-9_]{1,40}")
+
+
+def wal_name(namespace: str) -> str:
+    """The default slot and publication name of a namespace: `pgbust_<namespace>` when that is
+    a valid slot name (lower case, digits, _), else a readable part plus a stable hash."""
+    if _WAL_NAME_RE.fullmatch(namespace):
+        return f"pgbust_{namespace}"
+    readable = re.sub(r"[^a-z0-9_]", "_", namespace.lower())[:30]
+    digest = hashlib.blake2b(namespace.encode(), digest_size=4).hexdigest()
+    return f"pgbust_{readable}_{digest}"
+
+
+class CaptureSettings(CommonSettings):
+    """How changes are captured (PGBUST_CAPTURE): NOTIFY triggers, or the WAL through a
+    logical replication slot. Read by `python -m db upgrade` and by the invalidator."""
+
+    capture: Literal["notify", "wal"] = "notify"
+    # None: pgbust_<namespace> (wal_name); one slot per namespace, one consumer at a time.
+    wal_slot: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,63}$")
+    wal_publication: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+
+    @property
+    def slot_name(self) -> str:
+        return self.wal_slot or wal_name(self.namespace)
+
+    @property
+    def publication_name(self) -> str:
+        return self.wal_publication or wal_name(self.namespace)

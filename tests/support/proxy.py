@@ -36,6 +36,7 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._silenced: set[asyncio.StreamWriter] = set()
 
     # --- control (called from the test's thread) -----------------------------------------
 
@@ -66,6 +67,12 @@ class TcpProxy:
         self.blocked = True
         self.cut()
 
+    def silence(self) -> int:
+        """Black-hole the open connections: they stay open but nothing passes any more, in
+        either direction (a dead network path without RST or FIN); new ones work."""
+        pairs: int = self._call(self._silence())
+        return pairs
+
     def unblock(self) -> None:
         self.blocked = False
 
@@ -87,6 +94,10 @@ class TcpProxy:
         if self._server is not None:
             self._server.close()
         await self._cut()
+
+    async def _silence(self) -> int:
+        self._silenced.update(self._writers)
+        return len(self._writers) // 2
 
     async def _cut(self) -> int:
         writers = list(self._writers)
@@ -132,6 +143,8 @@ class TcpProxy:
                     await asyncio.sleep(self.delay_s)
                 if dst not in self._writers:
                     break  # cut while we were waiting
+                if dst in self._silenced:
+                    continue  # black-holed: read and drop
                 dst.write(data)
                 await dst.drain()
         except (ConnectionError, OSError, asyncio.CancelledError):

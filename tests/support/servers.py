@@ -97,8 +97,10 @@ class RedisServer:
 class PostgresCluster:
     """A throw-away cluster (initdb + pg_ctl, as the postgres user when running as root)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, settings: dict[str, str] | None = None) -> None:
+        """`settings`: server settings given to every start (e.g. {"wal_level": "logical"})."""
         self.folder = folder
+        self.settings = dict(settings or {})
         self.data = folder / "data"
         self.port = free_port()
         self.bindir = postgres_bindir()
@@ -140,7 +142,8 @@ class PostgresCluster:
             "-l",
             str(self.folder / "log"),
             "-o",
-            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off",
+            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+            + "".join(f" -c {name}={value}" for name, value in self.settings.items()),
             "start",
         )
 
