@@ -9,6 +9,9 @@
         Hit    -> L1.put(ticket)               -> payload, "L2"
         Lease  -> load Postgres, [after_load hook], FILL (guarded in Lua); L1.put only if
                   the L2 fill was stored      -> payload, "MISS"
+        NotLive -> no active invalidator proves its capture channels (pgbust.lua
+                  capture_gated): Redis may hold what nobody invalidated, so read Postgres,
+                  fill nothing                -> payload, "MISS"
         Busy   -> another reader (maybe another instance, or a warming worker) is loading:
                   poll with backoff 0.5 ms doubling to 10 ms, for at most
                   BUSY_WAIT_BUDGET_S (and never past the lease time); a hit is served, a
@@ -33,7 +36,7 @@ from redis.exceptions import RedisError
 
 from api.l1 import L1Cache, Ticket
 from api.metrics import Metrics
-from pgbust.protocol import Busy, Hit, Lease
+from pgbust.protocol import Busy, Hit, Lease, NotLive
 from pgbust.redis_cache import RedisCache
 
 log = logging.getLogger(__name__)
@@ -141,6 +144,9 @@ class TieredCache:
             if waited is None:
                 return ReadResult(await self._load(entry), "MISS")
             result = waited
+        if isinstance(result, NotLive):
+            self.metrics.l2_bypassed.labels("capture_not_live").inc()
+            return ReadResult(await self._load(entry), "MISS")
         if isinstance(result, Lease):
             self.metrics.misses.labels("l2").inc()
             return await self._load_and_fill(entry, l2, result, ticket)
@@ -164,7 +170,9 @@ class TieredCache:
         if remaining_ms > 0:
             self._put_l1(ticket, payload, min(self.ttl_ms, remaining_ms) / 1000)
 
-    async def _wait_for_other_loader(self, entry: str, l2: RedisCache) -> Hit | Lease | None:
+    async def _wait_for_other_loader(
+        self, entry: str, l2: RedisCache
+    ) -> Hit | Lease | NotLive | None:
         deadline = time.monotonic() + min(self.busy_wait_budget_s, self.lease_ms / 1000)
         backoff = FIRST_BACKOFF_S
         while (left := deadline - time.monotonic()) > 0:
@@ -176,7 +184,8 @@ class TieredCache:
                 self.metrics.redis_errors.labels("get_or_lease").inc()
                 break
             if not isinstance(result, Busy):
-                self.metrics.busy_waits.labels("hit" if isinstance(result, Hit) else "lease").inc()
+                outcome = {Hit: "hit", Lease: "lease"}.get(type(result), "not_live")
+                self.metrics.busy_waits.labels(outcome).inc()
                 return result
         self.metrics.busy_waits.labels("timeout").inc()
         return None
