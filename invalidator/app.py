@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from invalidator.batcher import Batch
+from invalidator.heartbeat import TermBeat
 from invalidator.hot import HotEntries
 from invalidator.leader import Leadership
 from invalidator.listener import FlushRequest, Item, Listener
+from invalidator.liveness import CaptureProof, GiveUpBackoff, Probe
 from invalidator.metrics import Metrics
 from invalidator.payload import parse
 from invalidator.server import HealthServer
@@ -55,7 +61,17 @@ class Invalidator:
             on_applied=on_applied,
         )
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
-        self.listener = Listener(settings.database_url, settings.channel, self.queue, self.metrics)
+        self.sender = f"{socket.gethostname()}:{os.getpid()}"
+        timeout_s = settings.effective_capture_timeout_s
+        self.proof = CaptureProof(self.sender, timeout_s)
+        self.listener = Listener(
+            settings.database_url,
+            settings.channel,
+            self.queue,
+            self.metrics,
+            probe_channel=settings.probe_channel,
+            proof=self.proof,
+        )
         self.leadership = Leadership(
             settings.database_url,
             settings.effective_lock_id,
@@ -64,7 +80,12 @@ class Invalidator:
             heartbeat_s=settings.heartbeat_s,
             takeover_after_s=settings.takeover_after_s,
             listener_pid=lambda: self.listener.backend_pid,
+            statement_timeout_s=timeout_s,
         )
+        self.term: TermBeat | None = None  # the active term's heartbeats and health
+        self.backoff = GiveUpBackoff(base_s=settings.give_up_after_s)
+        self.redis_reachable = True  # as a standby last saw it (it takes over only if so)
+        self._standby_until = 0.0  # after giving up: no attempt on the lock before this
         self.server = (
             HealthServer(
                 settings.metrics_host, settings.metrics_port, self.health, self.metrics.render
@@ -80,9 +101,17 @@ class Invalidator:
 
     # --- health ---------------------------------------------------------------------------
 
+    @property
+    def capture_live(self) -> bool:
+        """Active, with its capture proven alive end to end and heartbeats published."""
+        return self.role == "active" and self.term is not None and self.term.health.live
+
     def health(self) -> tuple[int, dict[str, Any]]:
-        details = {
-            "status": "ok" if self.role in {"active", "standby", "starting"} else self.role,
+        """200 while this instance does its job: an active one while its capture is proven
+        alive end to end (heartbeats published), a standby while it could take over."""
+        now = time.monotonic()
+        ok = self.role in {"active", "standby", "starting"}
+        details: dict[str, Any] = {
             "role": self.role,
             "listener_connected": self.listener.connected,
             "redis_ok": self.sink.redis_ok,
@@ -90,9 +119,18 @@ class Invalidator:
             "namespace": self.settings.namespace,
             "lock_id": self.leadership.lock_id,
             "takeovers": self.leadership.takeovers,
-            "uptime_s": round(time.monotonic() - self._started_at, 1),
+            "uptime_s": round(now - self._started_at, 1),
         }
-        return (200 if self.role != "stopping" else 503), details
+        if self.role == "active" and self.term is not None:
+            details["capture"] = self.term.describe()
+            details["redis_ok"] = self.sink.redis_ok and self.term.redis_ok
+            ok = ok and self.term.health.healthy(now)
+        elif self.role == "standby":
+            details["redis_ok"] = self.redis_reachable
+            details["standby_for_s"] = round(max(0.0, self._standby_until - now), 1)
+            ok = ok and self.redis_reachable
+        details["status"] = "ok" if ok else "unavailable" if self.role != "stopping" else self.role
+        return (200 if ok else 503), details
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -111,11 +149,12 @@ class Invalidator:
                     f"cannot serve /healthz on {self.server.host}:{self.server.port} "
                     f"(PGBUST_INVALIDATOR_METRICS_PORT / --metrics-port): {exc.strerror or exc}"
                 ) from None
+        await self.tasks.preload()
         try:
             while not self.stopping.is_set():
                 self.role = "standby"
                 self.metrics.active.set(0)
-                acquire = asyncio.create_task(self.leadership.acquire())
+                acquire = asyncio.create_task(self.leadership.acquire(self._ready))
                 stop = asyncio.create_task(self.stopping.wait())
                 await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
                 if not acquire.done():
@@ -134,17 +173,48 @@ class Invalidator:
             await self.redis.aclose()
             log.info("stopped")
 
+    async def _ready(self) -> bool:
+        """Asked by a standby before each attempt on the lock: not during its back-off after
+        giving up, and only while it reaches Redis itself (else it could not serve either)."""
+        try:
+            await asyncio.wait_for(self.redis.ping(), self.proof.timeout_s)
+            reachable = True
+        except (RedisError, OSError, TimeoutError):
+            reachable = False
+        if reachable != self.redis_reachable:
+            log.warning(
+                "redis %s: %s", "reachable again" if reachable else "unreachable",
+                "may take over" if reachable else "will not take the lock until it is back",
+            )  # fmt: skip
+            self.redis_reachable = reachable
+        return reachable and time.monotonic() >= self._standby_until
+
     async def _serve(self) -> None:
         self.role = "active"
         self.terms += 1
         self.metrics.active.set(1)
         self.queue = asyncio.Queue()
         self.listener.queue = self.queue
+        started = time.monotonic()
         with contextlib.suppress(Exception):
-            await self.cache.ensure_server_identity(origin="cdc")
+            await asyncio.wait_for(
+                self.cache.ensure_server_identity(origin="cdc"), self.proof.timeout_s
+            )
+        self.term = TermBeat(
+            leadership=self.leadership,
+            listener=self.listener,
+            proof=self.proof,
+            cache=self.cache,
+            sink=self.sink,
+            metrics=self.metrics,
+            probe_channel=self.settings.probe_channel,
+            heartbeat_s=self.settings.heartbeat_s,
+            give_up_after_s=self.settings.give_up_after_s,
+            sender=f"{self.sender}/{self.terms}",
+        )
         listener = asyncio.create_task(self.listener.run(), name="listener")
         consumer = asyncio.create_task(self._consume(self.queue), name="consumer")
-        watch = asyncio.create_task(self.leadership.watch(), name="lock-watch")
+        watch = asyncio.create_task(self.term.run(), name="heartbeat")
         hot = asyncio.create_task(self.hot.refresh_forever(self.settings.hot_refresh_s), name="hot")
         stop: asyncio.Task[Any] = asyncio.create_task(self.stopping.wait())
         self.started.set()
@@ -152,6 +222,12 @@ class Invalidator:
         done, _ = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
         self.started.clear()
         self.metrics.active.set(0)
+        gave_up = watch in done and not watch.cancelled() and watch.exception() is None
+        gave_up = gave_up and watch.result() == "give_up"
+        pause = self.backoff.after_term(gave_up=gave_up, lasted_s=time.monotonic() - started)
+        self._standby_until = time.monotonic() + pause
+        if gave_up:
+            log.warning("standing by for at least %.1f s before trying the lock again", pause)
         for task in (listener, watch, hot):
             task.cancel()
         if stop in done:
@@ -194,6 +270,8 @@ class Invalidator:
             return False
         if isinstance(item, FlushRequest):
             batch.add_flush(item.kind, item.reason)
+        elif isinstance(item, Probe):
+            batch.add_probe(item)
         else:
             batch.add(parse(item))
         return True
@@ -234,10 +312,13 @@ class Invalidator:
                     except TimeoutError:
                         break
                     running = self._add(batch, item) and self._drain(batch, queue)
+            applied = True
             if batch:
-                await self.sink.apply(
+                applied = await self.sink.apply(
                     batch, absorb=lambda b: self._absorb(b, queue), stopping=self.stopping
                 )
+            if applied and batch.probe is not None:
+                self.proof.applied(batch.probe)  # capture proven up to the probe's sending
 
     def _absorb(self, batch: Batch, queue: asyncio.Queue[Item]) -> None:
         """While Redis is unreachable, keep merging new events into the pending batch."""

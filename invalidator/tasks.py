@@ -36,6 +36,12 @@ class Tasks:
         function = getattr(module, name, None)
         return function if callable(function) else None
 
+    async def preload(self) -> None:
+        """Import the sender (Celery) in a thread, once, before serving: imported at the first
+        send it would stall the event loop for a quarter of a second, listener and heartbeat
+        included, right at the start-up flush."""
+        await asyncio.to_thread(self._function, "enqueue_purge")
+
     def send(self, name: str, *args: Any) -> None:
         """Call worker.client.<name>(*args) in a thread; never raises, never waits."""
         function = self._function(name)
