@@ -15,7 +15,7 @@ from psycopg import AsyncConnection
 from redis.commands.core import AsyncScript
 
 from api.loaders import UnknownEntry, load_entry
-from pgbust.protocol import Busy, Hit, Invalidation, Targets
+from pgbust.protocol import Busy, Hit, Invalidation, NotLive, Targets
 from pgbust.redis_cache import RedisCache
 from worker import lua
 
@@ -149,6 +149,7 @@ class WarmOutcome:
     missing: int = 0
     unknown: int = 0
     refused: int = 0
+    not_live: int = 0  # no live capture: nothing is filled until an invalidator proves it
 
     def as_counts(self) -> dict[str, int]:
         return {
@@ -158,6 +159,7 @@ class WarmOutcome:
             "warm_missing": self.missing,
             "warm_unknown": self.unknown,
             "warm_refused": self.refused,
+            "warm_not_live": self.not_live,
         }
 
 
@@ -182,6 +184,9 @@ async def warm(
             continue
         if isinstance(lease, Busy):
             outcome.busy += 1
+            continue
+        if isinstance(lease, NotLive):
+            outcome.not_live += 1
             continue
         try:
             payload = await load_entry(conn, entry)
