@@ -226,6 +226,7 @@ class Invalidator:
         gave_up = gave_up and watch.result() == "give_up"
         pause = self.backoff.after_term(gave_up=gave_up, lasted_s=time.monotonic() - started)
         self._standby_until = time.monotonic() + pause
+        self.redis_reachable = self.term.redis_ok and self.sink.redis_ok  # as the term saw it
         if gave_up:
             log.warning("standing by for at least %.1f s before trying the lock again", pause)
         for task in (listener, watch, hot):
