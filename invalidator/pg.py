@@ -20,17 +20,38 @@ class ConnectionSilent(psycopg.OperationalError):
     """A statement got no answer within its deadline; its connection has been closed."""
 
 
+_closing: set[asyncio.Task[None]] = set()
+
+
 async def connect(database_url: str, application_name: str) -> Connection:
-    return await psycopg.AsyncConnection.connect(
-        database_url,
-        autocommit=True,
-        application_name=application_name,
-        connect_timeout=5,
-        keepalives=1,
-        keepalives_idle=5,
-        keepalives_interval=2,
-        keepalives_count=3,
+    """A new session. Cancelled half-way (a term ending while its listener reconnects), the
+    attempt still finishes in the background and its connection is closed at once, instead of
+    lingering, named like ours, until the garbage collector finds it."""
+    attempt = asyncio.ensure_future(
+        psycopg.AsyncConnection.connect(
+            database_url,
+            autocommit=True,
+            application_name=application_name,
+            connect_timeout=5,
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=3,
+        )
     )
+    try:
+        return await asyncio.shield(attempt)
+    except asyncio.CancelledError:
+        attempt.add_done_callback(_close_late)
+        raise
+
+
+def _close_late(attempt: asyncio.Future[Connection]) -> None:
+    if attempt.cancelled() or attempt.exception() is not None:
+        return
+    closing = asyncio.ensure_future(attempt.result().close())
+    _closing.add(closing)
+    closing.add_done_callback(_closing.discard)
 
 
 async def within(conn: Connection, operation: Awaitable[T], timeout_s: float, what: str) -> T:
