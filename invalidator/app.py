@@ -31,6 +31,7 @@ from pgbust.redis_connect import connect
 
 log = logging.getLogger(__name__)
 _REAP_TIMEOUT_S = 5.0
+CLIENT_NAME = "pgbust-invalidator"
 _STOP = FlushRequest("stop", "")  # sentinel: everything queued before it is still applied
 
 
@@ -47,7 +48,12 @@ class Invalidator:
         self.metrics = metrics or Metrics()
         self.keyspace = Keyspace(settings.namespace)
         self.redis = connect(
-            settings.redis_url, self.keyspace, "cdc", socket_connect_timeout=2, socket_timeout=5
+            settings.redis_url,
+            self.keyspace,
+            "cdc",
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            client_name=f"{CLIENT_NAME}-{os.getpid()}",  # which process, in CLIENT LIST
         )
         self.cache = RedisCache(self.redis, self.keyspace)
         self.tasks = Tasks(self.metrics)
