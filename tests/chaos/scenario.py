@@ -43,6 +43,7 @@ def run_scenario(
     let writes continue, stop them, drain, sweep; append the record and assert 0 stale."""
     record = ScenarioRecord(scenario=name)
     results.append(record)
+    stack.current_record = record  # an inject may add notes (detection times)
     stack.heal()
     stack.worker_deaths = []
     load = stack.load(write_rate=write_rate).start()

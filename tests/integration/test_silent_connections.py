@@ -30,10 +30,11 @@ import redis
 
 from api.settings import Settings as ApiSettings
 from db.seed import Counts
+from invalidator.listener import APPLICATION_NAME as LISTENER
 from invalidator.settings import Settings as InvalidatorSettings
 from pgbust.keys import Keyspace
 from tests.support.processes import ManagedProcess, ProcessManager
-from tests.support.proxy import TcpProxy
+from tests.support.proxy import TcpProxy, postgres_application
 from tests.support.servers import RedisServer, wait_until
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -192,8 +193,9 @@ def test_silent_listen_connection_is_detected_reconnected_and_the_epoch_bumped(
 
     silenced_at = time.monotonic()
     # the LISTEN session (its startup packet names it); new connections pass (heal at once)
-    assert postgres_proxy.black_hole(b"pgbust-invalidator-listener") == 1
+    silenced = postgres_proxy.black_hole(postgres_application(LISTENER))
     postgres_proxy.heal()
+    assert silenced == 1
     fresh = update(pg, 9)  # its NOTIFY goes into the black hole
     assert fresh > old
 

@@ -36,6 +36,13 @@ _CHUNK = 65536
 _SEEN_LIMIT = 4096  # client bytes remembered per connection, for black_hole(match)
 
 
+def postgres_application(name: str) -> bytes:
+    """What a Postgres client with this application_name sends in its startup packet: a
+    black_hole() match for exactly its connections (a statement that merely mentions the name,
+    as a bind parameter, does not match)."""
+    return b"application_name\x00" + name.encode() + b"\x00"
+
+
 @dataclass(eq=False)
 class _Pair:
     client: asyncio.StreamWriter
