@@ -100,6 +100,15 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError(f"server on port {self.port} not ready after {timeout}s")
 
+    def wait_until(self, ready: Callable[[Server], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with suppress(httpx.HTTPError):
+                if ready(self):
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"server on port {self.port} not ready after {timeout}s")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -123,13 +132,30 @@ def api_server(database_url: str, redis_url: str, log: Path, **settings: str) ->
         "PGBUST_LOG_LEVEL": "WARNING",
         **{f"PGBUST_{key.upper()}": value for key, value in settings.items()},
     }
+    invalidator = None
+    if settings.get("cache_mode", "cdc") == "cdc":
+        # a cdc API serves its caches only while an active invalidator proves capture alive
+        inv_port = free_port()
+        inv_env = {**env, "PGBUST_INVALIDATOR_LOCK_ID": str(secrets.randbelow(2**62) + 1)}
+        invalidator = Server(
+            ["invalidator", "--metrics-port", str(inv_port)], inv_env, inv_port, log
+        )
     server = Server(["api", "--port", str(port)], env, port, log)
     try:
         server.wait_ready("/healthz")
+        if invalidator is not None:
+            server.wait_until(_capture_live, timeout=30)
         yield server
     finally:
         server.stop()
+        if invalidator is not None:
+            invalidator.stop()
         _drop_namespace(redis_url, namespace)
+
+
+def _capture_live(server: Server) -> bool:
+    body = httpx.get(server.base_url + "/healthz", timeout=1).json()
+    return bool(body.get("subscriber", {}).get("capture") == "live")
 
 
 @contextmanager
