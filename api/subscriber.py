@@ -210,7 +210,10 @@ class Subscriber:
             self.check(now)
             if now >= next_epoch_check:
                 next_epoch_check = now + EPOCH_CHECK_S
-                await self._check_epoch()
+                try:  # on the cache's own connection, which may be the silent one
+                    await asyncio.wait_for(self._check_epoch(), self.silence_s)
+                except TimeoutError:
+                    raise ChannelSilent(f"no epoch within {self.silence_s} s") from None
 
     def check(self, now: float) -> None:
         """Apply the silence bounds: raise ChannelSilent when the connection heard nothing;

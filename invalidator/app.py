@@ -201,6 +201,7 @@ class Invalidator:
         self.metrics.active.set(1)
         self.queue = asyncio.Queue()
         self.listener.queue = self.queue
+        self.proof.reset()  # live only once this term's start-up flush is applied
         started = time.monotonic()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(

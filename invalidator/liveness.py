@@ -46,6 +46,11 @@ class CaptureProof:
         self.arrived_sent_at: float | None = None  # newest probe back on this connection
         self.proven_at: float | None = None  # newest probe applied to Redis (sent time)
 
+    def reset(self) -> None:
+        """A new term: what an earlier term proved says nothing about this one."""
+        self.not_listening()
+        self.proven_at = None
+
     # --- the LISTEN connection ------------------------------------------------------------
 
     def listening(self) -> None:

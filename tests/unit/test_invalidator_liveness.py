@@ -118,3 +118,13 @@ def test_give_up_backoff_doubles_per_consecutive_give_up_and_resets_after_a_good
     assert backoff.after_term(gave_up=True, lasted_s=6) == 5.0
     backoff.after_term(gave_up=True, lasted_s=6)
     assert backoff.after_term(gave_up=True, lasted_s=600) == 5.0  # it worked for long
+
+
+def test_a_new_term_starts_unproven_whatever_the_last_term_proved() -> None:
+    proof, clock = _proof()
+    proof.listening()
+    probe = proof.arrived(proof.send())
+    assert probe is not None and proof.applied(probe)
+    clock.now += 0.3
+    proof.reset()  # the lock was lost and taken again: the start-up flush comes first
+    assert proof.validity_s() <= 0 and not proof.listen_proven()
