@@ -68,7 +68,7 @@ def read(api: ManagedProcess, product_id: int) -> tuple[int, str]:
 
 
 def capture_live_on(api: ManagedProcess) -> bool:
-    return health(api)[1].get("subscriber", {}).get("capture") == "live"
+    return bool(health(api)[1].get("subscriber", {}).get("capture") == "live")
 
 
 def cached_in_l1(api: ManagedProcess, product_id: int) -> int:
