@@ -57,6 +57,7 @@ class Invalidator:
         )
         self.cache = RedisCache(self.redis, self.keyspace)
         self.tasks = Tasks(self.metrics)
+        self.tasks.preload()  # before the event loop serves anything
         self.hot = HotEntries(self.redis, self.keyspace, settings.warm_top)
         self.sink = Sink(
             self.cache,
@@ -155,7 +156,6 @@ class Invalidator:
                     f"cannot serve /healthz on {self.server.host}:{self.server.port} "
                     f"(PGBUST_INVALIDATOR_METRICS_PORT / --metrics-port): {exc.strerror or exc}"
                 ) from None
-        await self.tasks.preload()
         try:
             while not self.stopping.is_set():
                 self.role = "standby"

@@ -1,7 +1,8 @@
 """Handing slow work to the Celery workers without ever blocking the fast path.
 
-`worker/client.py` (the worker's thin sender) is imported lazily: the invalidator runs, and
-only logs, when it is absent or its broker is down. Each call runs in a thread.
+`worker/client.py` (the worker's thin sender) is imported once, when the daemon is built (see
+`preload`): the invalidator runs, and only logs, when it is absent or its broker is down. Each
+call runs in a thread.
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ class Tasks:
         function = getattr(module, name, None)
         return function if callable(function) else None
 
-    async def preload(self) -> None:
-        """Import the sender (Celery) in a thread, once, before serving: imported at the first
-        send it would stall the event loop for a quarter of a second, listener and heartbeat
-        included, right at the start-up flush."""
-        await asyncio.to_thread(self._function, "enqueue_purge")
+    def preload(self) -> None:
+        """Import the sender (Celery) now, before serving: imported at the first send it would
+        stall the event loop for a quarter of a second, listener and heartbeat included, right
+        at the start-up flush."""
+        self._function("enqueue_purge")
 
     def send(self, name: str, *args: Any) -> None:
         """Call worker.client.<name>(*args) in a thread; never raises, never waits."""
