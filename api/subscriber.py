@@ -178,7 +178,8 @@ class Subscriber:
         finally:
             # aclose after a dead connection may itself fail (or, black-holed, hang)
             with contextlib.suppress(RedisError, OSError, TimeoutError):
-                await asyncio.wait_for(pubsub.aclose(), _CLOSE_TIMEOUT_S)  # type: ignore[no-untyped-call]
+                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _confirmed(self, pubsub: Any) -> None:
         """Wait for the subscription's confirmation: from then on no message can be missed."""
@@ -211,7 +212,8 @@ class Subscriber:
             if now >= next_epoch_check:
                 next_epoch_check = now + EPOCH_CHECK_S
                 try:  # on the cache's own connection, which may be the silent one
-                    await asyncio.wait_for(self._check_epoch(), self.silence_s)
+                    async with asyncio.timeout(self.silence_s):
+                        await self._check_epoch()
                 except TimeoutError:
                     raise ChannelSilent(f"no epoch within {self.silence_s} s") from None
 

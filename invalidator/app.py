@@ -183,7 +183,8 @@ class Invalidator:
         """Asked by a standby before each attempt on the lock: not during its back-off after
         giving up, and only while it reaches Redis itself (else it could not serve either)."""
         try:
-            await asyncio.wait_for(self.redis.ping(), self.proof.timeout_s)
+            async with asyncio.timeout(self.proof.timeout_s):
+                await self.redis.ping()
             reachable = True
         except (RedisError, OSError, TimeoutError):
             reachable = False
@@ -204,9 +205,8 @@ class Invalidator:
         self.proof.reset()  # live only once this term's start-up flush is applied
         started = time.monotonic()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(
-                self.cache.ensure_server_identity(origin="cdc"), self.proof.timeout_s
-            )
+            async with asyncio.timeout(self.proof.timeout_s):
+                await self.cache.ensure_server_identity(origin="cdc")
         self.term = TermBeat(
             leadership=self.leadership,
             listener=self.listener,
@@ -316,7 +316,10 @@ class Invalidator:
                     if left <= 0:
                         break
                     try:
-                        item = await asyncio.wait_for(queue.get(), left)
+                        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
+                        # cancellation that arrives as get() returns (cpython#86296)
+                        async with asyncio.timeout(left):
+                            item = await queue.get()
                     except TimeoutError:
                         break
                     running = self._add(batch, item) and self._drain(batch, queue)

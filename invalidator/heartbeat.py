@@ -15,7 +15,6 @@ beat for a paused process) and a silent lock connection cannot delay the Redis s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -68,6 +67,7 @@ class TermBeat:
         self.redis_ok = True
         self.beats = 0
         self._tick_s = min(0.05, heartbeat_s / 4)
+        self._ending = False
 
     def describe(self) -> dict[str, Any]:
         age = self.proof.proof_age_s()
@@ -88,17 +88,21 @@ class TermBeat:
             done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
             return str(next(iter(done)).result())
         finally:
+            # cancelled, and told: a loop that misses its cancellation still ends at its next
+            # tick, and the term never waits on it for longer than one bounded call
+            self._ending = True
             for task in loops:
                 task.cancel()
+            await asyncio.wait(loops, timeout=self.proof.timeout_s + 1.0)
             for task in loops:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved (logged by the caller if it matters)
             self.metrics.capture_live.set(0)
 
     async def _lock_loop(self) -> str:
         next_beat = self.clock()
         probed = -1  # listener connection (count) the last probe was sent on
-        while True:
+        while not self._ending:
             now = self.clock()
             fresh_connection = self.listener.connected and self.listener.connections != probed
             if now >= next_beat or fresh_connection:
@@ -115,11 +119,12 @@ class TermBeat:
                     return "lock"
                 next_beat = now + self.heartbeat_s
             await asyncio.sleep(self._tick_s)
+        return "ended"
 
     async def _redis_loop(self) -> str:
         last_beat = -1e9
         last_ping = -1e9
-        while True:
+        while not self._ending:
             now = self.clock()
             valid_s = self.proof.validity_s()
             if valid_s > 0 and (now - last_beat >= self.heartbeat_s or not self.health.live):
@@ -131,6 +136,7 @@ class TermBeat:
             if self._judge(self.clock(), valid_s):
                 return "give_up"
             await asyncio.sleep(self._tick_s)
+        return "ended"
 
     def _judge(self, now: float, valid_s: float) -> bool:
         problems = []
@@ -163,9 +169,8 @@ class TermBeat:
         every_ms = round(self.heartbeat_s * 1000)
         beat = Heartbeat(every_ms, sender=self.sender, proof_age_ms=round(age * 1000))
         try:
-            await asyncio.wait_for(
-                self.cache.heartbeat(beat, valid_ms=int(valid_s * 1000)), self.proof.timeout_s
-            )
+            async with asyncio.timeout(self.proof.timeout_s):
+                await self.cache.heartbeat(beat, valid_ms=int(valid_s * 1000))
         except (RedisError, OSError, TimeoutError) as exc:
             self._redis_failed(exc)
             return False
@@ -175,7 +180,8 @@ class TermBeat:
 
     async def _ping(self) -> bool:
         try:
-            await asyncio.wait_for(self.cache.client.ping(), self.proof.timeout_s)
+            async with asyncio.timeout(self.proof.timeout_s):
+                await self.cache.client.ping()
         except (RedisError, OSError, TimeoutError) as exc:
             self._redis_failed(exc)
             return False
