@@ -9,6 +9,9 @@
         Hit    -> L1.put(ticket)               -> payload, "L2"
         Lease  -> load Postgres, [after_load hook], FILL (guarded in Lua); L1.put only if
                   the L2 fill was stored      -> payload, "MISS"
+        NotLive -> no active invalidator proves its capture channels (pgbust.lua
+                  capture_gated): Redis may hold what nobody invalidated, so read Postgres,
+                  fill nothing                -> payload, "MISS"
         Busy   -> another reader (maybe another instance, or a warming worker) is loading:
                   poll with backoff 0.5 ms doubling to 10 ms, for at most
                   BUSY_WAIT_BUDGET_S (and never past the lease time); a hit is served, a
@@ -37,7 +40,7 @@ from redis.exceptions import OutOfMemoryError, RedisError
 
 from api.l1 import L1Cache, Ticket
 from api.metrics import Metrics
-from pgbust.protocol import Busy, Hit, Lease, Refused
+from pgbust.protocol import Busy, Hit, Lease, NotLive, Refused
 from pgbust.redis_cache import RedisCache
 
 log = logging.getLogger(__name__)
@@ -145,6 +148,9 @@ class TieredCache:
             if waited is None:
                 return ReadResult(await self._load(entry), "MISS")
             result = waited
+        if isinstance(result, NotLive):
+            self.metrics.l2_bypassed.labels("capture_not_live").inc()
+            return ReadResult(await self._load(entry), "MISS")
         if isinstance(result, Refused):
             self._refused("get_or_lease", result.out_of_memory)
             return ReadResult(await self._load(entry), "MISS")
@@ -173,7 +179,7 @@ class TieredCache:
 
     async def _wait_for_other_loader(
         self, entry: str, l2: RedisCache
-    ) -> Hit | Lease | Refused | None:
+    ) -> Hit | Lease | Refused | NotLive | None:
         deadline = time.monotonic() + min(self.busy_wait_budget_s, self.lease_ms / 1000)
         backoff = FIRST_BACKOFF_S
         while (left := deadline - time.monotonic()) > 0:
@@ -185,7 +191,9 @@ class TieredCache:
                 self.metrics.redis_errors.labels("get_or_lease").inc()
                 break
             if not isinstance(result, Busy):
-                outcome = type(result).__name__.lower()  # hit, lease or refused
+                outcome = {Hit: "hit", Lease: "lease", Refused: "refused"}.get(
+                    type(result), "not_live"
+                )
                 self.metrics.busy_waits.labels(outcome).inc()
                 return result
         self.metrics.busy_waits.labels("timeout").inc()

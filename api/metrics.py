@@ -106,6 +106,24 @@ class Metrics:
             ["policy", "verdict"],
             registry=r,
         )
+        self.subscriber_silences = Counter(
+            "pgbust_api_subscriber_silences",
+            "Silences past PGBUST_SUBSCRIBER_SILENCE_S: of the connection itself (torn down and "
+            "resubscribed) or of the invalidator's heartbeat (L1 bypassed until it resumes)",
+            ["what"],
+            registry=r,
+        )
+        self.capture_live = Gauge(
+            "pgbust_api_capture_live",
+            "1 while the active invalidator's heartbeats arrive (L1 serves only then)",
+            registry=r,
+        )
+        self.l2_bypassed = Counter(
+            "pgbust_api_l2_bypassed",
+            "Reads that Redis did not serve and fills it did not take, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.request_latency = Histogram(
             "pgbust_api_request_seconds",
             "Request latency",

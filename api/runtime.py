@@ -59,7 +59,8 @@ class Runtime:
             redis_client = connect(
                 settings.redis_url, keyspace, "api", socket_connect_timeout=2.0, socket_timeout=5.0
             )
-            l2 = RedisCache(redis_client, keyspace)
+            # only a cache invalidated by events may require (and trust) live capture
+            l2 = RedisCache(redis_client, keyspace, require_live_capture=settings.subscribes)
         cache = TieredCache(
             l1=l1,
             l2=l2,
@@ -78,7 +79,9 @@ class Runtime:
         if settings.subscribes and l2 is not None:
             l1.disable()  # until the subscription is confirmed
             runtime._pubsub_redis = pubsub_client(settings.redis_url)
-            runtime.subscriber = Subscriber(runtime._pubsub_redis, l2, l1, metrics)
+            runtime.subscriber = Subscriber(
+                runtime._pubsub_redis, l2, l1, metrics, silence_s=settings.subscriber_silence_s
+            )
             runtime._spawn(runtime.subscriber.run())
         elif settings.cache_mode == "off":
             l1.disable()

@@ -29,6 +29,10 @@ class Settings(CommonSettings):
     lease_ms: int = Field(default=2_000, ge=10, le=60_000)
     db_pool_size: int = Field(default=10, ge=1, le=1_000)
     workers: int = Field(default=1, ge=1, le=64)
+    # A subscription that hears nothing (not even its own PING) for this long is lost; one that
+    # hears no heartbeat of the active invalidator for this long stops L1. Keep it several
+    # times the invalidator's PGBUST_HEARTBEAT_S.
+    subscriber_silence_s: float = Field(default=2.0, ge=0.2, le=60)
 
     @field_validator("api_token")
     @classmethod

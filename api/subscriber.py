@@ -5,6 +5,15 @@ connection drops the L1 is flushed and bypassed (reads go to Redis) until it has
 again, and an undecodable message or an epoch change flushes it too. The pub/sub client is
 built without redis-py's silent reconnect (which would resubscribe behind our back and hide
 the messages lost meanwhile).
+
+Silence is not news (DESIGN invariant 8). A connection can go silent without ever closing (a
+proxy whose upstream died, an expired NAT entry): no FIN, no RST, TCP keepalives answered by
+a middlebox. So the subscriber PINGs its own connection and requires *some* message — a PONG,
+a heartbeat, an invalidation — at least every `silence_s`; past that the connection counts as
+lost (torn down, L1 flushed and bypassed, resubscribe). And L1 serves only while the active
+invalidator's heartbeats arrive: a live connection that hears PONGs but no heartbeat for
+`silence_s` means no active invalidator is proving its capture channels (none running, or
+one cut off from Postgres or Redis), so L1 is flushed and bypassed until a heartbeat comes.
 """
 
 from __future__ import annotations
@@ -14,16 +23,18 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from api.l1 import L1Cache
 from api.metrics import Metrics
-from pgbust.protocol import Invalidation, MessageError
+from pgbust.protocol import Heartbeat, MessageError, decode_message
 from pgbust.redis_cache import RedisCache
 
 log = logging.getLogger(__name__)
@@ -32,6 +43,13 @@ State = Literal["starting", "subscribed", "disconnected", "stopped"]
 EPOCH_CHECK_S = 1.0
 FIRST_RETRY_S = 0.05
 MAX_RETRY_S = 2.0
+DEFAULT_SILENCE_S = 2.0
+CLIENT_NAME = "pgbust-api-subscriber"  # in CLIENT LIST, and what fault-injection tests match
+_CLOSE_TIMEOUT_S = 2.0
+
+
+class ChannelSilent(RedisConnectionError):
+    """The subscription heard nothing at all (not even its own PING) within the bound."""
 
 
 def pubsub_client(redis_url: str) -> aioredis.Redis:
@@ -41,34 +59,67 @@ def pubsub_client(redis_url: str) -> aioredis.Redis:
         retry=Retry(NoBackoff(), 0),
         socket_connect_timeout=2.0,
         health_check_interval=0,
+        client_name=CLIENT_NAME,
     )
 
 
 class Subscriber:
     def __init__(
-        self, client: aioredis.Redis, cache: RedisCache, l1: L1Cache, metrics: Metrics
+        self,
+        client: aioredis.Redis,
+        cache: RedisCache,
+        l1: L1Cache,
+        metrics: Metrics,
+        *,
+        silence_s: float = DEFAULT_SILENCE_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.cache = cache
         self.l1 = l1
         self.metrics = metrics
+        self.silence_s = silence_s
+        self.clock = clock
         self.state: State = "starting"
         self.reconnects = 0
         self.last_error = ""
         self.subscribed_once = asyncio.Event()
+        self.caching = asyncio.Event()  # set while L1 serves: subscribed and heartbeats arrive
+        self.capture_live = False
+        self.last_beat: Heartbeat | None = None
+        self._heard_at = clock()  # anything at all on the current connection
+        self._beat_at: float | None = None  # the last heartbeat on the current connection
+        self._warned_cadence = False
         self._epoch: int | None = None
         self._echoes: dict[str, asyncio.Future[None]] = {}
 
     @property
     def healthy(self) -> bool:
+        """The subscription itself is proven alive (a missing invalidator is reported, not
+        failed: every instance would go 503 at once, while reads stay correct uncached)."""
         return self.state == "subscribed"
 
     def describe(self) -> dict[str, Any]:
+        now = self.clock()
+        beat_age = None if self._beat_at is None else round(now - self._beat_at, 2)
+        if self.capture_live:
+            capture = "live"
+        elif self.state != "subscribed":
+            capture = "unknown: not subscribed"
+        elif beat_age is None:
+            capture = "no heartbeat from an active invalidator yet"
+        else:
+            capture = f"no heartbeat from an active invalidator for {beat_age} s"
         return {
             "state": self.state,
             "reconnects": self.reconnects,
             "last_error": self.last_error,
             "l1_enabled": self.l1.enabled,
+            "capture": capture,
+            "heartbeat_age_s": beat_age,
+            "heard_s_ago": round(now - self._heard_at, 2),
+            "silence_s": self.silence_s,
+            "invalidator": self.last_beat.sender if self.last_beat else "",
         }
 
     async def run(self) -> None:
@@ -91,14 +142,17 @@ class Subscriber:
         finally:
             self.state = "stopped"
             self.metrics.subscriber_connected.set(0)
-            self.l1.disable()
+            self._stop_caching()
 
     def _on_lost(self, exc: BaseException) -> None:
         was_subscribed = self.state == "subscribed"
         self.state = "disconnected"
         self.last_error = f"{type(exc).__name__}: {exc}"[:200]
         self.metrics.subscriber_connected.set(0)
-        self.l1.disable()
+        self._stop_caching()
+        self._beat_at = None  # the next connection must hear a heartbeat of its own
+        if isinstance(exc, ChannelSilent):
+            self.metrics.subscriber_silences.labels("connection").inc()
         if was_subscribed:
             log.warning("invalidation channel lost (%s): L1 flushed and bypassed", exc)
 
@@ -106,14 +160,12 @@ class Subscriber:
         pubsub = self.client.pubsub()
         try:
             await pubsub.subscribe(self.cache.keyspace.channel)
-            # wait for the confirmation: from here on no message can be missed
-            while await pubsub.get_message(timeout=1.0) is None:
-                pass
+            await self._confirmed(pubsub)
             await self.cache.ensure_server_identity("api")
             self._epoch = await self.cache.current_epoch()
-            # anything filled before the subscription may have missed an invalidation
+            # anything filled before the subscription may have missed an invalidation; L1
+            # serves again once a heartbeat proves an active invalidator is behind the channel
             self.l1.flush()
-            self.l1.enable()
             if self.subscribed_once.is_set():
                 self.reconnects += 1
                 self.metrics.subscriber_reconnects.inc()
@@ -124,22 +176,76 @@ class Subscriber:
             self.subscribed_once.set()
             await self._consume(pubsub)
         finally:
-            # aclose after a dead connection may itself fail; the session is over anyway
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            # aclose after a dead connection may itself fail (or, black-holed, hang)
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _confirmed(self, pubsub: Any) -> None:
+        """Wait for the subscription's confirmation: from then on no message can be missed."""
+        started = self.clock()
+        while await pubsub.get_message(timeout=self._tick_s) is None:
+            if self.clock() - started > self.silence_s:
+                raise ChannelSilent(f"no subscription confirmation within {self.silence_s} s")
+        self._heard_at = self.clock()
+
+    @property
+    def _tick_s(self) -> float:
+        return min(0.25, self.silence_s / 4)
 
     async def _consume(self, pubsub: Any) -> None:
-        next_epoch_check = time.monotonic() + EPOCH_CHECK_S
+        ping_every = self.silence_s / 4
+        now = self.clock()
+        next_ping = now + ping_every
+        next_epoch_check = now + EPOCH_CHECK_S
         while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
-            is_message = message is not None and message.get("type") == "message"
-            if is_message and self.handle(message["data"]):
-                # that flush announced its bump: the check below is for bumps nobody
-                # announced, not for a second flush of the same one a moment later
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self._tick_s)
+            now = self.clock()
+            if message is not None:
+                self._heard_at = now
+                if message.get("type") == "message" and self.handle(message["data"]):
+                    # that flush announced its bump: the epoch check below is for bumps
+                    # nobody announced, not for a second flush of the same one a moment later
+                    await self._record_epoch()
+            if now >= next_ping:
+                next_ping = now + ping_every
+                await pubsub.ping()  # its PONG is a message too: proof the connection works
+            self.check(now)
+            if now >= next_epoch_check:
+                next_epoch_check = now + EPOCH_CHECK_S
+                try:  # on the cache's own connection, which may be the silent one
+                    async with asyncio.timeout(self.silence_s):
+                        await self._check_epoch()
+                except TimeoutError:
+                    raise ChannelSilent(f"no epoch within {self.silence_s} s") from None
+
+    def check(self, now: float) -> None:
+        """Apply the silence bounds: raise ChannelSilent when the connection heard nothing;
+        stop or resume L1 as heartbeats stop or resume."""
+        heard_s_ago = now - self._heard_at
+        if heard_s_ago > self.silence_s:
+            raise ChannelSilent(
+                f"nothing heard on the subscription for {heard_s_ago:.1f} s "
+                f"(PGBUST_SUBSCRIBER_SILENCE_S={self.silence_s})"
+            )
+        beating = self._beat_at is not None and now - self._beat_at <= self.silence_s
+        if self.capture_live and not beating:
+            self.metrics.subscriber_silences.labels("heartbeat").inc()
+            log.warning(
+                "no heartbeat from an active invalidator for %.1f s: L1 flushed and bypassed, "
+                "and Redis serves no reads until one proves its capture channels again",
+                self.silence_s,
+            )
+            self._stop_caching()
+
+    async def _record_epoch(self) -> None:
+        """After a flush message: the epoch it announced, so that the check does not flush
+        L1 a second time for the same bump (bounded: the cache's connection may be silent)."""
+        try:
+            async with asyncio.timeout(self.silence_s):
                 self._epoch = await self.cache.current_epoch()
-            if time.monotonic() >= next_epoch_check:
-                next_epoch_check = time.monotonic() + EPOCH_CHECK_S
-                await self._check_epoch()
+        except TimeoutError:
+            raise ChannelSilent(f"no epoch within {self.silence_s} s") from None
 
     async def _check_epoch(self) -> None:
         """Belt and braces: an epoch bump whose flush message we did not see flushes L1."""
@@ -149,6 +255,39 @@ class Subscriber:
             self._epoch = epoch
             self.l1.flush()
             self.metrics.messages.labels("epoch_check").inc()
+
+    # --- L1 on / off --------------------------------------------------------------------------
+
+    def _start_caching(self) -> None:
+        self.l1.flush()
+        self.l1.enable()
+        self.capture_live = True
+        self.metrics.capture_live.set(1)
+        self.caching.set()
+
+    def _stop_caching(self) -> None:
+        self.l1.disable()
+        self.capture_live = False
+        self.metrics.capture_live.set(0)
+        self.caching.clear()
+
+    def _on_heartbeat(self, beat: Heartbeat) -> None:
+        self.metrics.messages.labels("heartbeat").inc()
+        self._beat_at = self.clock()
+        self.last_beat = beat
+        if not self._warned_cadence and beat.every_ms * 2 / 1000 > self.silence_s:
+            self._warned_cadence = True
+            log.warning(
+                "the invalidator beats every %d ms: PGBUST_SUBSCRIBER_SILENCE_S=%s should be "
+                "several times that, or a late beat bypasses L1 for nothing",
+                beat.every_ms,
+                self.silence_s,
+            )
+        if not self.capture_live and self.state == "subscribed":
+            log.info("heartbeat from the active invalidator (%s): L1 serves again", beat.sender)
+            self._start_caching()
+
+    # --- messages -------------------------------------------------------------------------------
 
     def expect_echo(self, reason: str) -> asyncio.Future[None]:
         """A future resolved when a message with this reason comes back on the channel."""
@@ -162,12 +301,15 @@ class Subscriber:
     def handle(self, raw: bytes | str) -> bool:
         """Apply one message to L1; True when it flushed the whole L1."""
         try:
-            message = Invalidation.decode(raw)
+            message = decode_message(raw)
         except MessageError as exc:
             log.warning("undecodable invalidation message (%s): flushing L1", exc)
             self.metrics.messages.labels("undecodable").inc()
             self.l1.flush()
             return True
+        if isinstance(message, Heartbeat):
+            self._on_heartbeat(message)
+            return False
         if message.flush:
             self.metrics.messages.labels("flush").inc()
             self.l1.flush()

@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
@@ -30,7 +31,7 @@ from fastapi import FastAPI, Response
 
 from bench import serving
 from bench.report import markdown_table, percentiles, write
-from bench.serving import Server, api_server, ensure_wrk
+from bench.serving import Server, api_server, ensure_wrk, invalidator_server
 from db import migrate, seed
 from pgbust.devservers import ensure_database, free_port, with_database
 
@@ -202,7 +203,17 @@ def run(out: Path, quick: bool) -> None:
     with ExitStack() as stack:
 
         def api(**settings: str) -> Server:
-            return stack.enter_context(api_server(database_url, redis_url, log, **settings))
+            namespace = f"bench-http-{uuid.uuid4().hex[:8]}"
+            cdc = settings.get("cache_mode", "cdc") == "cdc"
+            if cdc:
+                # a cdc API serves its caches only while an active invalidator proves capture
+                stack.enter_context(invalidator_server(database_url, redis_url, log, namespace))
+            server = stack.enter_context(
+                api_server(database_url, redis_url, log, namespace, **settings)
+            )
+            if cdc:
+                server.wait_ready("/healthz", expect=b'"capture":"live"')
+            return server
 
         cached, l2_only, uncached = api(), api(l1_max_entries="0"), api(cache_mode="off")
         body_size = len(httpx.get(cached.base_url + "/products/1").content)

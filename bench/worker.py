@@ -27,6 +27,7 @@ from bench.scratch import scratch_database
 from pgbust.keys import Keyspace, product_entry
 from pgbust.protocol import Invalidation, Lease, Targets
 from pgbust.redis_cache import RedisCache
+from tests.support.heartbeat import HeartbeatPlayer
 from tests.support.processes import ProcessManager
 from tests.support.servers import RedisServer, wait_until
 from worker import audit as audit_job
@@ -180,6 +181,9 @@ def run(out: Path, quick: bool) -> None:
         namespace = f"bench{uuid.uuid4().hex[:6]}"
         bench = Bench(redis_server, database_url, namespace)
         procs = ProcessManager(bench.env, Path(tmp))
+        # the benchmark invalidates by itself: it beats in the invalidator's place, or the
+        # worker's warm-ups would find capture not live and fill nothing
+        player = HeartbeatPlayer(redis_server.url, bench.keyspace).start()
         try:
             proc = procs.celery_worker("worker", extra=["--without-mingle", "--without-gossip"])
             proc.wait_ready(lambda: " ready." in proc.log_path.read_text(errors="replace"), 60)
@@ -187,6 +191,7 @@ def run(out: Path, quick: bool) -> None:
             purge = bench.purge(entries)
             audit = asyncio.run(bench.audit(cached=min(PRODUCTS, 5_000), sample=200))
         finally:
+            player.stop()
             bench.sender.close()
             procs.stop_all()
             redis_server.stop(keep_snapshot=False)

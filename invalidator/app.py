@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from typing import Any
 
 import psycopg
+from redis.exceptions import RedisError
 
 from invalidator.batcher import Batch
 from invalidator.capture import CaptureWatch
+from invalidator.heartbeat import TermBeat
 from invalidator.hot import HotEntries
 from invalidator.leader import Leadership
 from invalidator.listener import FlushRequest, Item, Listener
+from invalidator.liveness import CaptureProof, GiveUpBackoff, Probe
 from invalidator.metrics import Metrics
 from invalidator.payload import parse
 from invalidator.server import HealthServer
@@ -30,6 +35,7 @@ from pgbust.redis_connect import connect
 
 log = logging.getLogger(__name__)
 _REAP_TIMEOUT_S = 5.0
+CLIENT_NAME = "pgbust-invalidator"
 _STOP = FlushRequest("stop", "")  # sentinel: everything queued before it is still applied
 
 
@@ -47,12 +53,18 @@ class Invalidator:
         self.metrics = metrics or Metrics()
         self.keyspace = Keyspace(settings.namespace)
         self.redis = connect(
-            settings.redis_url, self.keyspace, "cdc", socket_connect_timeout=2, socket_timeout=5
+            settings.redis_url,
+            self.keyspace,
+            "cdc",
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            client_name=f"{CLIENT_NAME}-{os.getpid()}",  # which process, in CLIENT LIST
         )
         self.cache = RedisCache(self.redis, self.keyspace)
         # the worker tasks go where this object's settings say (flags included), never
         # where the environment would: make_sender replaces the sender in tests
         self.tasks = Tasks(self.metrics, make_sender or worker_sender(settings))
+        self.tasks.preload()  # before the event loop serves anything
         self.hot = HotEntries(self.redis, self.keyspace, settings.warm_top)
         self.sink = Sink(
             self.cache,
@@ -63,11 +75,15 @@ class Invalidator:
             on_applied=on_applied,
         )
         self.queue: asyncio.Queue[Item | WalBatch] = asyncio.Queue()
+        self.sender = f"{socket.gethostname()}:{os.getpid()}"
+        timeout_s = settings.effective_capture_timeout_s
+        self.proof = CaptureProof(self.sender, timeout_s)
         self.declaration = declaration.load() if settings.capture == "wal" else None
         self.listener: Listener | WalSource
         if self.declaration is not None:
             # PGBUST_CAPTURE=wal: the slot instead of LISTEN; no flush at start when the slot
-            # was there (it kept everything), confirmed only after Redis applied a batch
+            # was there (it kept everything), confirmed only after Redis applied a batch; the
+            # probes come through the slot as logical messages
             self.listener = WalSource(
                 settings.database_url,
                 settings.slot_name,
@@ -78,6 +94,8 @@ class Invalidator:
                 status_interval_s=settings.wal_status_interval_s,
                 keepalive_s=settings.wal_keepalive_s,
                 timeout_s=settings.wal_timeout_s,
+                probe_prefix=settings.probe_channel,
+                proof=self.proof,
             )
         else:
             self.listener = Listener(
@@ -85,6 +103,8 @@ class Invalidator:
                 settings.channel,
                 self.queue,  # type: ignore[arg-type]
                 self.metrics,
+                probe_channel=settings.probe_channel,
+                proof=self.proof,
             )
         self.leadership = Leadership(
             settings.database_url,
@@ -94,8 +114,15 @@ class Invalidator:
             heartbeat_s=settings.heartbeat_s,
             takeover_after_s=settings.takeover_after_s,
             listener_pid=lambda: self.listener.backend_pid,
+            statement_timeout_s=timeout_s,
+            probe_via_wal=settings.capture == "wal",
         )
+        # notify mode: every committed change of a declared table must fire a trigger
         self.capture = CaptureWatch(settings.channel, self.metrics, settings.capture_check_s)
+        self.term: TermBeat | None = None  # the active term's heartbeats and health
+        self.backoff = GiveUpBackoff(base_s=settings.give_up_after_s)
+        self.redis_reachable = True  # as a standby last saw it (it takes over only if so)
+        self._standby_until = 0.0  # after giving up: no attempt on the lock before this
         self.server = (
             HealthServer(
                 settings.metrics_host, settings.metrics_port, self.health, self.metrics.render
@@ -112,9 +139,17 @@ class Invalidator:
 
     # --- health ---------------------------------------------------------------------------
 
+    @property
+    def capture_live(self) -> bool:
+        """Active, with its capture proven alive end to end and heartbeats published."""
+        return self.role == "active" and self.term is not None and self.term.health.live
+
     def health(self) -> tuple[int, dict[str, Any]]:
-        details = {
-            "status": "ok" if self.role in {"active", "standby", "starting"} else self.role,
+        """200 while this instance does its job: an active one while its capture is proven
+        alive end to end (heartbeats published), a standby while it could take over."""
+        now = time.monotonic()
+        ok = self.role in {"active", "standby", "starting"}
+        details: dict[str, Any] = {
             "role": self.role,
             "listener_connected": self.listener.connected,
             "capture_mode": self.settings.capture,
@@ -127,15 +162,24 @@ class Invalidator:
             "namespace": self.settings.namespace,
             "lock_id": self.leadership.lock_id,
             "takeovers": self.leadership.takeovers,
+            # capture: the trigger check (notify mode) and, while active, the liveness proof
             "capture": self.capture.health(),
-            "uptime_s": round(time.monotonic() - self._started_at, 1),
+            "uptime_s": round(now - self._started_at, 1),
         }
         if isinstance(self.listener, WalSource):
-            m = self.metrics
             details["wal_slot"] = self.listener.slot
-            details["wal_slot_lag_bytes"] = int(m.wal_slot_lag_bytes._value.get())
+            details["wal_slot_lag_bytes"] = int(self.metrics.wal_slot_lag_bytes._value.get())
             details["wal_lag_s"] = round(self.listener._lag_s(), 3)
-        return (200 if self.role != "stopping" else 503), details
+        if self.role == "active" and self.term is not None:
+            details["capture"].update(self.term.describe())
+            details["redis_ok"] = self.sink.redis_ok and self.term.redis_ok
+            ok = ok and self.term.health.healthy(now)
+        elif self.role == "standby":
+            details["redis_ok"] = self.redis_reachable
+            details["standby_for_s"] = round(max(0.0, self._standby_until - now), 1)
+            ok = ok and self.redis_reachable
+        details["status"] = "ok" if ok else "unavailable" if self.role != "stopping" else self.role
+        return (200 if ok else 503), details
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -162,7 +206,7 @@ class Invalidator:
             while not self.stopping.is_set():
                 self.role = "standby"
                 self.metrics.active.set(0)
-                acquire = asyncio.create_task(self.leadership.acquire())
+                acquire = asyncio.create_task(self.leadership.acquire(self._ready))
                 stop = asyncio.create_task(self.stopping.wait())
                 await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
                 if not acquire.done():
@@ -181,13 +225,33 @@ class Invalidator:
             await self.redis.aclose()
             log.info("stopped")
 
+    async def _ready(self) -> bool:
+        """Asked by a standby before each attempt on the lock: not during its back-off after
+        giving up, and only while it reaches Redis itself (else it could not serve either)."""
+        try:
+            async with asyncio.timeout(self.proof.timeout_s):
+                await self.redis.ping()
+            reachable = True
+        except (RedisError, OSError, TimeoutError):
+            reachable = False
+        if reachable != self.redis_reachable:
+            log.warning(
+                "redis %s: %s", "reachable again" if reachable else "unreachable",
+                "may take over" if reachable else "will not take the lock until it is back",
+            )  # fmt: skip
+            self.redis_reachable = reachable
+        return reachable and time.monotonic() >= self._standby_until
+
     async def _serve(self) -> None:
         self.role = "active"
         self.terms += 1
         self.metrics.active.set(1)
         self.queue = asyncio.Queue()
         self.listener.queue = self.queue  # type: ignore[assignment]
-        if self.settings.capture == "notify":
+        self.proof.reset()  # live only once this term's start-up flush is applied
+        started = time.monotonic()
+        notify = self.settings.capture == "notify"
+        if notify:
             # the baseline of the capture check, before LISTEN: the term's start flush covers
             # what changed before it, the check's next round what changes after it
             self.capture.new_term()
@@ -196,15 +260,28 @@ class Invalidator:
             except psycopg.Error as exc:
                 log.warning("capture check failed (%s); retrying", str(exc).splitlines()[0])
         with contextlib.suppress(Exception):
-            await self.cache.ensure_server_identity(origin="cdc")
+            async with asyncio.timeout(self.proof.timeout_s):
+                await self.cache.ensure_server_identity(origin="cdc")
+        self.term = TermBeat(
+            leadership=self.leadership,
+            listener=self.listener,
+            proof=self.proof,
+            cache=self.cache,
+            sink=self.sink,
+            metrics=self.metrics,
+            probe_channel=self.settings.probe_channel,
+            heartbeat_s=self.settings.heartbeat_s,
+            give_up_after_s=self.settings.give_up_after_s,
+            sender=f"{self.sender}/{self.terms}",
+        )
         listener = asyncio.create_task(self.listener.run(), name="listener")
         consumer = asyncio.create_task(self._consume(self.queue), name="consumer")
-        watch = asyncio.create_task(self.leadership.watch(), name="lock-watch")
+        watch = asyncio.create_task(self.term.run(), name="heartbeat")
         hot = asyncio.create_task(self.hot.refresh_forever(self.settings.hot_refresh_s), name="hot")
         # the trigger check has nothing to check in wal mode (no triggers: the slot is the capture)
         capture = asyncio.create_task(
             self.capture.run(self.leadership.fetch, self._flush)
-            if self.settings.capture == "notify"
+            if notify
             else asyncio.Event().wait(),
             name="capture-check",
         )
@@ -214,6 +291,13 @@ class Invalidator:
         done, _ = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
         self.started.clear()
         self.metrics.active.set(0)
+        gave_up = watch in done and not watch.cancelled() and watch.exception() is None
+        gave_up = gave_up and watch.result() == "give_up"
+        pause = self.backoff.after_term(gave_up=gave_up, lasted_s=time.monotonic() - started)
+        self._standby_until = time.monotonic() + pause
+        self.redis_reachable = self.term.redis_ok and self.sink.redis_ok  # as the term saw it
+        if gave_up:
+            log.warning("standing by for at least %.1f s before trying the lock again", pause)
         for task in (listener, watch, hot, capture):
             task.cancel()
         self.capture.end_term()
@@ -264,6 +348,8 @@ class Invalidator:
             batch.add_wal(item, self.declaration)
         elif isinstance(item, FlushRequest):
             batch.add_flush(item.kind, item.reason)
+        elif isinstance(item, Probe):
+            batch.add_probe(item)
         else:
             batch.add(parse(item))
         return True
@@ -300,16 +386,22 @@ class Invalidator:
                     if left <= 0:
                         break
                     try:
-                        item = await asyncio.wait_for(queue.get(), left)
+                        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
+                        # cancellation that arrives as get() returns (cpython#86296)
+                        async with asyncio.timeout(left):
+                            item = await queue.get()
                     except TimeoutError:
                         break
                     running = self._add(batch, item) and self._drain(batch, queue)
+            applied = True
             if batch:
                 applied = await self.sink.apply(
                     batch, absorb=lambda b: self._absorb(b, queue), stopping=self.stopping
                 )
-                if applied and batch.wal_lsn is not None and isinstance(self.listener, WalSource):
-                    await self.listener.confirm(batch.wal_lsn)  # only now may the slot forget
+            if applied and batch.wal_lsn is not None and isinstance(self.listener, WalSource):
+                await self.listener.confirm(batch.wal_lsn)  # only now may the slot forget
+            if applied and batch.probe is not None:
+                self.proof.applied(batch.probe)  # capture proven up to the probe's sending
 
     def _absorb(self, batch: Batch, queue: asyncio.Queue[Item | WalBatch]) -> None:
         """While Redis is unreachable, keep merging new events into the pending batch."""

@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from invalidator.liveness import Probe
 from invalidator.payload import Parsed
 from invalidator.rules import RULES, explain
 from pgbust.declaration import Declaration
@@ -33,6 +34,13 @@ class Batch:
     flush_kind: str | None = None  # low-cardinality label of the first reason to flush
     opened_us: int | None = None  # when the daemon took the batch's first event (wall clock)
     wal_lsn: int | None = None  # WAL capture: confirm the slot up to here once applied
+    probe: Probe | None = None  # the newest capture probe received with these events
+
+    def add_probe(self, probe: Probe) -> None:
+        """A probe that came back behind these events: once they are applied, capture is
+        proven up to the moment it was sent (invalidator/liveness.py)."""
+        if self.probe is None or probe.sent_at > self.probe.sent_at:
+            self.probe = probe
 
     def __len__(self) -> int:
         return self.events
@@ -117,6 +125,8 @@ class Batch:
         self.reasons += other.reasons
         if not self.flush:
             self.flush_kind = other.flush_kind
+        if other.probe is not None:
+            self.add_probe(other.probe)
         self.add_targets(other.targets())
 
     def targets(self) -> Targets:

@@ -9,6 +9,11 @@ db/migrations/0003); a standby that finds the lock holder silent for longer than
 `takeover_after_s` terminates the holder's backends (lock and LISTEN connection) and takes the
 lock. The silenced process, once it runs again, finds its lock connection gone and stops
 serving: it goes back to standby.
+
+Every statement on the lock connection has a deadline (`statement_timeout_s`): a connection
+that went silent without closing is dropped instead of waited on forever. Its session may
+live on in Postgres holding the lock (the server never heard the client go); it stops
+beating, so it is taken over like a paused holder, by a standby or by this very process.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -35,6 +40,17 @@ ON CONFLICT (lock_id) DO UPDATE
 SET namespace = EXCLUDED.namespace, pid = EXCLUDED.pid,
     listener_pid = EXCLUDED.listener_pid, beat_at = EXCLUDED.beat_at
 """
+# The beat and the capture probe in one round trip (invalidator/liveness.py): the NOTIFY is
+# delivered to the LISTEN connection when this statement commits. In wal mode the probe is a
+# non-transactional logical message instead, which the slot's consumer receives at once.
+_PROBE = {
+    False: "pg_notify(%(probe_channel)s, %(probe)s)",
+    True: "pg_logical_emit_message(false, %(probe_channel)s, %(probe)s)",
+}
+_BEAT_AND_PROBE = {
+    via_wal: f"WITH beat AS ({_BEAT.strip()} RETURNING 1) SELECT {probe} FROM beat"
+    for via_wal, probe in _PROBE.items()
+}
 
 # The backend holding the lock, and how long it has been silent: the later of its last heartbeat
 # and its session's last state change (it runs a statement at least every heartbeat, so this
@@ -75,8 +91,12 @@ class Leadership:
         heartbeat_s: float = 0.5,
         takeover_after_s: float = 3.0,
         listener_pid: Callable[[], int | None] | None = None,
+        statement_timeout_s: float = 1.5,
+        probe_via_wal: bool = False,
     ) -> None:
         self.database_url = database_url
+        self.probe_via_wal = probe_via_wal
+        self.statement_timeout_s = statement_timeout_s
         self.lock_id = lock_id
         self.poll_s = poll_s
         self.namespace = namespace
@@ -92,11 +112,27 @@ class Leadership:
             self._conn = await pg.connect(self.database_url, APPLICATION_NAME)
         return self._conn
 
+    async def _bounded(
+        self,
+        conn: pg.Connection,
+        query: str,
+        params: Sequence[Any] | Mapping[str, Any] | None,
+        what: str,
+    ) -> list[tuple[object, ...]]:
+        """Run one statement with the lock connection's deadline; its rows."""
+
+        async def run() -> list[tuple[object, ...]]:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall() if cur.description else []
+
+        return await pg.within(conn, run(), self.statement_timeout_s, what)
+
     async def _try_lock(self) -> bool:
         conn = await self._connection()
-        cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_id,))
-        row = await cur.fetchone()
-        return bool(row and row[0])
+        rows = await self._bounded(
+            conn, "SELECT pg_try_advisory_lock(%s)", (self.lock_id,), "pg_try_advisory_lock"
+        )
+        return bool(rows and rows[0][0])
 
     def _missing_table(self, exc: Exception) -> None:
         if not self._no_table_logged:
@@ -119,14 +155,13 @@ class Leadership:
             "lock_app": APPLICATION_NAME,
         }
         try:
-            cur = await conn.execute(_TAKE_OVER, params)
+            rows = await self._bounded(conn, _TAKE_OVER, params, "take-over check")
         except errors.UndefinedTable as exc:
             self._missing_table(exc)
             return False
         except errors.InsufficientPrivilege as exc:
             log.error("cannot terminate the silent invalidator: %s", str(exc).splitlines()[0])
             return False
-        rows = await cur.fetchall()
         for pid, silent_s, terminated, listeners in rows:
             log.error(
                 "the active invalidator (backend %s) has been silent for %.1f s "
@@ -142,10 +177,16 @@ class Leadership:
             self.takeovers += 1
         return bool(rows)
 
-    async def acquire(self) -> None:
-        """Wait (as a hot standby) until this process holds the lock."""
+    async def acquire(self, ready: Callable[[], Awaitable[bool]] | None = None) -> None:
+        """Wait (as a hot standby) until this process holds the lock.
+
+        `ready` is asked before every attempt: a standby that could not serve (it cannot reach
+        Redis) neither takes the lock nor takes over a silent holder."""
         waiting_logged = False
         while True:
+            if ready is not None and not await ready():
+                await asyncio.sleep(self.poll_s)
+                continue
             try:
                 if await self._try_lock():
                     log.warning("acquired the invalidator lock %s: now active", self.lock_id)
@@ -175,37 +216,36 @@ class Leadership:
         cur = await conn.execute(query, params)
         return await cur.fetchall()
 
-    async def beat(self) -> None:
-        """Record the heartbeat on the lock connection (raises if that connection is gone)."""
+    async def beat(self, probe: tuple[str, str] | None = None) -> None:
+        """Record the heartbeat on the lock connection, with the capture probe `(channel,
+        payload)` if given; raises psycopg.Error when that connection is gone or silent."""
         conn = self._conn
-        if conn is None:
+        if conn is None or conn.closed:
             raise psycopg.OperationalError("no lock connection")
         params = {
             "lock_id": self.lock_id,
             "namespace": self.namespace,
             "listener_pid": self.listener_pid(),
         }
+        query = _BEAT
+        if probe is not None:
+            query = _BEAT_AND_PROBE[self.probe_via_wal]
+            params.update(probe_channel=probe[0], probe=probe[1])
         try:
-            await conn.execute(_BEAT, params)
+            await self._bounded(conn, query, params, "heartbeat")
         except errors.UndefinedTable as exc:
             self._missing_table(exc)
-            await conn.execute("SELECT 1")
-
-    async def watch(self) -> None:
-        """Beat; return when the lock can no longer be trusted (its connection is gone)."""
-        while True:
-            await asyncio.sleep(self.heartbeat_s)
-            try:
-                await self.beat()
-            except psycopg.Error as exc:
-                log.error("lost the invalidator lock connection (%s): stop serving", exc)
-                await self._close()
-                return
+            query, args = "SELECT 1", None
+            if probe is not None:
+                query = "SELECT " + _PROBE[self.probe_via_wal]
+                args = {"probe_channel": probe[0], "probe": probe[1]}
+            await self._bounded(conn, query, args, "heartbeat")
 
     async def release(self) -> None:
         if self._conn is not None and not self._conn.closed:
             with contextlib.suppress(psycopg.Error):
-                await self._conn.execute("SELECT pg_advisory_unlock(%s)", (self.lock_id,))
+                unlock = "SELECT pg_advisory_unlock(%s)"
+                await self._bounded(self._conn, unlock, (self.lock_id,), "unlock")
         await self._close()
 
     async def _close(self) -> None:

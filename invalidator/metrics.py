@@ -91,6 +91,26 @@ class Metrics:
         self.wal_transactions = Counter(
             p + "wal_transactions", "Committed transactions received from the slot", registry=r
         )
+        self.capture_live = Gauge(
+            p + "capture_live",
+            "1 while capture is proven alive end to end and heartbeats are published",
+            registry=r,
+        )
+        self.heartbeats = Counter(
+            p + "heartbeats", "Heartbeats published (liveness key + channel message)", registry=r
+        )
+        self.silences = Counter(
+            p + "silences",
+            "Channels found silent past their deadline (listen, lock, redis)",
+            ["channel"],
+            registry=r,
+        )
+        self.give_ups = Counter(
+            p + "give_ups",
+            "Times the active instance gave its leadership up (cut off from a server)",
+            ["why"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

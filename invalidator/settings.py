@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 
 from pgbust.settings import CaptureSettings, TaskQueueSettings
 
@@ -58,6 +58,14 @@ class Settings(TaskQueueSettings, CaptureSettings):
     # How often the active one checks pgbust.capture_status (from its lock connection): a table
     # that is not captured is flushed at every check, a changed capture once.
     capture_check_s: float = Field(default=1.0, gt=0, le=60)
+    # A probe NOTIFY (sent every heartbeat from the lock connection) must come back on the LISTEN
+    # connection within this, and a heartbeat proves capture alive for this long: the liveness
+    # key readers check expires this long after the newest proof. None: 3 heartbeats.
+    capture_timeout_s: float | None = Field(default=None, gt=0, le=60)
+    # An active instance whose LISTEN connection or Redis has been failing this long gives its
+    # leadership up (and stays standby for a back-off) so that a standby that can reach both
+    # takes over.
+    give_up_after_s: float = Field(default=5.0, ge=0.5, le=3600)
     # Longest pause between two attempts while Redis is unreachable. Short: a refused connection
     # costs nothing, and a commit made after Redis is back but before the next attempt would
     # be served stale from the API's fresh fills until then.
@@ -70,6 +78,25 @@ class Settings(TaskQueueSettings, CaptureSettings):
     wal_keepalive_s: float = Field(default=1.0, gt=0, le=60)
     wal_timeout_s: float = Field(default=5.0, gt=0, le=600)
 
+    @field_validator("capture_timeout_s")
+    @classmethod
+    def _longer_than_a_heartbeat(cls, value: float | None, info: ValidationInfo) -> float | None:
+        heartbeat = info.data.get("heartbeat_s")
+        if value is not None and heartbeat is not None and value <= heartbeat:
+            raise ValueError(
+                f"must be longer than PGBUST_HEARTBEAT_S ({heartbeat:g}), several times is best"
+            )
+        return value
+
     @property
     def effective_lock_id(self) -> int:
         return self.lock_id if self.lock_id is not None else default_lock_id(self.namespace)
+
+    @property
+    def effective_capture_timeout_s(self) -> float:
+        return self.capture_timeout_s or 3 * self.heartbeat_s
+
+    @property
+    def probe_channel(self) -> str:
+        """The NOTIFY channel of the capture probes of this lock's active instance."""
+        return f"pgbust_probe_{self.effective_lock_id & (2**64 - 1):016x}"

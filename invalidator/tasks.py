@@ -1,9 +1,9 @@
 """Handing slow work to the Celery workers without ever blocking the fast path.
 
 The sender is made from the daemon's own settings (its broker and queue: a `--redis-url` or
-`--celery-broker-url` flag reaches it), by `worker_sender`; `worker/client.py` is imported
-lazily, so the invalidator runs, and only logs, when it is absent or its broker is down.
-Each call runs in a thread.
+`--celery-broker-url` flag reaches it), by `worker_sender`; `worker/client.py` is imported once,
+when the daemon is built (see `preload`): the invalidator runs, and only logs, when it is absent
+or its broker is down. Each call runs in a thread.
 """
 
 from __future__ import annotations
@@ -55,6 +55,12 @@ class Tasks:
                     return None
         method = getattr(self._sender, name.removeprefix("enqueue_"), None)
         return method if callable(method) else None
+
+    def preload(self) -> None:
+        """Import the sender (Celery) now, before serving: imported at the first send it would
+        stall the event loop for a quarter of a second, listener and heartbeat included, right
+        at the start-up flush."""
+        self._method("enqueue_purge")
 
     def send(self, name: str, *args: Any) -> None:
         """Call the sender's <name without enqueue_>(*args) in a thread; never raises, never

@@ -33,6 +33,7 @@ import psycopg
 from db import wal
 from invalidator import pg
 from invalidator.listener import APPLICATION_NAME, FlushRequest
+from invalidator.liveness import CaptureProof, Probe
 from invalidator.metrics import Metrics
 from invalidator.replication import (
     Keepalive,
@@ -59,7 +60,7 @@ class WalBatch:
     problems: tuple[str, ...] = ()
 
 
-WalItem = WalBatch | FlushRequest
+WalItem = WalBatch | FlushRequest | Probe
 
 
 class SilentConnection(Exception):
@@ -81,6 +82,8 @@ class WalSource:
         timeout_s: float = 5.0,
         slot_check_s: float = 5.0,
         retry_max_s: float = 2.0,
+        probe_prefix: str | None = None,
+        proof: CaptureProof | None = None,
     ) -> None:
         self.database_url = database_url
         self.slot = slot
@@ -93,6 +96,9 @@ class WalSource:
         self.timeout_s = timeout_s
         self.slot_check_s = slot_check_s
         self.retry_max_s = retry_max_s
+        # the capture probes (invalidator/liveness.py) come as logical messages with this prefix
+        self.probe_prefix = probe_prefix
+        self.proof = proof
         self.connected = False
         self.connections = 0
         self.backend_pid: int | None = None
@@ -300,6 +306,15 @@ class WalSource:
         except pgoutput.DecodeError as exc:
             log.error("undecodable pgoutput message (%s): invalidating everything", exc)
             transactions.malformed("undecodable_message")
+            return
+        if (
+            isinstance(message, pgoutput.Message)
+            and self.proof is not None
+            and message.prefix == self.probe_prefix
+        ):
+            probe = self.proof.arrived(message.content.decode(errors="replace"))
+            if probe is not None:
+                self.queue.put_nowait(probe)
             return
         done = transactions.feed(message)
         if done is not None:

@@ -14,7 +14,7 @@ import redis
 
 from loadtest.lag import Received
 from pgbust.keys import Keyspace
-from pgbust.protocol import Invalidation, MessageError
+from pgbust.protocol import Heartbeat, MessageError, decode_message
 
 
 class ChannelRecorder:
@@ -44,12 +44,14 @@ class ChannelRecorder:
                 continue
             at = time.time()
             try:
-                message = Invalidation.decode(reply["data"])
+                message = decode_message(reply["data"])
             except MessageError:
                 # receivers flush their whole L1 on a message they cannot read: so do we
                 self.undecodable += 1
                 self.messages.append(Received(at=at, keys=(), flush=True, origin="?"))
                 continue
+            if isinstance(message, Heartbeat):
+                continue  # liveness, not an invalidation
             self.messages.append(
                 Received(
                     at=at,

@@ -52,6 +52,12 @@ class Keyspace:
         return f"{self.namespace}:invalidations"
 
     @property
+    def capture_alive(self) -> str:
+        """Set (with a short TTL) by the active invalidator while its capture channel is proven
+        alive; readers serve and fill Redis only while it exists."""
+        return f"{self.namespace}:capture:alive"
+
+    @property
     def hot(self) -> str:
         """Sorted set of sampled read counts per entry, for refresh-ahead warming."""
         return f"{self.namespace}:hot"

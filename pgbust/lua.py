@@ -230,3 +230,38 @@ return 0
 )
 
 RUNS_WHEN_FULL = _RUNS_WHEN_FULL  # for the workers' scripts (worker/lua.py)
+
+
+# --- capture liveness (DESIGN invariant 8) ---------------------------------------------------
+# Redis may only be served while invalidations can flow: the active invalidator keeps the key
+# <ns>:capture:alive alive (HEARTBEAT) only while its LISTEN connection and its Redis
+# connection are proven alive. A read script wrapped by `capture_gated` runs only while that
+# key exists; otherwise it answers {0, ''} (pgbust.protocol.NotLive) and touches nothing.
+
+
+def capture_gated(script: str) -> str:
+    """`script` behind the capture gate: the gated script takes the liveness key as KEYS[1]
+    and then exactly the keys and arguments of `script`, which runs unchanged (as a local
+    function whose parameters shadow KEYS and ARGV), so the two can evolve apart."""
+    return (
+        "if redis.call('EXISTS', KEYS[1]) == 0 then return {0, ''} end\n"
+        "local function gated(KEYS, ARGV)\n"
+        f"{script}\n"
+        "end\n"
+        "return gated({unpack(KEYS, 2)}, ARGV)\n"
+    )
+
+
+GET_OR_LEASE_IF_LIVE = capture_gated(GET_OR_LEASE)
+
+# KEYS: capture_alive   ARGV: value, ttl_ms, channel, message   -> receivers
+# One beat of the active invalidator: the liveness key (expiring when the current proof does)
+# and the heartbeat message, in one call, so a beat Redis accepted is a beat subscribers hear.
+# Runs on a full Redis (allow-oom): the beat is what lets readers keep serving there.
+HEARTBEAT = (
+    _RUNS_WHEN_FULL
+    + """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return redis.call('PUBLISH', ARGV[3], ARGV[4])
+"""
+)

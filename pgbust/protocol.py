@@ -114,6 +114,57 @@ class Invalidation:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """The liveness beat on the invalidation channel (DESIGN invariant 8).
+
+    The active invalidator publishes one every `every_ms` while its capture channel is proven
+    alive end to end (a probe NOTIFY came back on its LISTEN connection and everything received
+    before it was applied to Redis), together with the capture liveness key. A subscriber that
+    hears neither this nor anything else for a bounded time treats its channel as lost.
+
+    Encoded as a version-1 message with an "hb" object and no keys, tags or flush: a subscriber
+    that predates heartbeats decodes it as an invalidation of nothing, which is harmless.
+    """
+
+    every_ms: int
+    sender: str = ""  # which process and term, for logs and /healthz
+    proof_age_ms: int = 0  # how old the capture proof was when the beat was sent
+    origin: str = "cdc"
+
+    def encode(self) -> bytes:
+        beat = {"e": self.every_ms, "s": self.sender, "a": self.proof_age_ms}
+        return orjson.dumps({"v": MESSAGE_VERSION, "o": self.origin, "hb": beat})
+
+
+Message = Invalidation | Heartbeat
+
+
+def decode_message(raw: bytes | str) -> Message:
+    """A message of the invalidation channel: a Heartbeat, or else an Invalidation.
+
+    Raises MessageError for anything a receiver cannot trust (it must flush). A well-formed
+    version-1 message of a kind this code does not know carries no keys, tags or flush and
+    decodes as an invalidation of nothing: safe, and still proof that the channel is alive.
+    """
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MessageError(f"not JSON: {exc}") from None
+    if isinstance(body, dict) and body.get("v") == MESSAGE_VERSION and "hb" in body:
+        beat = body["hb"]
+        if not isinstance(beat, dict) or not isinstance(beat.get("e"), int) or beat["e"] <= 0:
+            raise MessageError(f"malformed heartbeat: {str(body)[:80]}")
+        age = beat.get("a", 0)
+        return Heartbeat(
+            every_ms=beat["e"],
+            sender=str(beat.get("s", ""))[:80],
+            proof_age_ms=age if isinstance(age, int) else 0,
+            origin=str(body.get("o", "?")),
+        )
+    return Invalidation.decode(raw)
+
+
 def _strings(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
@@ -157,13 +208,22 @@ class Refused:
         return self.reason.startswith("OOM")
 
 
-LeaseResult = Hit | Lease | Busy | Refused
+@dataclass(frozen=True, slots=True)
+class NotLive:
+    """No live capture (no active invalidator has proven its channels lately): whatever Redis
+    holds may have missed invalidations, so it is not served, and nothing is filled."""
+
+
+NOT_LIVE = NotLive()
+LeaseResult = Hit | Lease | Busy | Refused | NotLive
 
 
 def parse_get_or_lease(reply: list[Any], token: str) -> LeaseResult:
     status = int(reply[0])
     if status == 4:
         return Refused(_text(reply[1]) if len(reply) > 1 and reply[1] else "refused")
+    if status == 0:
+        return NOT_LIVE
     stamp = _text(reply[1])
     if status == 1:
         value = reply[2]

@@ -13,6 +13,7 @@ from redis.commands.core import AsyncScript
 from pgbust import lua
 from pgbust.keys import Keyspace, tag_of
 from pgbust.protocol import (
+    Heartbeat,
     Invalidation,
     LeaseResult,
     Targets,
@@ -34,10 +35,20 @@ class InvalidateResult:
 
 
 class RedisCache:
-    def __init__(self, client: aioredis.Redis, keyspace: Keyspace) -> None:
+    """require_live_capture: reads and leases only while an active invalidator proves its
+    capture channel alive (keyspace.capture_alive), else NotLive. Only a cache that nobody
+    invalidates by events (the API's ttl mode) turns it off."""
+
+    def __init__(
+        self, client: aioredis.Redis, keyspace: Keyspace, *, require_live_capture: bool = True
+    ) -> None:
         self.client = client
         self.keyspace = keyspace
-        self._get_or_lease: AsyncScript = client.register_script(lua.GET_OR_LEASE)
+        self.require_live_capture = require_live_capture
+        self._get_or_lease: AsyncScript = client.register_script(
+            lua.GET_OR_LEASE_IF_LIVE if require_live_capture else lua.GET_OR_LEASE
+        )
+        self._heartbeat: AsyncScript = client.register_script(lua.HEARTBEAT)
         self._fill: AsyncScript = client.register_script(lua.FILL)
         self._invalidate: AsyncScript = client.register_script(lua.INVALIDATE)
         self._bump_epoch: AsyncScript = client.register_script(lua.BUMP_EPOCH)
@@ -57,7 +68,10 @@ class RedisCache:
 
     async def get_or_lease(self, entry: str, lease_ms: int = DEFAULT_LEASE_MS) -> LeaseResult:
         token = uuid.uuid4().hex
-        reply = await self._get_or_lease(keys=self._entry_keys(entry), args=[token, lease_ms])
+        keys = self._entry_keys(entry)
+        if self.require_live_capture:
+            keys.insert(0, self.keyspace.capture_alive)
+        reply = await self._get_or_lease(keys=keys, args=[token, lease_ms])
         return parse_get_or_lease(reply, token)
 
     async def fill(
@@ -141,6 +155,16 @@ class RedisCache:
             args=[run_id, self.keyspace.channel, message],
         )
         return int(reply) if reply else None
+
+    # --- capture liveness -----------------------------------------------------------------
+
+    async def heartbeat(self, beat: Heartbeat, valid_ms: int) -> int:
+        """Keep the capture liveness key for valid_ms more and publish the beat; receivers."""
+        reply = await self._heartbeat(
+            keys=[self.keyspace.capture_alive],
+            args=[beat.sender or "1", max(1, valid_ms), self.keyspace.channel, beat.encode()],
+        )
+        return int(reply)
 
     async def current_epoch(self) -> int:
         """The namespace epoch (µs on the Redis clock; 0 while it is missing).

@@ -19,6 +19,7 @@ from db import migrate, seed
 from pgbust.devservers import choose, with_database
 from pgbust.keys import Keyspace
 from tests.support.design import SLOW_US
+from tests.support.heartbeat import HeartbeatPlayer
 from tests.support.processes import ProcessManager
 from tests.support.servers import RedisServer
 
@@ -73,6 +74,15 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client = redis_server.client()
     yield client
     client.close()
+
+
+@pytest.fixture
+def live_capture(redis_server: RedisServer, keyspace: Keyspace) -> Iterator[HeartbeatPlayer]:
+    """For tests without an invalidator that send every invalidation themselves: they beat in
+    its place, so that the API's caches serve (tests/support/heartbeat.py)."""
+    player = HeartbeatPlayer(redis_server.url, keyspace).start()
+    yield player
+    player.stop()
 
 
 @pytest.fixture

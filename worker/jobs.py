@@ -16,7 +16,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ExecAbortError, OutOfMemoryError
 
 from api.loaders import UnknownEntry, load_entry
-from pgbust.protocol import Busy, Hit, Invalidation, Refused, Targets
+from pgbust.protocol import Busy, Hit, Invalidation, NotLive, Refused, Targets
 from pgbust.redis_cache import RedisCache
 from worker import lua
 
@@ -151,6 +151,7 @@ class WarmOutcome:
     missing: int = 0
     unknown: int = 0
     refused: int = 0
+    not_live: int = 0  # no live capture: nothing is filled until an invalidator proves it
 
     def as_counts(self) -> dict[str, int]:
         return {
@@ -160,6 +161,7 @@ class WarmOutcome:
             "warm_missing": self.missing,
             "warm_unknown": self.unknown,
             "warm_refused": self.refused,
+            "warm_not_live": self.not_live,
         }
 
 
@@ -188,6 +190,9 @@ async def warm(
             continue
         if isinstance(lease, Refused):
             outcome.refused += 1
+            continue
+        if isinstance(lease, NotLive):
+            outcome.not_live += 1
             continue
         try:
             payload = await load_entry(conn, entry)

@@ -71,6 +71,7 @@ class ScenarioRecord:
 
 
 TAKEOVER_AFTER_S = 1.5
+GIVE_UP_AFTER_S = 3.0
 
 
 class ChaosStack:
@@ -85,7 +86,10 @@ class ChaosStack:
         # cache's Redis is what the scenarios stop and restart, and kombu's Redis transport does
         # not always survive its broker restarting with unacknowledged tasks (celery#10205).
         self.broker = RedisServer(root / "broker")
-        self.proxy: TcpProxy | None = None
+        self.proxy: TcpProxy | None = None  # API instances -> Redis
+        # the invalidators' own paths, so that one of their connections can go silent
+        self.invalidator_pg_proxy: TcpProxy | None = None
+        self.invalidator_redis_proxy: TcpProxy | None = None
         self.namespace = f"chaos{uuid.uuid4().hex[:8]}"
         self.keyspace = Keyspace(self.namespace)
         self.database_url = ""
@@ -108,6 +112,13 @@ class ChaosStack:
     def api_redis_url(self) -> str:
         assert self.proxy is not None
         return f"redis://127.0.0.1:{self.proxy.port}/0"
+
+    def _via(self, proxy: TcpProxy | None, url: str) -> str:
+        assert proxy is not None
+        scheme, rest = url.split("://", 1)
+        user = rest.split("@", 1)[0] + "@" if "@" in rest else ""
+        path = rest.split("/", 1)[1]
+        return f"{scheme}://{user}127.0.0.1:{proxy.port}/{path}"
 
     @property
     def api_urls(self) -> list[str]:
@@ -135,6 +146,9 @@ class ChaosStack:
             PGBUST_VISIBILITY_TIMEOUT_S="4",
             # a silent (SIGSTOPped) active invalidator is replaced after this long
             PGBUST_TAKEOVER_AFTER_S=str(TAKEOVER_AFTER_S),
+            # an active invalidator cut off from Redis or Postgres hands over after this long
+            # (longer than the Redis outages of scenario 4, which are ridden out)
+            PGBUST_GIVE_UP_AFTER_S=str(GIVE_UP_AFTER_S),
             PYTHONUNBUFFERED="1",
         )
         return env
@@ -150,6 +164,8 @@ class ChaosStack:
         self.redis.start()
         self.broker.start()
         self.proxy = TcpProxy(self.redis.port).start()
+        self.invalidator_pg_proxy = TcpProxy(self.postgres.port).start()
+        self.invalidator_redis_proxy = TcpProxy(self.redis.port).start()
         self.procs = ProcessManager(self.env(), self.root / "logs")
         (self.root / "logs").mkdir(exist_ok=True)
         self.invalidators = [self.start_invalidator(), self.start_invalidator()]
@@ -160,8 +176,8 @@ class ChaosStack:
     def stop(self) -> None:
         if self.procs is not None:
             self.procs.stop_all()
-        if self.proxy is not None:
-            self.proxy.stop()
+        for proxy in self.proxies:
+            proxy.stop()
         for server in (self.redis, self.broker):
             with contextlib.suppress(Exception):
                 server.stop(keep_snapshot=False)
@@ -177,9 +193,18 @@ class ChaosStack:
         assert self.procs is not None
         return self.procs.api(self._name("api"), env={"REDIS_URL": self.api_redis_url})
 
+    @property
+    def proxies(self) -> list[TcpProxy]:
+        found = (self.proxy, self.invalidator_pg_proxy, self.invalidator_redis_proxy)
+        return [proxy for proxy in found if proxy is not None]
+
     def start_invalidator(self) -> ManagedProcess:
         assert self.procs is not None
-        return self.procs.invalidator(self._name("invalidator"))
+        env = {
+            "DATABASE_URL": self._via(self.invalidator_pg_proxy, self.database_url),
+            "REDIS_URL": self._via(self.invalidator_redis_proxy, self.redis_url),
+        }
+        return self.procs.invalidator(self._name("invalidator"), env=env)
 
     def start_worker(self, env: dict[str, str] | None = None) -> ManagedProcess:
         assert self.procs is not None
@@ -211,9 +236,10 @@ class ChaosStack:
 
     def heal(self) -> None:
         """Bring back every server and process a previous scenario stopped or killed."""
-        assert self.proxy is not None
-        self.proxy.set_delay(0)
-        self.proxy.unblock()
+        for proxy in self.proxies:
+            proxy.set_delay(0)
+            proxy.unblock()
+            proxy.heal()
         if self.redis.process is None:
             self.redis.start()
         control = self.redis.client()

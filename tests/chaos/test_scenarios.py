@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import signal
 import time
+from typing import Any
 
 import httpx
 import psycopg
 import pytest
 import redis
 
+from invalidator.listener import APPLICATION_NAME as LISTENER
 from pgbust.keys import Keyspace
 from tests.chaos.scenario import Inject, Plan, run_scenario
-from tests.chaos.stack import CATEGORIES, TAKEOVER_AFTER_S, ChaosStack, ScenarioRecord
+from tests.chaos.stack import (
+    CATEGORIES,
+    GIVE_UP_AFTER_S,
+    TAKEOVER_AFTER_S,
+    ChaosStack,
+    ScenarioRecord,
+)
 from tests.support.load import LoadDriver
 from tests.support.memory import (
     age,
@@ -27,6 +35,8 @@ from tests.support.memory import (
     press,
     unlimit_memory,
 )
+from tests.support.processes import ManagedProcess
+from tests.support.proxy import postgres_application
 from tests.support.servers import wait_until
 from tests.support.sweep import probe_write
 
@@ -463,6 +473,88 @@ def _metric(text: str, sample: str) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(sample + " ")
     )
+
+
+# --- 11. connections that go silent without closing ---
+
+
+def _silences(stack: ChaosStack, proc: ManagedProcess, channel: str) -> float:
+    text = stack.metrics(proc)
+    wanted = f'pgbust_invalidator_silences_total{{channel="{channel}"}} '
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(wanted)
+    )
+
+
+def _api_state(stack: ChaosStack, api: ManagedProcess) -> dict[str, Any]:
+    subscriber = stack.health(api).get("subscriber", {})
+    return subscriber if isinstance(subscriber, dict) else {}
+
+
+def _silent_connections(stack: ChaosStack, load: LoadDriver, plan: Plan) -> int:
+    """Black-hole (open, silent, no FIN/RST) in turn: every API instance's subscription, the
+    active invalidator's LISTEN connection, the active invalidator's Redis. Each must be
+    noticed by the component's own liveness proof; the detection times go into the notes."""
+    api_proxy, pg_proxy = stack.proxy, stack.invalidator_pg_proxy
+    redis_proxy = stack.invalidator_redis_proxy
+    assert api_proxy is not None and pg_proxy is not None and redis_proxy is not None
+    faults = 0
+    for _ in range(plan.repeats):
+        # the API instances' subscriptions, for the outage (resubscribing into it fails too)
+        started = time.monotonic()
+        assert api_proxy.black_hole(b"SUBSCRIBE") >= len(stack.apis)
+        faults += 1
+        assert wait_until(
+            lambda: all(_api_state(stack, a).get("state") != "subscribed" for a in stack.apis),
+            timeout=10,
+        ), stack.logs()
+        stack.notes.append(f"subscriptions silent: lost after {time.monotonic() - started:.2f}s")
+        time.sleep(plan.outage_s)
+        api_proxy.heal()
+        assert wait_until(
+            lambda: all(_api_state(stack, a).get("capture") == "live" for a in stack.apis),
+            timeout=15,
+        ), stack.logs()
+        load.wait_for_writes(5)
+
+        # the active invalidator's LISTEN connection (only that one: new ones pass)
+        active = stack.active_invalidator()
+        assert active is not None
+        before = _silences(stack, active, "listen")
+        started = time.monotonic()
+        silenced = pg_proxy.black_hole(postgres_application(LISTENER))
+        pg_proxy.heal()
+        assert silenced == 1, stack.logs()
+        faults += 1
+        assert wait_until(lambda: _silences(stack, active, "listen") > before, timeout=10), (
+            stack.logs()
+        )
+        stack.notes.append(f"LISTEN silent: dropped after {time.monotonic() - started:.2f}s")
+        load.wait_for_writes(5)
+
+        # the active invalidator's Redis, for the outage: a standby must take over
+        active = stack.active_invalidator()
+        assert active is not None
+        started = time.monotonic()
+        # its connections name themselves (CLIENT SETNAME pgbust-invalidator-<pid>)
+        redis_proxy.black_hole(f"pgbust-invalidator-{active.pid}\r\n".encode())
+        faults += 1
+        assert wait_until(
+            lambda: stack.active_invalidator() not in (None, active), timeout=GIVE_UP_AFTER_S + 10
+        ), stack.logs()
+        stack.notes.append(
+            f"invalidator Redis silent: standby active after {time.monotonic() - started:.2f}s"
+        )
+        time.sleep(plan.outage_s)
+        redis_proxy.heal()
+        load.wait_for_writes(5)
+    return faults
+
+
+def test_connections_that_go_silent_are_noticed_and_nothing_stays_stale(
+    stack: ChaosStack, chaos_results: list[ScenarioRecord], plan: Plan
+) -> None:
+    run_scenario(stack, chaos_results, "11_silent_connections", _silent_connections, plan)
 
 
 # --- control: the sweep is not vacuous ---

@@ -26,6 +26,7 @@ from pgbust.keys import Keyspace
 from pgbust.protocol import Invalidation, Lease
 from pgbust.redis_cache import RedisCache
 from tests.conftest import API_TOKEN
+from tests.support.heartbeat import HeartbeatPlayer
 from tests.support.processes import ProcessManager
 from tests.support.servers import RedisServer
 
@@ -48,7 +49,11 @@ def metric(runtime: Runtime, name: str, **labels: str) -> float:
 
 @pytest.fixture
 async def make_api(
-    database_url: str, redis_server: RedisServer, namespace: str, seeded: Counts
+    database_url: str,
+    redis_server: RedisServer,
+    namespace: str,
+    seeded: Counts,
+    live_capture: HeartbeatPlayer,  # the tests invalidate by themselves (cdc_invalidate)
 ) -> AsyncIterator[MakeApi]:
     async with AsyncExitStack() as stack:
 
@@ -67,7 +72,7 @@ async def make_api(
             await stack.enter_async_context(client)
             runtime: Runtime = app.state.runtime
             if runtime.subscriber is not None:
-                await asyncio.wait_for(runtime.subscriber.subscribed_once.wait(), 5)
+                await asyncio.wait_for(runtime.subscriber.caching.wait(), 5)
             return client, runtime
 
         yield make

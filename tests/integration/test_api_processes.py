@@ -21,6 +21,7 @@ from pgbust.devservers import free_port
 from pgbust.keys import Keyspace
 from pgbust.protocol import Invalidation
 from tests.conftest import API_TOKEN
+from tests.support.heartbeat import HeartbeatPlayer
 from tests.support.processes import ManagedProcess, ProcessManager
 from tests.support.proxy import TcpProxy
 from tests.support.servers import wait_until
@@ -51,6 +52,16 @@ def peek_version(redis_client: redis.Redis, keyspace: Keyspace, entry: str) -> A
     return orjson.loads(raw.split(b"|", 1)[1])["version"]
 
 
+def capture_live(proc: ManagedProcess) -> bool:
+    """The instance hears the active invalidator's heartbeats: its L1 serves."""
+    body = httpx.get(proc.base_url + "/healthz", timeout=5).json()
+    return bool(body["subscriber"]["capture"] == "live")
+
+
+def caching(*procs: ManagedProcess) -> None:
+    assert wait_until(lambda: all(capture_live(p) for p in procs)), [p.log_tail() for p in procs]
+
+
 @pytest.fixture
 def apis(procs: ProcessManager, seeded: Counts) -> Iterator[Apis]:
     yield procs.api("api-a"), procs.api("api-b")
@@ -70,10 +81,10 @@ def test_update_via_psql_evicts_l1_on_every_instance_and_redis(
     assert wait_until(
         lambda: all(metric(p, "pgbust_api_invalidation_messages_total", flushed) >= 1 for p in apis)
     )
-    for proc in (a, b, a, b):
-        get(proc, "/products/3")
-    assert get(a, "/products/3").headers["X-Cache"] == "L1"
-    assert get(b, "/products/3").headers["X-Cache"] == "L1"
+    caching(a, b)  # and its heartbeats arrive: L1 serves
+    # (the epoch check, once a second, may flush the start-up bump a second time: read on)
+    for proc in (a, b):
+        assert wait_until(lambda proc=proc: get(proc, "/products/3").headers["X-Cache"] == "L1")
     assert peek_version(redis_client, keyspace, "product:3") == 1
     pg.execute("UPDATE products SET price_cents = price_cents + 1 WHERE id = 3")
     evicted = 'kind="evict"'
@@ -87,8 +98,10 @@ def test_update_via_psql_evicts_l1_on_every_instance_and_redis(
 
 
 def test_hundred_concurrent_requests_for_a_cold_key_hit_postgres_a_handful_of_times(
-    apis: Apis,
+    apis: Apis, live_capture: HeartbeatPlayer
 ) -> None:
+    caching(*apis)
+
     async def herd(path: str) -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=10) as client:
             return await asyncio.gather(
@@ -106,9 +119,10 @@ def test_hundred_concurrent_requests_for_a_cold_key_hit_postgres_a_handful_of_ti
 
 
 def test_killed_subscriber_connection_flushes_l1_and_resubscribes(
-    apis: Apis, redis_client: redis.Redis, keyspace: Keyspace
+    apis: Apis, redis_client: redis.Redis, keyspace: Keyspace, live_capture: HeartbeatPlayer
 ) -> None:
     a, _ = apis
+    caching(a)
     get(a, "/products/4")
     assert get(a, "/products/4").headers["X-Cache"] == "L1"
     flushes = metric(a, "pgbust_api_l1_flushes_total")
@@ -119,6 +133,7 @@ def test_killed_subscriber_connection_flushes_l1_and_resubscribes(
     )
     health = httpx.get(a.base_url + "/healthz")
     assert health.status_code == 200 and health.json()["subscriber"]["state"] == "subscribed"
+    caching(a)
     assert metric(a, "pgbust_api_subscriber_reconnects_total") >= 1
     assert metric(a, "pgbust_api_l1_flushes_total") > flushes
     assert get(a, "/products/4").headers["X-Cache"] == "L2"  # L1 was flushed
@@ -129,14 +144,16 @@ def test_killed_subscriber_connection_flushes_l1_and_resubscribes(
 
 
 def test_healthz_is_503_while_redis_is_unreachable_and_recovers_with_a_new_epoch(
-    procs: ProcessManager, seeded: Counts, tmp_path: Any
+    procs: ProcessManager, seeded: Counts, tmp_path: Any, keyspace: Keyspace
 ) -> None:
     from tests.support.servers import RedisServer
 
     private = RedisServer(tmp_path / "redis")
     private.start()
+    player = HeartbeatPlayer(private.url, keyspace).start()  # beats again once Redis is back
     try:
         api = procs.api("api-own-redis", env={"REDIS_URL": private.url})
+        caching(api)
         get(api, "/products/5")
         private.stop(keep_snapshot=False)
         assert wait_until(lambda: httpx.get(api.base_url + "/healthz").status_code == 503)
@@ -154,9 +171,11 @@ def test_healthz_is_503_while_redis_is_unreachable_and_recovers_with_a_new_epoch
             assert int(client.get(f"{stack_env_ns(api)}:epoch") or 0) > 0
         finally:
             client.close()
+        caching(api)
         get(api, "/products/5")
         assert get(api, "/products/5").headers["X-Cache"] == "L1"
     finally:
+        player.stop()
         private.stop(keep_snapshot=False)
 
 
@@ -186,8 +205,11 @@ def test_config_error_is_one_line_and_exit_2(stack_env: dict[str, str]) -> None:
     assert done.stderr.strip().count("\n") == 0 and "PGBUST_CACHE_MODE" in done.stderr
 
 
-def test_a_write_on_one_instance_is_read_on_the_other_right_after_it(apis: Apis) -> None:
+def test_a_write_on_one_instance_is_read_on_the_other_right_after_it(
+    apis: Apis, live_capture: HeartbeatPlayer
+) -> None:
     a, b = apis
+    caching(a, b)
     auth = {"Authorization": f"Bearer {API_TOKEN}"}
     stale = []
     with httpx.Client(timeout=5) as client:
@@ -203,7 +225,7 @@ def test_a_write_on_one_instance_is_read_on_the_other_right_after_it(apis: Apis)
 
 
 def test_postgres_outage_is_503_not_500_and_cached_reads_keep_working(
-    procs: ProcessManager, seeded: Counts, database_url: str
+    procs: ProcessManager, seeded: Counts, database_url: str, live_capture: HeartbeatPlayer
 ) -> None:
     parts = urlsplit(database_url)
     proxy = TcpProxy(parts.port or 5432).start()
@@ -212,6 +234,7 @@ def test_postgres_outage_is_503_not_500_and_cached_reads_keep_working(
             parts._replace(netloc=f"{parts.username or ''}@127.0.0.1:{proxy.port}")
         )
         api = procs.api("api-pg-proxy", env={"DATABASE_URL": through_proxy})
+        caching(api)  # the invalidator's own path to Postgres works (played here)
         get(api, "/products/6")
         assert get(api, "/products/6").headers["X-Cache"] == "L1"
         proxy.block()

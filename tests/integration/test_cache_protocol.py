@@ -5,20 +5,33 @@ Each race is forced by running the protocol's steps in the racy order by hand.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable
 
 import pytest
 import redis.asyncio as aioredis
 
 from pgbust.keys import Keyspace, category_page_entry, category_summary_entry, product_entry
-from pgbust.protocol import Busy, Hit, Invalidation, Lease, Targets
+from pgbust.protocol import (
+    NOT_LIVE,
+    Busy,
+    Heartbeat,
+    Hit,
+    Invalidation,
+    Lease,
+    Targets,
+    decode_message,
+)
 from pgbust.redis_cache import RedisCache
 from tests.support.servers import RedisServer
 
 
 @pytest.fixture
 async def cache(redis_server: RedisServer, keyspace: Keyspace) -> AsyncIterator[RedisCache]:
+    """The protocol with capture live (the liveness key set for good): these tests are the
+    invalidator; the gate itself is tested below."""
     client = aioredis.Redis.from_url(redis_server.url)
+    await client.set(keyspace.capture_alive, "test")
     yield RedisCache(client, keyspace)
     await client.aclose()
 
@@ -112,3 +125,40 @@ async def test_server_restart_is_detected_once(cache: RedisCache) -> None:
     assert await cache.ensure_server_identity("test") is None
     await cache.client.set(cache.keyspace.server_identity, "some-older-run-id")
     assert await cache.ensure_server_identity("test") is not None
+
+
+# --- the capture gate (DESIGN invariant 8) ---
+
+
+async def test_without_live_capture_redis_serves_nothing_and_grants_no_lease(
+    cache: RedisCache,
+) -> None:
+    entry = product_entry(21)
+    lease = await cache.get_or_lease(entry)
+    assert isinstance(lease, Lease)
+    assert await cache.fill(entry, lease.token, lease.stamp, b'{"id":21}') == 1
+    ks = cache.keyspace
+    await cache.client.delete(ks.capture_alive)  # no active invalidator proves its channels
+    assert await cache.get_or_lease(entry) == NOT_LIVE
+    assert await cache.client.exists(ks.lease(entry)) == 0  # nothing was leased either
+    assert await cache.peek(entry) == b'{"id":21}'  # still there, just not served
+    await cache.heartbeat(Heartbeat(every_ms=500, sender="test"), valid_ms=10_000)
+    assert await cache.get_or_lease(entry) == Hit(b'{"id":21}')
+
+
+async def test_heartbeat_keeps_the_liveness_key_for_its_validity_and_announces_itself(
+    cache: RedisCache,
+) -> None:
+    ks = cache.keyspace
+    pubsub = cache.client.pubsub()
+    await pubsub.subscribe(ks.channel)
+    await pubsub.get_message(timeout=1)  # subscribe confirmation
+    beat = Heartbeat(every_ms=500, sender="host:1/2", proof_age_ms=3)
+    assert await cache.heartbeat(beat, valid_ms=200) == 1
+    received = await pubsub.get_message(timeout=2)
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    assert received is not None and decode_message(received["data"]) == beat
+    assert 0 < await cache.client.pttl(ks.capture_alive) <= 200
+    # the key lives exactly as long as the proof: past it, Redis serves nothing
+    await asyncio.sleep(0.25)
+    assert await cache.get_or_lease(product_entry(22)) == NOT_LIVE

@@ -32,6 +32,15 @@ def role(proc: ManagedProcess) -> str | None:
     return str(body["role"])
 
 
+def live(proc: ManagedProcess) -> bool:
+    """Active with its capture proven alive: readers may fill Redis (the liveness key)."""
+    try:
+        body = httpx.get(proc.base_url + "/healthz", timeout=0.5).json()
+    except httpx.HTTPError:
+        return False
+    return bool(body.get("capture", {}).get("capture_live"))
+
+
 def metric(proc: ManagedProcess, name: str) -> float:
     text = httpx.get(proc.base_url + "/metrics", timeout=2).text
     total = 0.0
@@ -100,7 +109,7 @@ def test_a_paused_active_one_is_taken_over_and_is_a_working_standby_when_continu
     takeover_after = Settings.model_fields["takeover_after_s"].default  # the default, 3 s
     redis_url = stack_env["REDIS_URL"]
     active = procs.invalidator("inv-a")
-    assert wait_until(lambda: role(active) == "active", timeout=10)
+    assert wait_until(lambda: live(active), timeout=10)
     standby = procs.invalidator("inv-b")
     assert wait_until(lambda: role(standby) == "standby", timeout=5)
     entry = product_entry(6)
@@ -119,6 +128,7 @@ def test_a_paused_active_one_is_taken_over_and_is_a_working_standby_when_continu
         assert wait_until(lambda: not _cached(redis_url, keyspace, entry), timeout=2)
         assert int(redis_client.get(keyspace.epoch)) > epoch
         # ... and the new active one listens: a write during the pause is applied by it
+        assert wait_until(lambda: live(standby), timeout=2)
         _fill(redis_url, keyspace, entry)
         pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 6")
         assert wait_until(lambda: not _cached(redis_url, keyspace, entry), timeout=2)
@@ -139,6 +149,7 @@ def test_a_paused_active_one_is_taken_over_and_is_a_working_standby_when_continu
         assert wait_until(lambda: role(active) == "active", timeout=takeover_after + 1.5), (
             active.log_tail()
         )
+        assert wait_until(lambda: live(active), timeout=2)
         _fill(redis_url, keyspace, entry)
         pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 6")
         assert wait_until(lambda: not _cached(redis_url, keyspace, entry), timeout=2)

@@ -30,6 +30,7 @@ from pgbust.protocol import Hit, Invalidation, Lease, Targets
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import connect, identity_check, run_id_of
 from tests.conftest import API_TOKEN
+from tests.support.heartbeat import HeartbeatPlayer
 from tests.support.servers import RedisServer
 
 T = TypeVar("T")
@@ -37,9 +38,14 @@ AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+def private_redis(tmp_path: Path, keyspace: Keyspace) -> Iterator[RedisServer]:
+    """These tests are the invalidator: capture is live (the key, without TTL, survives the
+    snapshots and restarts below)."""
     server = RedisServer(tmp_path / "redis")
     server.start()
+    plain = server.client()
+    plain.set(keyspace.capture_alive, "test")
+    plain.close()
     yield server
     server.stop(keep_snapshot=False)
 
@@ -219,7 +225,9 @@ def test_run_id_of_info_replies() -> None:
 async def api_pair(
     database_url: str, private_redis: RedisServer, namespace: str, seeded: Counts
 ) -> AsyncIterator[list[tuple[httpx.AsyncClient, Runtime]]]:
+    player = HeartbeatPlayer(private_redis.url, Keyspace(namespace)).start()
     async with AsyncExitStack() as stack:
+        stack.callback(player.stop)
         pair = []
         for _ in range(2):
             settings = Settings(
@@ -235,7 +243,7 @@ async def api_pair(
             await stack.enter_async_context(client)
             runtime: Runtime = app.state.runtime
             assert runtime.subscriber is not None
-            await asyncio.wait_for(runtime.subscriber.subscribed_once.wait(), 5)
+            await asyncio.wait_for(runtime.subscriber.caching.wait(), 5)
             pair.append((client, runtime))
         yield pair
 

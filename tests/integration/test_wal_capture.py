@@ -520,7 +520,7 @@ async def test_the_daemon_in_wal_mode_catches_up_after_a_restart_without_an_epoc
         await fill()
         _execute(wal_url, "UPDATE products SET stock = stock + 1 WHERE id = 400")
         await wait_gone()
-        assert first.health()[1]["capture"] == "wal"
+        assert first.health()[1]["capture_mode"] == "wal"
         assert bumps(first) == 0
         first.stop()
         await asyncio.wait_for(task, 15)

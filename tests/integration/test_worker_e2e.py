@@ -24,6 +24,9 @@ from tests.support.processes import ProcessManager
 from tests.support.servers import RedisServer, wait_until
 from worker.stats import stats_key
 
+# the tests fill and invalidate as the invalidator would: they beat in its place too
+pytestmark = pytest.mark.usefixtures("live_capture")
+
 
 def test_update_in_psql_of_a_hot_product_is_rewarmed_with_the_new_value(
     procs: ProcessManager,

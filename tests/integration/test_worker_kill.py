@@ -25,6 +25,9 @@ from tests.integration.test_worker_helpers import (
 from tests.support.processes import ProcessManager
 from tests.support.servers import RedisServer, wait_until
 
+# the tests fill and invalidate as the invalidator would: they beat in its place too
+pytestmark = pytest.mark.usefixtures("live_capture")
+
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 def test_worker_killed_mid_task_leaves_the_task_to_another_worker(

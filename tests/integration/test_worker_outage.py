@@ -28,6 +28,9 @@ from tests.support.servers import RedisServer, wait_until
 from worker import jobs
 from worker.client import now_ms
 
+# the tests fill and invalidate as the invalidator would: they beat in its place too
+pytestmark = pytest.mark.usefixtures("live_capture")
+
 
 @pytest.fixture
 def amqp_env(stack_env: dict[str, str], namespace: str) -> Iterator[dict[str, str]]:

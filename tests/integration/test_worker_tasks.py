@@ -36,6 +36,9 @@ from tests.support.servers import RedisServer, wait_until
 from worker import jobs
 from worker.client import TaskSender
 
+# the tests fill and invalidate as the invalidator would: they beat in its place too
+pytestmark = pytest.mark.usefixtures("live_capture")
+
 
 @pytest.fixture
 def sender(stack_env: dict[str, str]) -> Iterator[TaskSender]:

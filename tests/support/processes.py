@@ -136,7 +136,16 @@ class ProcessManager:
             env=env,
             port=port,
         )
-        return proc.wait_http_ok("/healthz") if wait else proc
+        if not wait:
+            return proc
+
+        def settled() -> bool:
+            """A standby, or an active one that listens and has proven it (capture live)."""
+            body = httpx.get(proc.base_url + "/healthz", timeout=1.0).json()
+            capture = body.get("capture") or {}
+            return body.get("role") == "standby" or bool(capture.get("capture_live"))
+
+        return proc.wait_ready(settled)
 
     def celery_worker(
         self,

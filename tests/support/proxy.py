@@ -1,4 +1,4 @@
-"""A small TCP proxy on loopback that can delay traffic and cut connections (fault injection).
+"""A small TCP proxy on loopback that can delay traffic, cut connections and black-hole them.
 
 Put it between a process and a server (the API and Redis, for example): the process is given
 the proxy's port instead of the server's. The proxy runs its own asyncio loop in a daemon
@@ -8,6 +8,17 @@ thread, so synchronous tests drive it with plain method calls:
     proxy.set_delay(0.2)   # every chunk, both directions, waits 200 ms
     proxy.cut()            # close every open connection now (clients see a reset / EOF)
     proxy.block()          # and refuse new ones until unblock()
+    proxy.black_hole(b"pgbust-api-subscriber")   # silence matching connections, see below
+    proxy.heal()           # new connections are forwarded again
+
+A *black-holed* connection stays open on both sides and forwards nothing, in either
+direction, and sends neither FIN nor RST: what a client sees when a load balancer's upstream
+died or a NAT / conntrack entry expired. The client's kernel still gets its TCP ACKs (from the
+proxy's), so TCP keepalives never notice. `black_hole(match)` silences every connection whose
+client has sent `match` (in its first bytes: a Redis CLIENT SETNAME, a Postgres startup
+packet's application_name), those open now and those opened until `heal()`; without `match`,
+every connection. Healing does not revive a black-holed connection: what it swallowed is lost,
+as on a real network; the client must notice and reconnect.
 """
 
 from __future__ import annotations
@@ -17,10 +28,27 @@ import contextlib
 import socket
 import threading
 from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 _CHUNK = 65536
+_SEEN_LIMIT = 4096  # client bytes remembered per connection, for black_hole(match)
+
+
+def postgres_application(name: str) -> bytes:
+    """What a Postgres client with this application_name sends in its startup packet: a
+    black_hole() match for exactly its connections (a statement that merely mentions the name,
+    as a bind parameter, does not match)."""
+    return b"application_name\x00" + name.encode() + b"\x00"
+
+
+@dataclass(eq=False)
+class _Pair:
+    client: asyncio.StreamWriter
+    upstream: asyncio.StreamWriter
+    seen: bytearray = field(default_factory=bytearray)
+    silent: bool = False
 
 
 class TcpProxy:
@@ -32,11 +60,12 @@ class TcpProxy:
         self.blocked = False
         self.accepted = 0
         self.cuts = 0
+        self.black_holed = 0  # connections silenced so far
+        self._rule: bytes | None = None  # b"" = every connection
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._silenced: set[asyncio.StreamWriter] = set()
+        self._pairs: set[_Pair] = set()
 
     # --- control (called from the test's thread) -----------------------------------------
 
@@ -67,18 +96,33 @@ class TcpProxy:
         self.blocked = True
         self.cut()
 
-    def silence(self) -> int:
-        """Black-hole the open connections: they stay open but nothing passes any more, in
-        either direction (a dead network path without RST or FIN); new ones work."""
-        pairs: int = self._call(self._silence())
-        return pairs
-
     def unblock(self) -> None:
         self.blocked = False
 
+    def black_hole(self, match: bytes | None = None) -> int:
+        """Silence the connections whose client sent `match` (every one when None), now and
+        until heal(); returns how many open connections were silenced now."""
+        count: int = self._call(self._black_hole(match or b""))
+        return count
+
+    def silence(self) -> int:
+        """Black-hole every connection open now, and only those: new ones are forwarded.
+        Returns how many were silenced."""
+        count = self.black_hole()
+        self.heal()
+        return count
+
+    def heal(self) -> None:
+        """Forward new connections again (black-holed ones stay silent until closed)."""
+        self._rule = None
+
     @property
     def open_connections(self) -> int:
-        return len(self._writers) // 2
+        return len(self._pairs)
+
+    @property
+    def silent_connections(self) -> int:
+        return sum(1 for pair in list(self._pairs) if pair.silent)
 
     # --- the proxy itself (runs on the proxy's loop) --------------------------------------
 
@@ -95,21 +139,30 @@ class TcpProxy:
             self._server.close()
         await self._cut()
 
-    async def _silence(self) -> int:
-        self._silenced.update(self._writers)
-        return len(self._writers) // 2
-
     async def _cut(self) -> int:
-        writers = list(self._writers)
-        self._writers.clear()
-        for writer in writers:
-            with contextlib.suppress(Exception):
-                transport = writer.transport
-                if isinstance(transport, asyncio.Transport):
-                    transport.abort()  # RST, no graceful FIN: like a dead network path
-                else:
-                    writer.close()
-        return len(writers) // 2
+        pairs = list(self._pairs)
+        self._pairs.clear()
+        for pair in pairs:
+            for writer in (pair.client, pair.upstream):
+                with contextlib.suppress(Exception):
+                    transport = writer.transport
+                    if isinstance(transport, asyncio.Transport):
+                        transport.abort()  # RST, no graceful FIN: like a dead network path
+                    else:
+                        writer.close()
+        return len(pairs)
+
+    async def _black_hole(self, match: bytes) -> int:
+        self._rule = match
+        return sum(1 for pair in list(self._pairs) if self._silence_if_matched(pair))
+
+    def _silence_if_matched(self, pair: _Pair) -> bool:
+        rule = self._rule
+        if pair.silent or rule is None or rule not in pair.seen:
+            return False
+        pair.silent = True
+        self.black_holed += 1
+        return True
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.blocked:
@@ -121,36 +174,50 @@ class TcpProxy:
             writer.transport.abort()
             return
         self.accepted += 1
-        self._writers.update((writer, up_writer))
+        pair = _Pair(writer, up_writer)
+        self._pairs.add(pair)
+        self._silence_if_matched(pair)  # black_hole() without a match: silent from the start
         await asyncio.gather(
-            self._pipe(reader, up_writer, writer),
-            self._pipe(up_reader, writer, up_writer),
+            self._pipe(pair, reader, up_writer, from_client=True),
+            self._pipe(pair, up_reader, writer, from_client=False),
             return_exceptions=True,
         )
 
     async def _pipe(
         self,
+        pair: _Pair,
         src: asyncio.StreamReader,
         dst: asyncio.StreamWriter,
-        other: asyncio.StreamWriter,
+        *,
+        from_client: bool,
     ) -> None:
         try:
             while True:
                 data = await src.read(_CHUNK)
                 if not data:
                     break
+                if from_client and len(pair.seen) < _SEEN_LIMIT:
+                    pair.seen += data[: _SEEN_LIMIT - len(pair.seen)]
+                    self._silence_if_matched(pair)
+                if pair.silent:
+                    continue  # swallowed: read (the client's kernel gets its ACKs), never sent
                 if self.delay_s > 0:
                     await asyncio.sleep(self.delay_s)
-                if dst not in self._writers:
+                if pair not in self._pairs:
                     break  # cut while we were waiting
-                if dst in self._silenced:
-                    continue  # black-holed: read and drop
+                if pair.silent:
+                    continue  # silenced while we were waiting
                 dst.write(data)
                 await dst.drain()
         except (ConnectionError, OSError, asyncio.CancelledError):
             pass
         finally:
-            for end in (dst, other):
-                self._writers.discard(end)
-                with contextlib.suppress(Exception):
-                    end.close()
+            if pair.silent and not from_client and pair in self._pairs:
+                # the server closed: a black hole tells the client nothing; the pair goes
+                # when the client closes its side
+                pass
+            else:
+                self._pairs.discard(pair)
+                for end in (pair.client, pair.upstream):
+                    with contextlib.suppress(Exception):
+                        end.close()

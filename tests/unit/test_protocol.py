@@ -2,13 +2,16 @@ import pytest
 
 from pgbust.keys import Keyspace, category_page_entry, category_summary_entry, product_entry, tag_of
 from pgbust.protocol import (
+    NOT_LIVE,
     Busy,
+    Heartbeat,
     Hit,
     Invalidation,
     Lease,
     MessageError,
     Refused,
     Targets,
+    decode_message,
     parse_get_or_lease,
 )
 
@@ -71,3 +74,28 @@ def test_lease_replies_are_parsed() -> None:
     assert parse_get_or_lease([4, b"READONLY You can't write against a replica."], "t") == Refused(
         "READONLY You can't write against a replica."
     )
+
+
+def test_heartbeat_round_trips_and_is_an_empty_invalidation_to_old_receivers() -> None:
+    beat = Heartbeat(every_ms=500, sender="host:42/3", proof_age_ms=7)
+    assert decode_message(beat.encode()) == beat
+    # a subscriber that predates heartbeats reads it as an invalidation of nothing
+    old_view = Invalidation.decode(beat.encode())
+    assert (old_view.keys, old_view.tags, old_view.flush) == ((), (), False)
+
+
+def test_a_v1_message_of_an_unknown_kind_invalidates_nothing_and_is_not_refused() -> None:
+    message = decode_message(b'{"v":1,"o":"cdc","future":{"x":1}}')
+    assert isinstance(message, Invalidation) and not (message.keys or message.tags or message.flush)
+
+
+@pytest.mark.parametrize(
+    "raw", [b'{"v":1,"hb":"x"}', b'{"v":1,"hb":{}}', b'{"v":1,"hb":{"e":0}}', b'{"v":2,"hb":{}}']
+)
+def test_malformed_heartbeats_raise_message_error(raw: bytes) -> None:
+    with pytest.raises(MessageError):
+        decode_message(raw)
+
+
+def test_not_live_reply_of_the_capture_gate_is_parsed() -> None:
+    assert parse_get_or_lease([0, b""], "tok") == NOT_LIVE
