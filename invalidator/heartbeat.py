@@ -26,10 +26,10 @@ from redis.exceptions import RedisError
 from invalidator import pg
 from invalidator.leader import Leadership
 from invalidator.listener import Listener
-from invalidator.wal_source import WalSource
 from invalidator.liveness import CaptureProof, TermHealth
 from invalidator.metrics import Metrics
 from invalidator.sink import Sink
+from invalidator.wal_source import WalSource
 from pgbust.protocol import Heartbeat
 from pgbust.redis_cache import RedisCache
 
