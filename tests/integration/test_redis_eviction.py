@@ -26,6 +26,7 @@ from pgbust.keys import Keyspace, category_summary_entry, product_entry
 from pgbust.protocol import Hit, Invalidation, Lease, Targets
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import connect, identity_check
+from tests.support.heartbeat import HeartbeatPlayer
 from tests.support.memory import evict_by_pressure, limit_memory
 from tests.support.processes import ManagedProcess, ProcessManager
 from tests.support.servers import RedisServer, wait_until
@@ -58,7 +59,10 @@ def control(lru: RedisServer) -> Iterator[redis.Redis]:
 @pytest.fixture
 async def cache(lru: RedisServer, keyspace: Keyspace) -> AsyncIterator[RedisCache]:
     client = connect(lru.url, keyspace, "api")
+    # the tests are the invalidator: they beat, so that reads are served (capture live)
+    player = HeartbeatPlayer(lru.url, keyspace).start()
     yield RedisCache(client, keyspace)
+    player.stop()
     await client.aclose()
 
 
