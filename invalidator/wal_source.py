@@ -165,24 +165,10 @@ class WalSource:
         """The slot is there and usable; if it had to be (re)created, flush."""
         conn = await pg.connect(self.database_url, ADMIN_APPLICATION_NAME)
         async with conn:
-            status = await self._slot_status(conn)
-            stale = self._last_pid
-            if status is not None and status.active_pid is not None and status.active_pid == stale:
-                log.warning(
-                    "ending our own stale walsender (pid %s) that still holds the slot", stale
-                )
-                await conn.execute(
-                    wal.query("end_stale_walsender"), {"slot": self.slot, "pid": stale}
-                )
-            cur = await conn.execute(
-                wal.query("publication_exists"), {"publication": self.publication}
+            # bounded, closed rather than cancelled when silent (see _check_slot_forever)
+            status = await pg.within(
+                conn, self._inspect_slot(conn), self.timeout_s, "slot preparation"
             )
-            row = await cur.fetchone()
-            if not (row and row[0]):
-                raise wal.WalCaptureError(
-                    f"publication {self.publication} does not exist: run `python -m db upgrade` "
-                    "with PGBUST_CAPTURE=wal"
-                )
         first = self.slot_existed is None
         if first:
             self.slot_existed = status is not None and not status.lost
@@ -207,6 +193,24 @@ class WalSource:
                 f"replication slot {self.slot} was invalidated (wal_status lost: it fell "
                 "behind max_slot_wal_keep_size) and was created anew",
             )
+
+    async def _inspect_slot(
+        self, conn: psycopg.AsyncConnection[tuple[object, ...]]
+    ) -> wal.SlotStatus | None:
+        """The slot's status; our own stale walsender ended; the publication is there."""
+        status = await self._slot_status(conn)
+        stale = self._last_pid
+        if status is not None and status.active_pid is not None and status.active_pid == stale:
+            log.warning("ending our own stale walsender (pid %s) that still holds the slot", stale)
+            await conn.execute(wal.query("end_stale_walsender"), {"slot": self.slot, "pid": stale})
+        cur = await conn.execute(wal.query("publication_exists"), {"publication": self.publication})
+        row = await cur.fetchone()
+        if not (row and row[0]):
+            raise wal.WalCaptureError(
+                f"publication {self.publication} does not exist: run `python -m db upgrade` "
+                "with PGBUST_CAPTURE=wal"
+            )
+        return status
 
     def _recreate_slot(self, drop_first: bool) -> None:
         with psycopg.connect(
@@ -254,9 +258,14 @@ class WalSource:
                 conn = await pg.connect(self.database_url, ADMIN_APPLICATION_NAME)
                 async with conn:
                     while True:
-                        await self._slot_status(conn)
+                        # bounded, and closed rather than cancelled (pg.within): a query
+                        # cancelled on a silent connection waits 5 s more in psycopg, and the
+                        # session that owns this check waits for it to end
+                        await pg.within(
+                            conn, self._slot_status(conn), self.timeout_s, "slot status"
+                        )
                         await asyncio.sleep(self.slot_check_s)
-            except psycopg.Error as exc:
+            except (psycopg.Error, pg.ConnectionSilent) as exc:
                 log.debug("slot check failed: %s", exc)
                 await asyncio.sleep(self.slot_check_s)
 
