@@ -51,10 +51,10 @@ async def load_category_page(conn: AsyncConnection[Any], match: re.Match[str]) -
 
 async def load_category_summary(conn: AsyncConnection[Any], match: re.Match[str]) -> bytes | None:
     category_id = int(match["id"])
-    if not await _category_exists(conn, category_id):
+    [summary] = await _rows(conn, "category_summary", {"category_id": category_id})
+    if not summary.pop("found"):
         return None
-    rows = await _rows(conn, "category_summary", {"category_id": category_id})
-    return orjson.dumps({"category_id": category_id, **rows[0]})
+    return orjson.dumps({"category_id": category_id, **summary})
 
 
 _LOADERS: list[tuple[re.Pattern[str], Loader]] = [
