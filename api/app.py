@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
 from api.cache import AfterLoadHook
-from api.fastpath import L1FastPath
+from api.fastpath import L1FastPath, Read
 from api.l1 import L1Cache
 from api.metrics import Metrics
 from api.routes import router, write_router
@@ -84,9 +84,18 @@ def create_app(
     app.include_router(router)
     app.include_router(write_router)
     errors.install(app, [*router.routes, *write_router.routes])
-    app.add_middleware(L1FastPath, lookup=_l1_lookup)
+    app.add_middleware(L1FastPath, lookup=_l1_lookup, read=_read, on_error=errors.read_error)
     app.add_middleware(LatencyMiddleware, histogram=metrics.request_latency)
     return app
+
+
+async def _read(scope: Scope, entry: str) -> Read | None:
+    runtime: Runtime | None = getattr(scope["app"].state, "runtime", None)
+    if runtime is None:
+        return None
+    result = await runtime.cache.read(entry)
+    runtime.sample_read(entry)
+    return Read(result.payload, result.source)
 
 
 def _l1_lookup(scope: Scope, entry: str) -> bytes | None:

@@ -88,6 +88,16 @@ def _allowed_methods(routes: Sequence[BaseRoute], request: Request) -> list[str]
     return sorted(methods)
 
 
+def read_error(exc: Exception) -> JSONResponse:
+    """The response FastAPI's handlers give for an error of a read (for api/fastpath.py,
+    which serves reads before FastAPI's routing and its exception handlers)."""
+    if isinstance(exc, psycopg.OperationalError | PoolTimeout):
+        log.warning("database unavailable: %s", exc)
+        return JSONResponse({"detail": "database unavailable, retry later"}, 503)
+    log.error("unhandled error on a read", exc_info=exc)
+    return JSONResponse({"detail": "internal error"}, 500)
+
+
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.warning("database unavailable: %s", exc)
     return JSONResponse({"detail": "database unavailable, retry later"}, 503)

@@ -505,6 +505,34 @@ async def test_l1_hits_before_and_through_routing_answer_alike(make_api: MakeApi
             assert hit.headers["content-type"] == "application/json"
 
 
+@pytest.mark.parametrize("cache_mode", ["cdc", "off"])
+async def test_misses_l2_hits_and_404s_before_and_through_routing_answer_alike(
+    make_api: MakeApi, cache_mode: str
+) -> None:
+    # the canonical path is served before FastAPI's routing, the leading zero through it:
+    # the same read path, the same bytes, status and headers
+    a, _ = await make_api(cache_mode=cache_mode)
+    b, _ = await make_api(cache_mode=cache_mode, l1_max_entries=0)  # every read below L1
+    for fast, routed in [
+        ("/products/23", "/products/023"),
+        ("/categories/3/summary", "/categories/03/summary"),
+        ("/categories/3/products?limit=2&offset=2", "/categories/03/products?limit=2&offset=2"),
+        ("/products/99999999", "/products/099999999"),  # 404
+        ("/categories/999/summary", "/categories/0999/summary"),
+    ]:
+        first, second = await a.get(fast), await a.get(routed)
+        lower_fast, lower_routed = await b.get(fast), await b.get(routed)
+        for one, other in [(first, second), (lower_fast, lower_routed)]:
+            assert (one.status_code, one.content) == (other.status_code, other.content), fast
+            assert one.headers["content-type"] == other.headers["content-type"]
+        if first.status_code == 200:
+            assert first.headers["X-Cache"] == "MISS"
+            want = "MISS" if cache_mode == "off" else "L2"
+            assert lower_fast.headers["X-Cache"] == lower_routed.headers["X-Cache"] == want
+        else:
+            assert first.status_code == 404 and "not found" in first.json()["detail"]
+
+
 async def test_ttl_mode_l1_copy_of_an_l2_entry_expires_with_it(make_api: MakeApi) -> None:
     a, _ = await make_api(cache_mode="ttl", cache_ttl_s=3.0)
     b, runtime_b = await make_api(cache_mode="ttl", cache_ttl_s=3.0)
