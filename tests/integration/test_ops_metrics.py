@@ -56,7 +56,7 @@ def _named() -> list[tuple[str, str, str]]:
 def test_every_metric_of_the_dashboard_and_the_alerts_is_exported(exported: set[str]) -> None:
     named = _named()
     assert len({name for _, _, name in named}) >= 25  # the parser did find the names
-    missing = [f"{where}: {name} (in {expr})" for where, expr, name in named if name not in exported]
+    missing = [f"{where}: {name} ({expr})" for where, expr, name in named if name not in exported]
     assert not missing, "\n".join(missing)
 
 

@@ -52,9 +52,7 @@ def test_promtool_rejects_a_broken_rule_so_the_checks_above_mean_something(
     tmp_path: Any,
 ) -> None:
     broken = tmp_path / "broken.yml"
-    broken.write_text(
-        "groups:\n- name: x\n  rules:\n  - alert: X\n    expr: sum(rate(x[5m]) > \n"
-    )
+    broken.write_text("groups:\n- name: x\n  rules:\n  - alert: X\n    expr: sum(rate(x[5m]) > \n")
     assert _promtool("check", "rules", str(broken)).returncode != 0
 
 
@@ -167,7 +165,7 @@ def test_provisioning_files_are_grafana_version_1_and_point_at_the_dashboard_fol
             {"a_seconds_bucket"},
         ),
         ("(sum(b_active) or vector(0)) < 1", {"b_active"}),
-        ("max by (policy, verdict) (c_policy{verdict!=\"ok\"}) == 1", {"c_policy"}),
+        ('max by (policy, verdict) (c_policy{verdict!="ok"}) == 1', {"c_policy"}),
         ("time() - max(d_ts) > 3 * 300", {"d_ts"}),
         ("max(e) / max(f > 0) > 0.9 and g offset 5m >= 1e9", {"e", "f", "g"}),
         ("count(h == 0) or vector(0)", {"h"}),
