@@ -48,6 +48,13 @@ def test_promtool_accepts_the_alert_rules() -> None:
     assert f"{len(alert_rules())} rules found" in done.stdout + done.stderr
 
 
+def test_each_alert_fires_on_its_fault_and_stays_quiet_when_healthy() -> None:
+    # ops/prometheus/alerts_test.yml: synthetic series for each fault, promtool's rule tests
+    done = _promtool("test", "rules", str(ALERTS_YML.with_name("alerts_test.yml")))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout + done.stderr
+
+
 def test_promtool_rejects_a_broken_rule_so_the_checks_above_mean_something(
     tmp_path: Any,
 ) -> None:
