@@ -9,8 +9,6 @@ read is recorded as an error; the other's facts are still shown.
 from __future__ import annotations
 
 import time
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,24 +16,14 @@ import psycopg
 import redis
 
 from db import capture, wal
-from db.queries import parse_queries
+from db import status as status_sql
 from db.settings import DbSettings
 from pgbust import declaration, redis_policy
 from pgbust.keys import Keyspace
 from pgbust.status import Audit, Invalidators, RedisState, Slot, Status, Table
 
-STATUS_SQL = Path(__file__).resolve().parents[1] / "db" / "status.sql"
 API_SUBSCRIBER_NAME = "pgbust-api-subscriber"  # api/subscriber.py's CLIENT_NAME
 _TIMEOUT_S = 5
-
-
-@cache
-def _queries() -> dict[str, str]:
-    return parse_queries(STATUS_SQL.read_text())
-
-
-def _query(name: str) -> bytes:
-    return _queries()[name].encode()
 
 
 def gather(settings: DbSettings) -> Status:
@@ -88,12 +76,12 @@ def _leadership(
 ) -> tuple[tuple[Any, ...] | None, list[str]]:
     """The active invalidator's row (lock_id, holder_pid, beat_pid, beat_age_s, listener_pid,
     listener_connected, holder_addr) or None, and the standbys."""
-    has_table = conn.execute(_query("has_heartbeat_table")).fetchone()
+    has_table = conn.execute(status_sql.query("has_heartbeat_table")).fetchone()
     if not (has_table and has_table[0]):
         return None, []
-    rows = conn.execute(_query("leaders"), {"namespace": namespace}).fetchall()
+    rows = conn.execute(status_sql.query("leaders"), {"namespace": namespace}).fetchall()
     active = next((row for row in rows if row[1] is not None), None)
-    standbys = [f"{addr} backend {pid}" for pid, addr in conn.execute(_query("standbys"))]
+    standbys = [f"{addr} backend {pid}" for pid, addr in conn.execute(status_sql.query("standbys"))]
     return active, standbys
 
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from api.subscriber import CLIENT_NAME
+from db import status as status_sql
 from invalidator.leader import APPLICATION_NAME
 from pgbust import status_probe
 from pgbust.status import (
@@ -114,4 +115,4 @@ def test_the_screen_shows_each_part_and_what_needs_attention() -> None:
 
 def test_the_probe_looks_for_the_names_the_services_use() -> None:
     assert status_probe.API_SUBSCRIBER_NAME == CLIENT_NAME
-    assert f"'{APPLICATION_NAME}'" in status_probe.STATUS_SQL.read_text()
+    assert f"'{APPLICATION_NAME}'" in status_sql.STATUS_SQL.read_text()
