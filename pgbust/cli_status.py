@@ -42,6 +42,10 @@ def status(
     slot_lag_bytes: Annotated[
         int, typer.Option(min=0, help="WAL the slot may hold back (PGBUST_CAPTURE=wal)")
     ] = Bounds.slot_lag_bytes,
+    listen_s: Annotated[
+        float,
+        typer.Option(min=0.0, max=30.0, help="how long to listen for one heartbeat (the lag)"),
+    ] = 1.5,
     namespace: Annotated[
         str | None, typer.Option(help="overrides PGBUST_NAMESPACE", show_default=False)
     ] = None,
@@ -68,7 +72,7 @@ def status(
             audit_max_age_s=audit_max_age_s,
             slot_lag_bytes=slot_lag_bytes,
         )
-        report = status_probe.gather(settings)
+        report = status_probe.gather(settings, listen_s=listen_s)
         report.findings = assess(report, bounds)
         if as_json:
             typer.echo(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())

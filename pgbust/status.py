@@ -39,6 +39,10 @@ class Invalidators:
     standbys: list[str]  # "addr pid" of lock connections holding no lock (any namespace)
     alive_sender: str | None  # the liveness key: which process proves capture now
     alive_ttl_ms: int | None
+    # From one heartbeat heard on the channel: everything committed more than proof_age_ms
+    # before it was sent had been applied to Redis (the lag's upper bound at that moment).
+    proof_age_ms: int | None = None
+    beat_every_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -335,10 +339,17 @@ def _render_invalidators(inv: Invalidators | None) -> list[str]:
         if inv.alive_sender
         else "NOT live (caches bypassed)"
     )
+    lag = (
+        "no heartbeat heard on the channel"
+        if inv.proof_age_ms is None
+        else f"everything committed {inv.proof_age_ms} ms before the last heartbeat is applied"
+        f" (beats every {inv.beat_every_ms} ms)"
+    )
     return [
         f"invalidator: active {active}",
         f"  standby: {len(inv.standbys)} ({', '.join(inv.standbys) or 'none'}; any namespace)",
         f"  capture: {alive}",
+        f"  lag: {lag}",
     ]
 
 

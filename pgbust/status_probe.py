@@ -20,13 +20,14 @@ from db import status as status_sql
 from db.settings import DbSettings
 from pgbust import declaration, redis_policy
 from pgbust.keys import Keyspace
+from pgbust.protocol import Heartbeat, MessageError, decode_message
 from pgbust.status import Audit, Invalidators, RedisState, Slot, Status, Table
 
 API_SUBSCRIBER_NAME = "pgbust-api-subscriber"  # api/subscriber.py's CLIENT_NAME
 _TIMEOUT_S = 5
 
 
-def gather(settings: DbSettings) -> Status:
+def gather(settings: DbSettings, listen_s: float = 1.5) -> Status:
     status = Status(namespace=settings.namespace, capture=settings.capture)
     leaders: tuple[Any, ...] | None = None
     standbys: list[str] = []
@@ -37,15 +38,17 @@ def gather(settings: DbSettings) -> Status:
     except psycopg.Error as exc:
         status.errors.append(f"postgres: {_first_line(exc)}")
     alive: tuple[str | None, int | None] = (None, None)
+    beat: Heartbeat | None = None
     try:
         client = redis.Redis.from_url(
             settings.redis_url, socket_timeout=_TIMEOUT_S, socket_connect_timeout=_TIMEOUT_S
         )
         with client:
             keyspace = Keyspace(settings.namespace)
-            status.redis = _redis(client, keyspace)
+            status.redis = _redis(client, keyspace)  # counts subscribers before listening
             alive = _alive(client, keyspace)
             status.audit = _audit(client, keyspace)
+            beat = _one_heartbeat(client, keyspace, listen_s) if alive[0] else None
     except redis.RedisError as exc:
         status.errors.append(f"redis: {_first_line(exc)}")
     if not any(e.startswith("postgres") for e in status.errors):
@@ -57,6 +60,8 @@ def gather(settings: DbSettings) -> Status:
             standbys=standbys,
             alive_sender=alive[0],
             alive_ttl_ms=alive[1],
+            proof_age_ms=beat.proof_age_ms if beat else None,
+            beat_every_ms=beat.every_ms if beat else None,
         )
     return status
 
@@ -155,6 +160,24 @@ def _alive(client: redis.Redis, keyspace: Keyspace) -> tuple[str | None, int | N
     ttl = int(client.pttl(keyspace.capture_alive))
     text = sender.decode(errors="replace") if isinstance(sender, bytes) else str(sender)
     return text, ttl if ttl >= 0 else None
+
+
+def _one_heartbeat(client: redis.Redis, keyspace: Keyspace, listen_s: float) -> Heartbeat | None:
+    """The first heartbeat heard on the channel within listen_s (SUBSCRIBE: reads only)."""
+    deadline = time.monotonic() + listen_s
+    with client.pubsub(ignore_subscribe_messages=True) as pubsub:  # type: ignore[no-untyped-call]
+        pubsub.subscribe(keyspace.channel)
+        while (left := deadline - time.monotonic()) > 0:
+            message = pubsub.get_message(timeout=left)
+            if message is None or message.get("type") != "message":
+                continue
+            try:
+                decoded = decode_message(message["data"])
+            except MessageError:
+                continue
+            if isinstance(decoded, Heartbeat):
+                return decoded
+    return None
 
 
 def _audit(client: redis.Redis, keyspace: Keyspace) -> Audit | None:

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 # What the status command may run on Redis: reads, INFO, TIME and the connection's own set-up.
 READ_ONLY_COMMANDS = ["-@all", "+@read", "+info", "+time", "+ping", "+pubsub|numsub"]
-READ_ONLY_COMMANDS += ["+client|list", "+hello", "+auth"]
+READ_ONLY_COMMANDS += ["+client|list", "+hello", "+auth", "+subscribe", "+unsubscribe"]
 
 
 @dataclass
@@ -140,6 +140,8 @@ def test_a_healthy_namespace_is_reported_healthy_with_exit_0(stack: Stack) -> No
     assert inv["active_pid"] and inv["listener_connected"] and inv["beat_age_s"] < 2
     assert len(inv["standbys"]) == 1
     assert inv["alive_sender"] and inv["alive_ttl_ms"] > 0
+    # the lag from a heartbeat heard on the channel: a quiet stack is fully applied
+    assert inv["beat_every_ms"] == 500 and 0 <= inv["proof_age_ms"] < 1000
     tables = {t["relation"]: t["captured"] for t in report["tables"]}
     assert tables == {"public.products": True, "public.categories": True}
     assert report["redis"]["policy"] == "allkeys-lru"
@@ -162,7 +164,8 @@ def test_the_screen_for_a_person_says_ok_and_shows_every_part(stack: Stack) -> N
     assert done.returncode == 0, done.stdout
     screen = done.stdout
     assert f"pgbust namespace {stack.namespace} (capture: notify): OK" in screen
-    for part in ("invalidator: active", "standby: 1", "public.products: captured",
+    for part in ("invalidator: active", "standby: 1", "lag: everything committed",
+                 "public.products: captured",
                  "maxmemory-policy allkeys-lru", "epoch:", "subscribed API workers: 1",
                  "last audit:"):  # fmt: skip
         assert part in screen, f"{part!r} missing from:\n{screen}"
