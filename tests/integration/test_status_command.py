@@ -28,6 +28,7 @@ import redis
 import redis.asyncio as aioredis
 
 from db import migrate, seed
+from pgbust.devservers import free_port
 from pgbust.keys import Keyspace
 from tests.conftest import project_env
 from tests.support.processes import ManagedProcess, ProcessManager
@@ -273,6 +274,7 @@ def test_wal_capture_without_its_slot_or_with_nobody_streaming_is_reported(
         timeout=120,
     )
     assert upgrade.returncode == 0, upgrade.stderr
+    consumer: ManagedProcess | None = None
     try:
         code, report = stack.status(env=wal_env)
         assert code == 1
@@ -285,12 +287,36 @@ def test_wal_capture_without_its_slot_or_with_nobody_streaming_is_reported(
         # a namespace whose slot was never created
         missing = stack.findings(env={**wal_env, "PGBUST_NAMESPACE": "noslot"})
         assert "slot_missing" in missing
+        # a real WAL invalidator streams from the slot: active, nothing held back for long
+        consumer = stack.procs.invalidator("inv-wal", env=wal_env)
+        code, report = stack.status(env=wal_env)
+        slot_findings = {"slot_missing", "slot_lost", "slot_inactive", "slot_lag"}
+        assert not slot_findings & {f["what"] for f in report["findings"]}, report["findings"]
+        assert report["slot"]["active"] and report["slot"]["lag_bytes"] < 1 << 20
+        assert report["invalidators"]["active_pid"] and report["invalidators"]["proof_age_ms"] >= 0
     finally:
+        if consumer is not None:
+            consumer.stop()  # an active slot cannot be dropped
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
                 " WHERE database = current_database()"
             )
+
+
+def test_a_server_that_cannot_be_reached_is_reported_and_the_other_still_shown(
+    stack: Stack,
+) -> None:
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    code, report = stack.status(env={"REDIS_URL": closed})
+    assert code == 1
+    assert report["findings"][0]["what"] == "unreachable"
+    assert report["findings"][0]["message"].startswith("redis:")
+    assert report["redis"] is None and report["invalidators"]["active_pid"]  # Postgres shown
+    bad_pg = f"postgresql://postgres@127.0.0.1:{free_port()}/pgbust"
+    code, report = stack.status(env={"DATABASE_URL": bad_pg})
+    assert code == 1 and report["errors"][0].startswith("postgres:")
+    assert report["redis"]["subscribers"] == 1  # Redis shown
 
 
 def test_a_stuck_invalidator_then_none_at_all_are_reported(stack: Stack) -> None:
