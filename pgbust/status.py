@@ -342,8 +342,8 @@ def _render_invalidators(inv: Invalidators | None) -> list[str]:
     lag = (
         "no heartbeat heard on the channel"
         if inv.proof_age_ms is None
-        else f"everything committed {inv.proof_age_ms} ms before the last heartbeat is applied"
-        f" (beats every {inv.beat_every_ms} ms)"
+        else f"everything committed up to {inv.proof_age_ms} ms before the last heartbeat was"
+        f" applied (beats every {inv.beat_every_ms} ms)"
     )
     return [
         f"invalidator: active {active}",
