@@ -17,6 +17,7 @@ from api.cache import AfterLoadHook
 from api.fastpath import L1FastPath, Read
 from api.l1 import L1Cache
 from api.metrics import Metrics
+from api.metrics_server import WorkerMetricsServer
 from api.routes import router, write_router
 from api.runtime import Runtime
 from api.settings import Settings
@@ -69,9 +70,16 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await Runtime.start(settings, l1, metrics, after_load=after_load)
         app.state.runtime = runtime
+        own_port = None
+        if settings.api_metrics_port:
+            own_port = WorkerMetricsServer.start(
+                metrics.registry, settings.api_metrics_port, settings.workers
+            )
         try:
             yield
         finally:
+            if own_port is not None:
+                own_port.close()
             await runtime.close()
 
     app = FastAPI(

@@ -29,6 +29,10 @@ class Settings(CommonSettings):
     lease_ms: int = Field(default=2_000, ge=10, le=60_000)
     db_pool_size: int = Field(default=10, ge=1, le=1_000)
     workers: int = Field(default=1, ge=1, le=64)
+    # > 0: each uvicorn worker also serves its own /metrics on the first free port of
+    # [api_metrics_port, api_metrics_port + workers), so a scrape of each port sees one worker,
+    # every time the same one (the main port's /metrics answers from whichever worker accepts).
+    api_metrics_port: int = Field(default=0, ge=0, le=65_535)
     # A subscription that hears nothing (not even its own PING) for this long is lost; one that
     # hears no heartbeat of the active invalidator for this long stops L1. Keep it several
     # times the invalidator's PGBUST_HEARTBEAT_S.

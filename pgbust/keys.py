@@ -74,6 +74,16 @@ class Keyspace:
         return f"{self.namespace}:capture:alive"
 
     @property
+    def worker_stats(self) -> str:
+        """Hash of the workers' task counters (worker/stats.py)."""
+        return f"{self.namespace}:worker:stats"
+
+    @property
+    def worker_audit(self) -> str:
+        """The last consistency audit's report, JSON (worker/stats.py; `pgbust status`)."""
+        return f"{self.namespace}:worker:audit"
+
+    @property
     def hot(self) -> str:
         """Sorted set of sampled read counts per entry, for refresh-ahead warming."""
         return f"{self.namespace}:hot"

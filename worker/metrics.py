@@ -30,6 +30,11 @@ AUDIT_GAUGES = {
     "at": ("pgbust_worker_audit_last_run_timestamp_seconds", "end of the last audit"),
 }
 
+REDIS_GAUGES = {
+    "used_memory": ("pgbust_worker_redis_used_memory_bytes", "memory Redis uses (INFO memory)"),
+    "maxmemory": ("pgbust_worker_redis_maxmemory_bytes", "Redis' maxmemory (0: no limit)"),
+}
+
 
 class RedisStatsCollector(Collector):
     def __init__(self, redis_url: str, keyspace: Keyspace) -> None:
@@ -48,7 +53,7 @@ class RedisStatsCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        yield self._memory_policy()
+        yield from self._memory()
         for name, value in sorted(counters.items()):
             metric = name.decode() if isinstance(name, bytes) else str(name)
             counter = CounterMetricFamily(f"pgbust_worker_{metric}", f"worker total: {metric}")
@@ -61,19 +66,37 @@ class RedisStatsCollector(Collector):
                 gauge.add_metric([], float(audit[field]))
                 yield gauge
 
-    def _memory_policy(self) -> Metric:
-        gauge = GaugeMetricFamily(
+    def _memory(self) -> Iterator[Metric]:
+        """The policy verdict, memory in use and its bound, and evictions: what the dashboard's
+        Redis panels and the eviction and policy alerts read (INFO, no CONFIG GET)."""
+        policy = GaugeMetricFamily(
             "pgbust_worker_redis_memory_policy",
             "1 for the maxmemory-policy Redis reports, with pgbust's verdict"
             " (recommended, safe, unbounded, unknown)",
             labels=["policy", "verdict"],
         )
         try:
-            memory = redis_policy.from_info(self.client.info("server"), self.client.info("memory"))
+            server, memory_info, stats = (
+                self.client.info("server"),
+                self.client.info("memory"),
+                self.client.info("stats"),
+            )
         except redis.RedisError:
-            memory = redis_policy.classify("unknown", None, None)
-        gauge.add_metric([memory.policy, memory.verdict], 1)
-        return gauge
+            policy.add_metric(["unknown", "unknown"], 1)
+            yield policy
+            return
+        memory = redis_policy.from_info(server, memory_info)
+        policy.add_metric([memory.policy, memory.verdict], 1)
+        yield policy
+        for field, (metric, help_text) in REDIS_GAUGES.items():
+            if field in memory_info:
+                yield GaugeMetricFamily(metric, help_text, value=float(memory_info[field]))
+        if "evicted_keys" in stats:
+            yield CounterMetricFamily(
+                "pgbust_worker_redis_evicted_keys",
+                "keys Redis evicted under maxmemory (INFO stats evicted_keys), all namespaces",
+                value=float(stats["evicted_keys"]),
+            )
 
 
 def serve(port: int, redis_url: str, keyspace: Keyspace) -> None:

@@ -20,11 +20,11 @@ log = logging.getLogger(__name__)
 
 
 def stats_key(keyspace: Keyspace) -> str:
-    return f"{keyspace.namespace}:worker:stats"
+    return keyspace.worker_stats
 
 
 def audit_key(keyspace: Keyspace) -> str:
-    return f"{keyspace.namespace}:worker:audit"
+    return keyspace.worker_audit
 
 
 async def count(client: aioredis.Redis, keyspace: Keyspace, **increments: int) -> None:

@@ -119,9 +119,70 @@ def test_api_runs_two_instances_and_the_invalidator_a_standby() -> None:
     assert SERVICES["invalidator"]["deploy"]["replicas"] >= 2
 
 
-def test_only_the_api_gateway_and_locust_ui_are_published() -> None:
+def test_only_the_api_gateway_the_locust_ui_and_the_operator_uis_are_published() -> None:
     published = sorted(name for name, service in SERVICES.items() if service.get("ports"))
-    assert published == ["gateway", "locust-master"]
+    assert published == ["gateway", "grafana", "locust-master", "prometheus"]
+    # the operator UIs answer on the host's loopback only
+    for name in ("grafana", "prometheus"):
+        assert all(port.startswith("127.0.0.1:") for port in SERVICES[name]["ports"]), name
+
+
+def _mounts(name: str) -> dict[str, str]:
+    """container path -> repository path of a service's bind mounts."""
+    mounts = {}
+    for volume in SERVICES[name]["volumes"]:
+        source, target = volume.split(":")[:2]
+        if source.startswith("./"):
+            mounts[target] = source
+    return mounts
+
+
+def _scrape_targets() -> dict[str, set[tuple[str, int]]]:
+    """job -> (compose service, port) of every dns_sd target prometheus.yml scrapes."""
+    source = ROOT / _mounts("prometheus")["/etc/prometheus"] / "prometheus.yml"
+    config = yaml.safe_load(source.read_text())
+    jobs: dict[str, set[tuple[str, int]]] = {}
+    for job in config["scrape_configs"]:
+        for sd in job.get("dns_sd_configs", []):
+            jobs.setdefault(job["job_name"], set()).update((n, sd["port"]) for n in sd["names"])
+    return jobs
+
+
+def test_prometheus_loads_its_configuration_and_rules_from_the_repository() -> None:
+    command = SERVICES["prometheus"]["command"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in command
+    folder = ROOT / _mounts("prometheus")["/etc/prometheus"]
+    assert (folder / "prometheus.yml").is_file() and (folder / "alerts.yml").is_file()
+
+
+def test_prometheus_scrapes_every_api_worker_on_its_own_port() -> None:
+    env = SERVICES["api"]["environment"]
+    first, workers = int(env["PGBUST_API_METRICS_PORT"]), int(env["PGBUST_WORKERS"])
+    assert workers >= 2  # the case the per-worker ports exist for
+    assert _scrape_targets()["api"] == {("api", first + i) for i in range(workers)}
+
+
+def test_prometheus_scrapes_the_invalidators_and_workers_where_they_serve_metrics() -> None:
+    command = SERVICES["invalidator"]["command"]
+    invalidator_port = int(command[command.index("--metrics-port") + 1])
+    worker_port = int(SERVICES["worker"]["environment"]["PGBUST_WORKER_METRICS_PORT"])
+    targets = _scrape_targets()
+    assert targets["invalidator"] == {("invalidator", invalidator_port)}
+    assert targets["worker"] == {("worker", worker_port)}
+
+
+def test_grafana_is_provisioned_from_the_repository() -> None:
+    mounts = _mounts("grafana")
+    provisioning = ROOT / mounts["/etc/grafana/provisioning"]
+    providers = yaml.safe_load((provisioning / "dashboards" / "pgbust.yml").read_text())
+    dashboards_path = providers["providers"][0]["options"]["path"]
+    assert (ROOT / mounts[dashboards_path] / "pgbust.json").is_file()
+    source = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    host_port = source["datasources"][0]["url"].removeprefix("http://")
+    assert host_port == "prometheus:9090" and "prometheus" in SERVICES
+    assert SERVICES["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    env = SERVICES["grafana"]["environment"]
+    assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
 
 
 def test_locust_services_load_a_locustfile_that_exists() -> None:

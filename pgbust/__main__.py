@@ -1,0 +1,3 @@
+from pgbust.cli_status import app
+
+app(prog_name="python -m pgbust")
