@@ -150,6 +150,8 @@ class WalSource:
             finally:
                 self.connected = False
                 self.backend_pid = None
+                if self.proof is not None:
+                    self.proof.not_listening()  # no probe can come back on a closed stream
                 stream, self._stream = self._stream, None
                 if stream is not None:
                     await stream.close()
@@ -240,6 +242,10 @@ class WalSource:
         # what an earlier session delivered and nobody confirmed comes again from the slot
         self._unconfirmed.clear()
         self.connections += 1
+        if self.proof is not None:
+            # the capture channel is this stream from now on: probes are expected on it (as
+            # on a new LISTEN connection), and the term's liveness judges it by them
+            self.proof.listening()
         self.connected = True
         self.backend_pid = self._last_pid = stream.backend_pid
         log.info("streaming slot %s (publication %s)", self.slot, self.publication)

@@ -545,3 +545,48 @@ async def test_the_daemon_in_wal_mode_catches_up_after_a_restart_without_an_epoc
         await asyncio.wait_for(task, 15)
     finally:
         await client.aclose()
+
+
+async def test_the_daemon_in_wal_mode_keeps_its_term_live_past_the_give_up_deadline(
+    wal_url: str,
+    names: tuple[str, str],
+    redis_server: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The probes through the slot prove the replication stream alive: an active instance
+    whose stream works never gives its leadership up (it did every PGBUST_GIVE_UP_AFTER_S
+    while the stream was not counted as the capture channel), and its term stays the first."""
+    config = tmp_path / "pgbust.toml"
+    config.write_text(DECLARATION_TOML)
+    monkeypatch.setenv("PGBUST_CONFIG", str(config))
+    settings = Settings(
+        database_url=wal_url,
+        redis_url=redis_server.url,
+        namespace=f"w{uuid.uuid4().hex[:8]}",
+        lock_id=random.randint(1, 2**40),
+        metrics_port=0,
+        capture="wal",
+        wal_slot=names[0],
+        wal_publication=names[1],
+        heartbeat_s=0.1,
+        give_up_after_s=0.5,
+    )
+    daemon = Invalidator(settings, serve_http=False)
+    task = asyncio.create_task(daemon.run())
+    try:
+        deadline = time.monotonic() + 10
+        while not daemon.capture_live:
+            assert time.monotonic() < deadline, "capture never became live in wal mode"
+            assert not task.done(), task
+            await asyncio.sleep(0.01)
+        # watched for 6 give-up deadlines: live all along, one term, no give-up
+        watch_until = time.monotonic() + 6 * settings.give_up_after_s
+        while time.monotonic() < watch_until:
+            status, body = daemon.health()
+            assert daemon.capture_live and daemon.terms == 1, body
+            assert status == 200 and body["capture"]["problems"] == [], body
+            await asyncio.sleep(0.02)
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 15)
