@@ -26,6 +26,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import psycopg
@@ -41,6 +42,7 @@ from invalidator.replication import (
     lsn_text,
     parse_lsn,
 )
+from invalidator.visibility import Snapshot, invisible
 from pgbust import pgoutput
 from pgbust.declaration import Declaration
 from pgbust.rules import Change
@@ -48,6 +50,8 @@ from pgbust.wal_changes import Transaction, Transactions
 
 log = logging.getLogger(__name__)
 ADMIN_APPLICATION_NAME = "pgbust-invalidator-slot"
+VISIBILITY_APPLICATION_NAME = "pgbust-invalidator-visibility"
+_VISIBILITY_WARN_S = 1.0  # a commit this long in the WAL but not visible is worth a warning
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,7 @@ class WalBatch:
     end_lsn: int
     commit_ts_us: int
     problems: tuple[str, ...] = ()
+    xid: int | None = None  # applied only once visible to readers (invalidator/visibility.py)
 
 
 WalItem = WalBatch | FlushRequest | Probe
@@ -107,6 +112,7 @@ class WalSource:
         self.received_lsn = 0  # end of the last transaction delivered
         self._unconfirmed: deque[tuple[int, int]] = deque()  # (end LSN, commit µs) delivered
         self._stream: ReplicationStream | None = None
+        self._visibility: pg.Connection | None = None  # wait_visible's session
         self._last_pid: int | None = None  # walsender of the previous session
         metrics.wal_lag_seconds.set_function(self._lag_s)
 
@@ -122,6 +128,56 @@ class WalSource:
         if stream is not None:
             with contextlib.suppress(psycopg.Error):  # the read loop notices a broken stream
                 stream.send_status(self.received_lsn, self.confirmed_lsn)
+
+    async def wait_visible(self, xids: Collection[int]) -> bool:
+        """Return once every one of these committed transactions is visible to a reader that
+        starts now (invalidator/visibility.py says why an invalidation must not come sooner).
+        False when Postgres does not say: the caller must then invalidate everything."""
+        started = time.monotonic()
+        pause_s, warned = 0.0005, False
+        while xids:
+            try:
+                snapshot = await self._snapshot()
+            except (psycopg.Error, OSError, ValueError) as exc:
+                first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+                log.warning("cannot tell whether committed changes are visible yet (%s)", first)
+                return False
+            waiting = invisible(xids, snapshot)
+            if not waiting:
+                break
+            waited_s = time.monotonic() - started
+            if waited_s >= _VISIBILITY_WARN_S and not warned:
+                warned = True
+                log.warning(
+                    "transactions %s are committed in the WAL but not visible after %.1f s "
+                    "(a synchronous standby that does not answer?): their invalidation waits",
+                    sorted(waiting)[:5],
+                    waited_s,
+                )
+            await asyncio.sleep(pause_s)
+            pause_s = min(pause_s * 2, 0.01)
+        return True
+
+    async def _snapshot(self) -> Snapshot:
+        conn = self._visibility
+        if conn is None or conn.closed:
+            conn = self._visibility = await pg.connect(
+                self.database_url, VISIBILITY_APPLICATION_NAME
+            )
+
+        async def current() -> Snapshot:
+            cur = await conn.execute(wal.query("current_snapshot"))
+            row = await cur.fetchone()
+            return Snapshot.parse(str(row[0]) if row else "")
+
+        return await pg.within(conn, current(), self.timeout_s, "visibility check")
+
+    async def close(self) -> None:
+        """Close the sessions that outlive a replication session (at the end of a term)."""
+        conn, self._visibility = self._visibility, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await conn.close()
 
     def _lag_s(self) -> float:
         if not self._unconfirmed:
@@ -345,7 +401,9 @@ class WalSource:
                 self.confirmed_lsn = tx.end_lsn  # nothing to apply
             return
         self._unconfirmed.append((tx.end_lsn, tx.commit_ts_us))
-        self.queue.put_nowait(WalBatch(tx.changes, tx.end_lsn, tx.commit_ts_us, tx.problems))
+        self.queue.put_nowait(
+            WalBatch(tx.changes, tx.end_lsn, tx.commit_ts_us, tx.problems, tx.xid)
+        )
 
 
 __all__ = ["SilentConnection", "WalBatch", "WalItem", "WalSource", "lsn_text", "parse_lsn"]
