@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 ADMIN_APPLICATION_NAME = "pgbust-invalidator-slot"
 VISIBILITY_APPLICATION_NAME = "pgbust-invalidator-visibility"
 _VISIBILITY_WARN_S = 1.0  # a commit this long in the WAL but not visible is worth a warning
+_VISIBILITY_GIVE_UP_S = 30.0  # no answer from Postgres this long: invalidate everything
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,16 +133,27 @@ class WalSource:
     async def wait_visible(self, xids: Collection[int]) -> bool:
         """Return once every one of these committed transactions is visible to a reader that
         starts now (invalidator/visibility.py says why an invalidation must not come sooner).
-        False when Postgres does not say: the caller must then invalidate everything."""
+        False when Postgres does not answer for _VISIBILITY_GIVE_UP_S: the caller must then
+        invalidate everything."""
         started = time.monotonic()
-        pause_s, warned = 0.0005, False
+        pause_s, warned, failures = 0.0005, False, 0
         while xids:
             try:
                 snapshot = await self._snapshot()
             except (psycopg.Error, OSError, ValueError) as exc:
+                # Postgres restarting, or this session lost: ask again (a reader cannot read an
+                # older row from a server that is down either; readers stop trusting the caches
+                # once the capture proof is late). Only when it stays unknown: False.
                 first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-                log.warning("cannot tell whether committed changes are visible yet (%s)", first)
-                return False
+                failures += 1
+                if time.monotonic() - started >= _VISIBILITY_GIVE_UP_S:
+                    log.error("cannot tell whether committed changes are visible (%s)", first)
+                    return False
+                if failures == 1:
+                    log.warning("visibility check failed (%s); asking again", first)
+                await self.close()
+                await asyncio.sleep(min(0.05 * 2**failures, 1.0))
+                continue
             waiting = invisible(xids, snapshot)
             if not waiting:
                 break
