@@ -202,6 +202,7 @@ class WalSource:
         """Stream forever (until cancelled), reconnecting and resuming from the slot."""
         failures = 0
         while True:
+            sessions = self.connections
             try:
                 await self._prepare_slot()
                 await self._session()
@@ -214,7 +215,9 @@ class WalSource:
                     first,
                 )
                 self.metrics.reconnects.labels("postgres").inc()
-                failures += 1
+                # the back-off grows with failures in a row: a session that streamed (a
+                # connection that worked until it was terminated) starts the count again
+                failures = 1 if self.connections > sessions else failures + 1
             finally:
                 self.connected = False
                 self.backend_pid = None

@@ -701,3 +701,28 @@ async def test_a_commit_in_the_wal_but_not_yet_visible_is_invalidated_once_reade
         daemon.stop()
         await asyncio.wait_for(task, 15)
         await client.aclose()
+
+
+async def test_a_replication_connection_terminated_again_and_again_is_resumed_at_once_each_time(
+    wal_url: str, names: tuple[str, str]
+) -> None:
+    """The reconnect back-off counts failures in a row, not in the process's life: a stream
+    that worked until its walsender was terminated is resumed within a fraction of a second,
+    the eighth time as the first (it waited up to PGBUST's retry maximum, here 5 s, once a
+    few terminations had added up), and nothing is lost on the way."""
+    async with streaming(wal_url, names, retry_max_s=5.0) as run:
+        source = run.source
+        for round_ in range(8):
+            before = source.connections
+            with psycopg.connect(wal_url, autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                    " WHERE slot_name = %s",
+                    (names[0],),
+                )
+            started = time.monotonic()
+            _execute(wal_url, f"INSERT INTO notes VALUES ('term-{round_}', '')")
+            await run.until(lambda: source.connections > before, within_s=10)
+            assert time.monotonic() - started < 2.5, f"resumed only after a back-off ({round_})"
+            await run.until(_marker(run, f"term-{round_}"))
+    assert not any(isinstance(i, FlushRequest) for i in run.items)  # resumed: nothing missed
