@@ -103,6 +103,7 @@ def chaos_results(chaos_full: bool) -> Iterator[list[ScenarioRecord]]:
         "recover s",
         "drain s",
         "worker restarts",
+        "hit ratio",
         "epoch bumps",
         "passed",
     ]
@@ -119,6 +120,7 @@ def chaos_results(chaos_full: bool) -> Iterator[list[ScenarioRecord]]:
             r.time_to_recover_s,
             r.drain_s,
             r.worker_restarts,
+            r.cache_hit_ratio,
             r.epoch_bumps,
             "yes" if r.passed else "**no**",
         ]

@@ -106,6 +106,8 @@ def _run(
     finally:
         stats = load.stop()
     record.reads, record.writes = stats.reads, stats.writes
+    hits = stats.x_cache["L1"] + stats.x_cache["L2"]
+    record.cache_hit_ratio = round(hits / stats.reads, 3) if stats.reads else 0.0
     record.reads_during_fault = stats.reads_during_fault
     record.writes_during_fault = stats.writes_during_fault
     record.stale_reads_during_fault = stats.stale_reads_during_fault
