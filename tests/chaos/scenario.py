@@ -62,7 +62,8 @@ def run_scenario(
         _run(stack, record, inject, plan, write_rate)
     finally:
         flushes = watch.stop()
-        record.epoch_bumps = len(flushes.heard)
+        # -1: not counted (the scenario restarted Redis or killed its pub/sub clients, ours too)
+        record.epoch_bumps = -1 if flushes.deaf_since else len(flushes.heard)
         record.flush_reasons = flushes.describe()[:20]
     if no_flush:
         assert not flushes.deaf_since, f"the flush watch lost Redis: {flushes.deaf_since}"

@@ -74,7 +74,8 @@ class ScenarioRecord:
     worker_restarts: int = 0  # Celery workers that exited and were restarted (a supervisor's job)
     # reads served from a cache (X-Cache L1 or L2) of all reads: a flush shows here
     cache_hit_ratio: float = 0.0
-    # epoch bumps (every tier flushed) from load start to the end of the drain, and why
+    # epoch bumps (every tier flushed) from load start to the end of the drain, and why;
+    # -1 when they could not be counted (the flush watch lost its subscription)
     epoch_bumps: int = 0
     flush_reasons: list[str] = field(default_factory=list)
     passed: bool = False
