@@ -67,8 +67,15 @@ def run_scenario(
         record.flush_reasons = flushes.describe()[:20]
     if no_flush:
         assert not flushes.deaf_since, f"the flush watch lost Redis: {flushes.deaf_since}"
-        assert not flushes.heard and not flushes.epoch_changed, (
-            f"{len(flushes.heard)} epoch bumps (epoch {flushes.epoch_before} -> "
+        # A Redis call that timed out (an instance continued after SIGSTOP finds its call in
+        # flight timed out; a host so loaded that the proxy stalls) flushes for Redis' sake,
+        # in both modes: recorded, not a capture that missed something.
+        redis_side = [(o, r) for o, r in flushes.heard if _redis_reason(r)]
+        record.notes += [f"flush for Redis' sake: {o}: {r}" for o, r in redis_side]
+        captured = [(o, r) for o, r in flushes.heard if not _redis_reason(r)]
+        unheard = flushes.epoch_changed and not flushes.heard
+        assert not captured and not unheard, (
+            f"{len(captured)} epoch bumps (epoch {flushes.epoch_before} -> "
             f"{flushes.epoch_after}) where nothing can have been missed:\n"
             + "\n".join(flushes.describe())
             + "\n"
@@ -85,6 +92,15 @@ def run_scenario(
         sweep.report()
     )
     return record
+
+
+def _redis_reason(reason: str) -> bool:
+    """A flush because Redis could not be reached or refused (invalidator/sink.py, the
+    worker's retry), not because capture may have missed a change."""
+    return any(
+        words in reason
+        for words in ("redis came back", "redis was unreachable", "redis refused", "retry: redis")
+    )
 
 
 def _run(
