@@ -7,8 +7,10 @@
       ticket = L1.ticket(entry)                   (before any lower read: the L1 fill guard)
       Redis GET_OR_LEASE
         Hit    -> L1.put(ticket)               -> payload, "L2"
-        Lease  -> load Postgres, [after_load hook], FILL (guarded in Lua); L1.put only if
-                  the L2 fill was stored      -> payload, "MISS"
+        Lease  -> load Postgres, [after_load hook], FILL with the payload's row tags
+                  (guarded in Lua: lease, stamp, rows unchanged since the lease); L1.put
+                  (guarded by the ticket and the rows) only if the L2 fill was stored
+                                              -> payload, "MISS"
         NotLive -> no active invalidator proves its capture channels (pgbust.lua
                   capture_gated): Redis may hold what nobody invalidated, so read Postgres,
                   fill nothing                -> payload, "MISS"
@@ -21,6 +23,9 @@
         Refused -> Redis is full (or refuses writes): no lease; Postgres, no fill in either
                   tier (without the L2 guard an L1 copy could outlive an invalidation whose
                   message is still on its way)
+      FILL refused for rows no generation tracked yet (-2: created by that FILL) -> one
+                  more lease, load and FILL: the first fill of a page whose products were
+                  never written costs two loads, never a fill that could be stale
       FILL refused by a full Redis -> the lease is given back, the payload served, "MISS"
       Redis unreachable -> Postgres, no fill   -> payload, "MISS"
 
@@ -39,6 +44,7 @@ from typing import Literal, Protocol
 from redis.exceptions import OutOfMemoryError, RedisError
 
 from api.l1 import L1Cache, Ticket
+from api.loaders import row_tags
 from api.metrics import Metrics
 from pgbust.protocol import Busy, Hit, Lease, NotLive, Refused
 from pgbust.redis_cache import RedisCache
@@ -158,16 +164,16 @@ class TieredCache:
             self.metrics.misses.labels("l2").inc()
             return await self._load_and_fill(entry, l2, result, ticket)
         self.metrics.hits.labels("l2").inc()
-        await self._put_l1_copy_of_l2(entry, l2, ticket, result.payload)
+        await self._put_l1_copy_of_l2(entry, l2, ticket, result.payload, result.rows)
         return ReadResult(result.payload, "L2")
 
     async def _put_l1_copy_of_l2(
-        self, entry: str, l2: RedisCache, ticket: Ticket, payload: bytes
+        self, entry: str, l2: RedisCache, ticket: Ticket, payload: bytes, rows: tuple[str, ...]
     ) -> None:
         """With a TTL, the L1 copy expires when the L2 entry does, not a full TTL later
         (else a TTL-mode read could be stale for up to twice the TTL)."""
         if self.ttl_ms <= 0:
-            self._put_l1(ticket, payload)
+            self._put_l1(ticket, payload, rows=rows)
             return
         try:
             remaining_ms = int(await l2.client.pttl(l2.keyspace.value(entry)))
@@ -175,7 +181,7 @@ class TieredCache:
             self.metrics.redis_errors.labels("pttl").inc()
             return
         if remaining_ms > 0:
-            self._put_l1(ticket, payload, min(self.ttl_ms, remaining_ms) / 1000)
+            self._put_l1(ticket, payload, min(self.ttl_ms, remaining_ms) / 1000, rows)
 
     async def _wait_for_other_loader(
         self, entry: str, l2: RedisCache
@@ -200,7 +206,7 @@ class TieredCache:
         return None
 
     async def _load_and_fill(
-        self, entry: str, l2: RedisCache, lease: Lease, ticket: Ticket
+        self, entry: str, l2: RedisCache, lease: Lease, ticket: Ticket, first_try: bool = True
     ) -> ReadResult:
         try:
             payload = await self._load(entry)
@@ -212,8 +218,17 @@ class TieredCache:
         if payload is None:
             await self._release(entry, l2, lease)
             return ReadResult(None, "MISS")
+        rows = row_tags(entry, payload)
         try:
-            stored = await l2.fill(entry, lease.token, lease.stamp, payload, self.ttl_ms)
+            stored = await l2.fill(
+                entry,
+                lease.token,
+                lease.stamp,
+                payload,
+                self.ttl_ms,
+                rows=rows,
+                since=lease.since,
+            )
         except OutOfMemoryError:
             self._refused("fill", out_of_memory=True)
             await self._release(entry, l2, lease)  # waiters need not sit out the lease
@@ -223,11 +238,21 @@ class TieredCache:
             return ReadResult(payload, "MISS")
         if stored == 1:
             self.metrics.fills.labels("l2").inc()
-            self._put_l1(ticket, payload)
-        else:
-            reason = "lease_lost" if stored == 0 else "invalidated"
-            self.metrics.fills_refused.labels("l2", reason).inc()
-            log.debug("fill of %s refused by the guard (%s)", entry, reason)
+            self._put_l1(ticket, payload, rows=rows)
+            return ReadResult(payload, "MISS")
+        reason = {0: "lease_lost", -2: "untracked_rows"}.get(stored, "invalidated")
+        self.metrics.fills_refused.labels("l2", reason).inc()
+        log.debug("fill of %s refused by the guard (%s)", entry, reason)
+        if stored == -2 and first_try:
+            # Rows nobody had tracked yet: their generations exist now, so a lease taken now
+            # can fill (a load read before they existed cannot prove what it read was fresh)
+            try:
+                again = await l2.get_or_lease(entry, self.lease_ms)
+            except RedisError:
+                self.metrics.redis_errors.labels("get_or_lease").inc()
+                return ReadResult(payload, "MISS")
+            if isinstance(again, Lease):
+                return await self._load_and_fill(entry, l2, again, ticket, first_try=False)
         return ReadResult(payload, "MISS")
 
     def _refused(self, op: str, out_of_memory: bool) -> None:
@@ -246,8 +271,14 @@ class TieredCache:
         self.metrics.db_loads.inc()
         return await self.db.load(entry)
 
-    def _put_l1(self, ticket: Ticket, payload: bytes, ttl_s: float | None = None) -> None:
-        if self.l1.put(ticket, payload, ttl_s):
+    def _put_l1(
+        self,
+        ticket: Ticket,
+        payload: bytes,
+        ttl_s: float | None = None,
+        rows: tuple[str, ...] = (),
+    ) -> None:
+        if self.l1.put(ticket, payload, ttl_s, rows):
             self.metrics.fills.labels("l1").inc()
         elif not ticket.valid:
             self.metrics.fills_refused.labels("l1", "invalidated").inc()

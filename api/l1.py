@@ -5,6 +5,10 @@ ticket is still valid. Every eviction by key, tag or flush voids the tickets it 
 value read before an invalidation can never be stored after it (invariant 3 for L1). Tickets
 are tracked only while in flight, so the bookkeeping is bounded by concurrent fills.
 
+An entry holding rows (a page) is also filed under their row tags, known only once loaded:
+`put` refuses it when one of them was evicted after the ticket was taken (evictions are
+numbered; the last number of each tag is kept while tickets are in flight).
+
 No I/O and no clock of its own beyond the injectable `clock` (used for the optional TTL).
 """
 
@@ -19,6 +23,8 @@ from pgbust.keys import tag_of
 
 # Bytes charged per entry on top of key and payload: dict slot, item object, list node.
 ENTRY_OVERHEAD = 120
+# Tag evictions remembered while tickets are in flight, before the older ones are pruned.
+EVICTION_MEMORY = 4096
 
 
 @dataclass(eq=False, slots=True)
@@ -28,6 +34,7 @@ class Ticket:
     entry: str
     tag: str | None
     valid: bool = True
+    seq: int = 0  # evictions numbered up to here happened before the ticket
 
 
 @dataclass(slots=True)
@@ -35,6 +42,7 @@ class _Item:
     payload: bytes
     size: int
     expires_at: float  # 0 = never
+    rows: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -61,6 +69,8 @@ class L1Cache:
     _by_tag: dict[str, set[str]] = field(default_factory=dict)
     _pending: dict[str, set[Ticket]] = field(default_factory=dict)
     _bytes: int = 0
+    _seq: int = 0  # number of the last eviction by tag
+    _evicted_at: dict[str, int] = field(default_factory=dict)  # tag -> its last eviction
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -92,16 +102,25 @@ class L1Cache:
 
     def ticket(self, entry: str) -> Ticket:
         """Take before reading the lower tiers; a disabled L1 hands out void tickets."""
-        ticket = Ticket(entry, tag_of(entry), valid=self.enabled)
+        ticket = Ticket(entry, tag_of(entry), valid=self.enabled, seq=self._seq)
         if ticket.valid:
             self._pending.setdefault(entry, set()).add(ticket)
         return ticket
 
-    def put(self, ticket: Ticket, payload: bytes, ttl_s: float | None = None) -> bool:
+    def put(
+        self,
+        ticket: Ticket,
+        payload: bytes,
+        ttl_s: float | None = None,
+        rows: tuple[str, ...] = (),
+    ) -> bool:
         """Store payload unless the entry was invalidated since the ticket was taken.
 
         ttl_s overrides the cache's TTL for this entry (a copy of an L2 entry lives no longer
-        than the L2 entry itself)."""
+        than the L2 entry itself); rows: the row tags of what the payload holds."""
+        evicted_at = self._evicted_at
+        if rows and any(evicted_at.get(row, -1) > ticket.seq for row in rows):
+            ticket.valid = False  # before release: the last release forgets the numbers
         self.release(ticket)
         if not ticket.valid or not self.enabled:
             self.stats.refused_fills += 1
@@ -113,10 +132,12 @@ class L1Cache:
             self._remove(ticket.entry)
         ttl = self.ttl_s if ttl_s is None else ttl_s
         expires_at = self.clock() + ttl if ttl > 0 else 0.0
-        self._items[ticket.entry] = _Item(payload, size, expires_at)
+        self._items[ticket.entry] = _Item(payload, size, expires_at, rows)
         self._bytes += size
         if ticket.tag is not None:
             self._by_tag.setdefault(ticket.tag, set()).add(ticket.entry)
+        for row in rows:
+            self._by_tag.setdefault(row, set()).add(ticket.entry)
         self.stats.fills += 1
         while len(self._items) > self.max_entries or self._bytes > self.max_bytes:
             oldest = next(iter(self._items))
@@ -131,6 +152,8 @@ class L1Cache:
             waiting.discard(ticket)
             if not waiting:
                 del self._pending[ticket.entry]
+        if not self._pending:
+            self._evicted_at.clear()  # no ticket left that could be older
 
     # --- invalidation ---------------------------------------------------------------------
 
@@ -144,6 +167,12 @@ class L1Cache:
                 dropped += 1
         tag_set = set(tags)
         if tag_set:
+            if self._pending:
+                self._seq += 1
+                for tag in tag_set:
+                    self._evicted_at[tag] = self._seq
+                if len(self._evicted_at) > EVICTION_MEMORY:
+                    self._forget_evictions()
             for entry, waiting in self._pending.items():
                 if tag_of(entry) in tag_set:
                     self._void(waiting)
@@ -162,6 +191,7 @@ class L1Cache:
         self._pending.clear()
         self._items.clear()
         self._by_tag.clear()
+        self._evicted_at.clear()  # every ticket is void
         self._bytes = 0
         self.stats.flushes += 1
         self.stats.evicted_invalidation += dropped
@@ -177,6 +207,11 @@ class L1Cache:
 
     # --- internals ------------------------------------------------------------------------
 
+    def _forget_evictions(self) -> None:
+        """Drop the numbers no ticket in flight can be older than (bounded bookkeeping)."""
+        oldest = min(t.seq for waiting in self._pending.values() for t in waiting)
+        self._evicted_at = {tag: n for tag, n in self._evicted_at.items() if n > oldest}
+
     @staticmethod
     def _void(tickets: Iterable[Ticket]) -> None:
         for ticket in tickets:
@@ -186,9 +221,9 @@ class L1Cache:
         item = self._items.pop(entry)
         self._bytes -= item.size
         tag = tag_of(entry)
-        if tag is not None:
-            members = self._by_tag.get(tag)
+        for filed in (tag, *item.rows) if tag is not None else item.rows:
+            members = self._by_tag.get(filed)
             if members is not None:
                 members.discard(entry)
                 if not members:
-                    del self._by_tag[tag]
+                    del self._by_tag[filed]

@@ -15,6 +15,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from db.queries import query
+from pgbust.keys import product_row_tag
 
 Loader = Callable[[AsyncConnection[Any], re.Match[str]], Awaitable[bytes | None]]
 
@@ -50,10 +51,10 @@ async def load_category_page(conn: AsyncConnection[Any], match: re.Match[str]) -
 
 async def load_category_summary(conn: AsyncConnection[Any], match: re.Match[str]) -> bytes | None:
     category_id = int(match["id"])
-    if not await _category_exists(conn, category_id):
+    [summary] = await _rows(conn, "category_summary", {"category_id": category_id})
+    if not summary.pop("found"):
         return None
-    rows = await _rows(conn, "category_summary", {"category_id": category_id})
-    return orjson.dumps({"category_id": category_id, **rows[0]})
+    return orjson.dumps({"category_id": category_id, **summary})
 
 
 _LOADERS: list[tuple[re.Pattern[str], Loader]] = [
@@ -77,3 +78,14 @@ async def load_entry(conn: AsyncConnection[Any], entry: str) -> bytes | None:
         if match:
             return await loader(conn, match)
     raise UnknownEntry(f"no loader for cache entry {entry!r}")
+
+
+def row_tags(entry: str, payload: bytes) -> tuple[str, ...]:
+    """The row tags of what an entry's payload holds: a page, the tags of its products.
+
+    Filed with the entry in both tiers, so that a change of one product kills exactly the
+    pages that show it. Every fill (readers, warm tasks) goes through here."""
+    if ":products:" not in entry:
+        return ()
+    items = orjson.loads(payload).get("items", ())
+    return tuple(product_row_tag(int(item["id"])) for item in items)

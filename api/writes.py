@@ -54,7 +54,7 @@ async def _returning(runtime: Runtime, name: str, params: dict[str, Any]) -> dic
 async def create_product(runtime: Runtime, body: ProductCreate) -> bytes:
     row = await _returning(runtime, "insert_product", body.model_dump())
     assert row is not None
-    await invalidate(runtime, row["id"], row["category_id"])
+    await invalidate(runtime, "INSERT", row["id"], row["category_id"])
     return orjson.dumps(row)
 
 
@@ -64,7 +64,7 @@ async def update_product(runtime: Runtime, product_id: int, body: ProductPatch) 
     if row is None:
         return None
     old_category = row.pop("old_category_id")
-    await invalidate(runtime, product_id, old_category, row["category_id"])
+    await invalidate(runtime, "UPDATE", product_id, old_category, row["category_id"])
     return orjson.dumps(row)
 
 
@@ -72,11 +72,11 @@ async def delete_product(runtime: Runtime, product_id: int) -> bool:
     row = await _returning(runtime, "delete_product", {"id": product_id})
     if row is None:
         return False
-    await invalidate(runtime, product_id, row["category_id"])
+    await invalidate(runtime, "DELETE", product_id, row["category_id"])
     return True
 
 
-async def invalidate(runtime: Runtime, product_id: int, *category_ids: int) -> None:
+async def invalidate(runtime: Runtime, op: str, product_id: int, *category_ids: int) -> None:
     """Invalidate a write's targets in L2 (and every L1 via the message) and in this L1.
 
     Then wait, briefly (at most ECHO_WAIT_S), for the message to come back on this process's
@@ -87,7 +87,7 @@ async def invalidate(runtime: Runtime, product_id: int, *category_ids: int) -> N
     """
     if runtime.settings.cache_mode != "cdc" or runtime.l2 is None:
         return
-    targets = product_write_targets(product_id, *category_ids)
+    targets = product_write_targets(product_id, *category_ids, op=op)
     reason = f"api write {uuid.uuid4().hex}"
     message = Invalidation.of(targets, origin="api", ts_us=time.time_ns() // 1000, reason=reason)
     subscriber = runtime.subscriber

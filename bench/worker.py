@@ -148,7 +148,9 @@ class Bench:
                     lease = await cache.get_or_lease(entry)
                     payload = await load_entry(conn, entry)
                     if isinstance(lease, Lease) and payload is not None:
-                        await cache.fill(entry, lease.token, lease.stamp, payload)
+                        await cache.fill(
+                            entry, lease.token, lease.stamp, payload, rows=(), since=lease.since
+                        )
                 runs = [await audit_job.audit(cache, conn, sample, 0) for _ in range(5)]
         finally:
             await client.aclose()

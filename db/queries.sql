@@ -34,8 +34,10 @@ ORDER BY id LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: category_summary
 -- The aggregate the summary endpoint serves (and caches): real work over every product of
--- the category, an index-only scan of products_category_id_id_idx.
-SELECT count(*) AS count,
+-- the category, an index-only scan of products_category_id_id_idx. `found` says whether the
+-- category exists, in the same round trip (a miss is one query, not two).
+SELECT EXISTS (SELECT 1 FROM categories WHERE id = %(category_id)s) AS found,
+       count(*) AS count,
        coalesce(sum(stock), 0) AS total_stock,
        min(price_cents) AS min_price_cents,
        round(avg(price_cents), 2)::float8 AS avg_price_cents,

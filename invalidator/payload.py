@@ -3,6 +3,7 @@
 The trigger (db/triggers/10_capture.sql) sends, as compact JSON:
 
     {"v":1,"t":"products","op":"U","ts":<µs>,"c":["id","category_id"],"r":[[1,2],[1,3]]}
+    {"v":1,"t":"products","op":"U","ts":<µs>,"p":true,"c":[...],"r":[[1,2]]}  (in place)
     {"v":1,"t":"products","op":"T","ts":<µs>,"all":true}
     {"v":1,"t":"products","op":"S","ts":<µs>,"all":true,"why":"alter table"}  (DDL, capture)
 
@@ -74,4 +75,5 @@ def parse(raw: str | bytes) -> Parsed:
         if not isinstance(row, list) or len(row) != width:
             return _wide(table, op, ts_us, "bad_rows")
         parsed.append(dict(zip(columns, row, strict=True)))
-    return Parsed(Change(table=table, op=op, rows=tuple(parsed), ts_us=ts_us))
+    in_place = op == "UPDATE" and body.get("p") is True
+    return Parsed(Change(table=table, op=op, rows=tuple(parsed), ts_us=ts_us, in_place=in_place))

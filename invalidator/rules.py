@@ -11,7 +11,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgbust.keys import category_tag, product_entry
+from pgbust.keys import (
+    category_pages_tag,
+    category_summary_tag,
+    product_entry,
+    product_row_tag,
+)
 from pgbust.protocol import Targets
 
 Row = Mapping[str, Any]
@@ -33,6 +38,9 @@ class Change:
     table_wide: bool = False
     ts_us: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # an UPDATE that changed no row's key columns (the trigger's "p"): every row kept its
+    # identity and its dependencies, so what lists rows lists the same ones
+    in_place: bool = False
 
 
 # Keys are bigint columns: a value outside this range cannot be a row's key.
@@ -60,22 +68,40 @@ def _key(row: Row, column: str) -> int:
     return value
 
 
-def _product_rows(rows: Iterable[Row]) -> Targets:
+# The same rules as pgbust.toml's (which WAL capture applies; tests/unit/test_rules.py holds
+# the two together), for the NOTIFY payload: it says which key columns the rows had, OLD and
+# NEW, and whether none changed ("p"), but not which other columns did.
+
+
+def _product_rows(rows: Iterable[Row], in_place: bool) -> Targets:
     keys: set[str] = set()
     tags: set[str] = set()
     for row in rows:
-        keys.add(product_entry(_key(row, "id")))
-        tags.add(category_tag(_key(row, "category_id")))
+        product_id, category_id = _key(row, "id"), _key(row, "category_id")
+        keys.add(product_entry(product_id))
+        tags.add(product_row_tag(product_id))  # the pages that show it
+        tags.add(category_summary_tag(category_id))  # which columns changed is not known
+        if not in_place:
+            # inserted, deleted, moved or re-keyed: which products a page lists changes
+            tags.add(category_pages_tag(category_id))
     return Targets(frozenset(keys), frozenset(tags))
 
 
-def _category_rows(rows: Iterable[Row]) -> Targets:
-    return Targets(tags=frozenset(category_tag(_key(row, "id")) for row in rows))
+def _category_rows(rows: Iterable[Row], in_place: bool) -> Targets:
+    # pages and summaries show no category column: only a category that comes or goes
+    # (404 <-> 200) changes them
+    if in_place:
+        return Targets()
+    tags: set[str] = set()
+    for row in rows:
+        category_id = _key(row, "id")
+        tags |= {category_pages_tag(category_id), category_summary_tag(category_id)}
+    return Targets(tags=frozenset(tags))
 
 
 # A rule raises Unkeyable for a row it cannot key: the change is then invalidated wider
 # (everything), never dropped.
-RULES: dict[str, Callable[[Iterable[Row]], Targets]] = {
+RULES: dict[str, Callable[[Iterable[Row], bool], Targets]] = {
     "products": _product_rows,
     "categories": _category_rows,
 }
@@ -87,7 +113,7 @@ def explain(change: Change) -> tuple[Targets, str | None]:
     if rule is None or change.table_wide:
         return EVERYTHING, None
     try:
-        return rule(change.rows), None
+        return rule(change.rows, change.in_place and change.op == "UPDATE"), None
     except Unkeyable as exc:
         return EVERYTHING, exc.reason
 
@@ -98,7 +124,9 @@ def targets_for(change: Change) -> Targets:
     return explain(change)[0]
 
 
-def product_write_targets(product_id: int, *category_ids: int) -> Targets:
-    """What an API write to one product touches: its entry and its old and new category."""
+def product_write_targets(product_id: int, *category_ids: int, op: str) -> Targets:
+    """What an API write to one product touches (op INSERT, UPDATE or DELETE; an update
+    names its old and new category): the same as the change the trigger will capture."""
     rows = [{"id": product_id, "category_id": category_id} for category_id in category_ids]
-    return targets_for(Change(table="products", op="WRITE", rows=tuple(rows)))
+    in_place = op == "UPDATE" and len(set(category_ids)) == 1
+    return targets_for(Change(table="products", op=op, rows=tuple(rows), in_place=in_place))

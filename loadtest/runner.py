@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import httpx
 import orjson
 
 from loadtest import capture, report
@@ -76,6 +77,17 @@ class Round:
     raw: RawRun
     messages: list[Received] | None  # None: the mode has no invalidation channel
     extra: dict[str, Any]
+
+
+def _save_metrics(api_urls: list[str], folder: Path) -> None:
+    """Each API instance's /metrics at the end of the load, next to its log: what the read
+    path did (hits per tier, fills refused and why, bypasses, busy waits) explains a round."""
+    for n, url in enumerate(api_urls, 1):
+        try:
+            text = httpx.get(url + "/metrics", timeout=5).text
+        except httpx.HTTPError as exc:
+            text = f"# /metrics unreachable: {exc}\n"
+        (folder / f"api-{n}.metrics").write_text(text)
 
 
 def _settings_used(settings: Settings, mode: str, plan: Plan) -> dict[str, Any]:
@@ -163,6 +175,7 @@ def collect_round(
         run_locust(plan, env, out, duration_s, quiet)
         cpu_after = stack.cpu_seconds()
         load_wall = max(time.time() - load_started, 1e-9)
+        _save_metrics(api_urls, out / "logs")
         time.sleep(DRAIN_S)
         if mode == "cdc" and raw_path.exists():
             _drain(RawRun.from_json(orjson.loads(raw_path.read_bytes())), recorder)

@@ -9,6 +9,19 @@ by ".<generation>" for each tag the entry is filed under (today at most one):
 A value whose stamp is not the current one is dead: bumping the epoch kills every entry at
 once, bumping a tag's generation every entry filed under it, both in O(1).
 
+**Row tags.** An entry may also hold rows (a page of products): it is then filed under each
+row's tag too ("row:products:42"), which only its content names, so they are known only after
+the load. Such a value carries them after its stamp, with the time its lease was granted:
+
+    category:3:products:20:0 "<epoch>.<gen>\n<since>\n<ns>:g:row:products:7\n...|{...}"
+
+and is live only while every one of those generations is older than `since` (Redis TIME, µs,
+when the lease was granted). A row tag bumped after the lease (its generation is at least the
+time of the bump) kills the value, and refuses its fill; an evicted one is missing, which
+counts as dead (FILL recreates it as now and refuses; the next lease is younger). Row tags are
+read from the value, not passed as KEYS: fine on one Redis, one more thing for Cluster to
+solve (hash tags per entry).
+
 **Guard keys may vanish** (DESIGN invariant 9): Redis evicts any key under allkeys-*, a
 restart loses them. So the epoch and every generation are microseconds on the Redis server's
 clock (TIME), and a guard key never takes a value it held before:
@@ -76,6 +89,31 @@ local function live_stamp(epoch_key, generation_key)
 end
 """
 
+# The row-tag section of a value whose static stamp is `head` (the stamp without its '|'):
+# the prefix up to and including the '|' when the value is live, else nil. A value without
+# rows is live with its stamp; one with rows only while every row generation is older than
+# the `since` it was stored with (a missing generation was evicted or never existed: dead).
+LIVE_PREFIX = """
+local function live_prefix(v, head)
+  if not v or string.sub(v, 1, #head) ~= head then return nil end
+  local sep = string.sub(v, #head + 1, #head + 1)
+  if sep == '|' then return head .. '|' end
+  if sep ~= '\\n' then return nil end
+  local bar = string.find(v, '|', #head + 2, true)
+  if not bar then return nil end
+  local since
+  for part in string.gmatch(string.sub(v, #head + 2, bar - 1), '[^\\n]+') do
+    if not since then
+      since = tonumber(part)
+    else
+      local generation = tonumber(redis.call('GET', part))
+      if not generation or generation >= since then return nil end
+    end
+  end
+  return string.sub(v, 1, bar)
+end
+"""
+
 # For the reader: a guard key's value, created as now when missing. nil (and `refused` set
 # to Redis' error) when Redis refuses the write (full, read-only replica, disk error).
 _CURRENT = """
@@ -96,50 +134,84 @@ end
 # --- the scripts ------------------------------------------------------------------------------
 
 # KEYS: epoch, value, lease[, tag_generation]   ARGV: token, lease_ms
-# -> {1, stamp, value} hit | {2, stamp} lease granted | {3, stamp} lease held by another reader
-#  | {4, error} Redis refused a write (full ...): no lease; read the database, do not fill
+# -> {1, prefix, value} hit (prefix: stamp and row section up to '|') | {2, stamp, since}
+#    lease granted (since: µs on the Redis clock, for the row tags) | {3, stamp} lease held by
+#    another reader | {4, error} Redis refused a write (full ...): no lease; read the
+#    database, do not fill
 # No shebang (compatibility mode, see the module doc): hits are served by a full Redis.
 GET_OR_LEASE = (
     _CLOCK
     + _CURRENT
+    + LIVE_PREFIX
     + """
-local stamp = current(KEYS[1])
-if stamp and KEYS[4] then
+local head = current(KEYS[1])
+if head and KEYS[4] then
   local generation = current(KEYS[4])
-  stamp = generation and (stamp .. '.' .. generation)
+  head = generation and (head .. '.' .. generation)
 end
-if not stamp then return {4, refused} end
-stamp = stamp .. '|'
+if not head then return {4, refused} end
 local v = redis.call('GET', KEYS[2])
-if v and string.sub(v, 1, #stamp) == stamp then
-  return {1, stamp, v}
-end
+local prefix = live_prefix(v, head)
+if prefix then return {1, prefix, v} end
 local granted = redis.pcall('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2])
 if type(granted) == 'table' and granted.err then return {4, granted.err} end
-if granted then return {2, stamp} end
-return {3, stamp}
+if granted then return {2, head .. '|', text(now_us())} end
+return {3, head .. '|'}
 """
 )
 
-# KEYS: epoch, value, lease[, tag_generation, tag_members]   ARGV: token, stamp, payload, ttl_ms
+# KEYS: epoch, value, lease[, tag_generation, tag_members], then per row tag: generation,
+#       members
+# ARGV: token, stamp, payload, ttl_ms, has_tag ("1": KEYS[4..5] are the entry's tag), since
 # -> 1 stored | 0 refused: lease gone or taken over | -1 refused: epoch or tag changed (or
-# its key was evicted meanwhile). Refused by a full Redis before it runs (OOM error).
+# its key was evicted meanwhile), or a row tag was bumped since the lease | -2 refused: a
+# row tag had no generation (never bumped, or evicted): created now, so the next lease can
+# fill. Refused by a full Redis before it runs (OOM error).
 # The fill guard: an invalidation deletes the lease (or bumps the generation), so a reader
 # that loaded the database before the invalidation can no longer store what it read.
 FILL = (
     _REFUSED_WHEN_FULL
+    + _CLOCK
     + LIVE_STAMP
     + """
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[3])
-if live_stamp(KEYS[1], KEYS[4]) ~= ARGV[2] then return -1 end
+local first = 4
+local tag_key
+if ARGV[5] == '1' then
+  tag_key = KEYS[4]
+  first = 6
+end
+if live_stamp(KEYS[1], tag_key) ~= ARGV[2] then return -1 end
+local since = tonumber(ARGV[6])
+local rows = {}
+local untracked = false
+for i = first, #KEYS, 2 do
+  local generation = tonumber(redis.call('GET', KEYS[i]))
+  if not generation then
+    redis.call('SET', KEYS[i], text(now_us()))
+    untracked = true
+  elseif generation >= since then
+    return -1
+  end
+  rows[#rows + 1] = KEYS[i]
+end
+if untracked then return -2 end
+local value
+if #rows > 0 then
+  value = string.sub(ARGV[2], 1, -2) .. '\\n' .. ARGV[6] .. '\\n' .. table.concat(rows, '\\n')
+    .. '|' .. ARGV[3]
+else
+  value = ARGV[2] .. ARGV[3]
+end
 local ttl = tonumber(ARGV[4])
 if ttl > 0 then
-  redis.call('SET', KEYS[2], ARGV[2] .. ARGV[3], 'PX', ttl)
+  redis.call('SET', KEYS[2], value, 'PX', ttl)
 else
-  redis.call('SET', KEYS[2], ARGV[2] .. ARGV[3])
+  redis.call('SET', KEYS[2], value)
 end
-if KEYS[5] then redis.call('SADD', KEYS[5], KEYS[2]) end
+if tag_key then redis.call('SADD', KEYS[5], KEYS[2]) end
+for i = first + 1, #KEYS, 2 do redis.call('SADD', KEYS[i], KEYS[2]) end
 return 1
 """
 )
@@ -205,15 +277,16 @@ return epoch
 """
 )
 
-# KEYS: epoch, value[, tag_generation]   -> value if its stamp is current, else false.
+# KEYS: epoch, value[, tag_generation]   -> value if its stamp (and rows) are live, else false.
 PEEK = (
     _READ_ONLY
     + LIVE_STAMP
+    + LIVE_PREFIX
     + """
 local stamp = live_stamp(KEYS[1], KEYS[3])
 if not stamp then return false end
 local v = redis.call('GET', KEYS[2])
-if v and string.sub(v, 1, #stamp) == stamp then return v end
+if live_prefix(v, string.sub(stamp, 1, -2)) then return v end
 return false
 """
 )

@@ -179,6 +179,7 @@ def flush_message(reason: str, origin: str) -> Invalidation:
 @dataclass(frozen=True, slots=True)
 class Hit:
     payload: bytes
+    rows: tuple[str, ...] = ()  # row tags the value holds (its L1 copy is filed under them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +188,7 @@ class Lease:
 
     token: str
     stamp: str
+    since: int = 0  # when the lease was granted (µs, Redis clock): row tags must be older
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,14 +230,18 @@ def parse_get_or_lease(reply: list[Any], token: str) -> LeaseResult:
     if status == 1:
         value = reply[2]
         raw = value if isinstance(value, bytes) else str(value).encode()
-        return Hit(raw[len(stamp.encode()) :])
+        payload = raw[len(stamp.encode()) :]
+        if "\n" not in stamp:
+            return Hit(payload)
+        # "<stamp>\n<since>\n<row generation key>...|": the keys, for the caller to name
+        return Hit(payload, tuple(stamp[:-1].split("\n")[2:]))
     if status == 2:
-        return Lease(token=token, stamp=stamp)
+        return Lease(token=token, stamp=stamp, since=int(reply[2]) if len(reply) > 2 else 0)
     return Busy(stamp=stamp)
 
 
 def strip_stamp(value: bytes) -> bytes:
-    """The payload of a stored value ("<stamp>|<payload>", stamp as in pgbust/lua.py)."""
+    """The payload of a stored value ("<stamp>[<rows>]|<payload>", as in pgbust/lua.py)."""
     return value.split(b"|", 1)[1]
 
 

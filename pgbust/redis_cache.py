@@ -14,6 +14,7 @@ from pgbust import lua
 from pgbust.keys import Keyspace, tag_of
 from pgbust.protocol import (
     Heartbeat,
+    Hit,
     Invalidation,
     LeaseResult,
     Targets,
@@ -72,21 +73,44 @@ class RedisCache:
         if self.require_live_capture:
             keys.insert(0, self.keyspace.capture_alive)
         reply = await self._get_or_lease(keys=keys, args=[token, lease_ms])
-        return parse_get_or_lease(reply, token)
+        result = parse_get_or_lease(reply, token)
+        if isinstance(result, Hit) and result.rows:
+            name = self.keyspace.tag_of_generation
+            return Hit(result.payload, tuple(name(key) for key in result.rows))
+        return result
 
     async def fill(
-        self, entry: str, token: str, stamp: str, payload: bytes, ttl_ms: int = 0
+        self,
+        entry: str,
+        token: str,
+        stamp: str,
+        payload: bytes,
+        ttl_ms: int = 0,
+        *,
+        rows: tuple[str, ...],
+        since: int,
     ) -> int:
         """Store payload if the lease is still ours and nothing was invalidated meanwhile.
 
-        Returns 1 when stored, 0 when the lease was lost, -1 when the epoch or tag changed.
+        rows: the row tags of what the payload holds (pgbust.keys), filed with it; since: the
+        lease's grant time (Lease.since). Both are required so that no fill path can forget
+        them (a page filled without its rows would outlive a change of a product it shows).
+
+        Returns 1 when stored, 0 when the lease was lost, -1 when the epoch, the tag or a row
+        tag changed, -2 when a row tag had no generation yet (created: the next lease fills).
         A full Redis refuses it (redis.exceptions.OutOfMemoryError): give the lease back.
         """
+        ks = self.keyspace
         keys = self._entry_keys(entry)
         tag = tag_of(entry)
         if tag is not None:
-            keys.append(self.keyspace.tag_members(tag))
-        return int(await self._fill(keys=keys, args=[token, stamp, payload, ttl_ms]))
+            keys.append(ks.tag_members(tag))
+        for row in rows:
+            if "|" in row or "\n" in row:
+                raise ValueError(f"a row tag may not hold '|' or a newline: {row!r}")
+            keys += (ks.tag_generation(row), ks.tag_members(row))
+        args: list[Any] = [token, stamp, payload, ttl_ms, "1" if tag is not None else "0", since]
+        return int(await self._fill(keys=keys, args=args))
 
     async def release_lease(self, entry: str, token: str) -> bool:
         """Give a lease back without filling (the row did not exist); False if not ours."""

@@ -106,6 +106,13 @@ def _row_names(table: Table, row: RowChange) -> Iterable[tuple[Rule, str]]:
                 yield rule, name
         return
     old, new = _values(table, row.old), _values(table, row.new)
+    if any(old[column] != new[column] for column in table.key):
+        # the row changed its identity: the old row is gone and a new one came
+        for rule in table.rules:
+            for values in (old, new):
+                if (name := _render(rule, values)) is not None:
+                    yield rule, name
+        return
     for rule in table.rules:
         before, after = _render(rule, old), _render(rule, new)
         if before != after:

@@ -15,7 +15,7 @@ from psycopg import AsyncConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import ExecAbortError, OutOfMemoryError
 
-from api.loaders import UnknownEntry, load_entry
+from api.loaders import UnknownEntry, load_entry, row_tags
 from pgbust.protocol import Busy, Hit, Invalidation, NotLive, Refused, Targets
 from pgbust.redis_cache import RedisCache
 from worker import lua
@@ -203,7 +203,15 @@ async def warm(
             outcome.missing += 1  # the lease expires by itself; readers get 404 from the API
             continue
         try:
-            stored = await cache.fill(entry, lease.token, lease.stamp, payload, ttl_ms)
+            stored = await cache.fill(
+                entry,
+                lease.token,
+                lease.stamp,
+                payload,
+                ttl_ms,
+                rows=row_tags(entry, payload),
+                since=lease.since,
+            )
         except OutOfMemoryError:
             await cache.release_lease(entry, lease.token)
             stored = 0

@@ -1,9 +1,10 @@
 """The workers' Lua scripts, next to the stamp format they read (see pgbust/lua.py).
 
-Stored values are "<epoch>[.<tag generation>]|<payload>". A value is dead when its stamp is
-not the current one (or a guard key it was stamped with is gone: evicted guard keys come back
-with new values); readers already treat it as a miss, the workers reclaim its memory. Both
-scripts only delete, so they run on a full Redis (allow-oom): that is when memory matters.
+Stored values are "<epoch>[.<tag generation>][<rows>]|<payload>" (<rows>: a newline and the
+row section, see pgbust/lua.py). A value is dead when its stamp is not the current one (or a
+guard key it was stamped with is gone: evicted guard keys come back with new values); readers
+already treat it as a miss, the workers reclaim its memory. Both scripts only delete, so they
+run on a full Redis (allow-oom): that is when memory matters.
 """
 
 from pgbust.lua import LIVE_STAMP, RUNS_WHEN_FULL
@@ -28,10 +29,13 @@ local n = 0
 for i = first, #KEYS do
   local dead = true
   if live then
-    dead = redis.call('GETRANGE', KEYS[i], 0, #live - 1) ~= live
+    -- live ends with '|'; a value holding rows has a newline there (its rows are the
+    -- readers' to judge: a row tag's bump frees its members anyway)
+    local head = redis.call('GETRANGE', KEYS[i], 0, #live - 1)
+    dead = head ~= live and head ~= string.sub(live, 1, -2) .. '\\n'
   elseif epoch then
     local head = redis.call('GETRANGE', KEYS[i], 0, #epoch)
-    dead = head ~= epoch .. '|' and head ~= epoch .. '.'
+    dead = head ~= epoch .. '|' and head ~= epoch .. '.' and head ~= epoch .. '\\n'
   end
   if dead then
     n = n + redis.call('UNLINK', KEYS[i])

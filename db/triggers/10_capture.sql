@@ -9,6 +9,8 @@
 --
 --   {"v":1,"t":"products","op":"U","ts":<µs>,"c":["id","category_id"],"r":[[1,2],[1,3]]}
 --   {"v":1,"t":"products","op":"T","ts":<µs>,"all":true}           (TRUNCATE, or too many rows)
+--   {"v":1,"t":"products","op":"U","ts":<µs>,"p":true,"c":[...],"r":[[1,2]]}  (in place: no
+--                                   row's key columns changed, see the UPDATE branch)
 --
 -- "r" holds the DISTINCT key columns of OLD and NEW rows alike (a product that moved category
 -- appears with both). Above max_rows rows, or when a chunk would not fit in NOTIFY's 8000-byte
@@ -267,6 +269,7 @@ DECLARE
                  || (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
     n bigint;       -- rows the statement touched, counted up to max_rows + 1
     keys text;      -- their distinct key columns as one JSON array
+    distinct_keys bigint;  -- UPDATE: distinct key tuples of OLD and NEW together
     chunk text;
 BEGIN
     -- One query in the common case: count (bounded) and the keys as JSON together.
@@ -280,10 +283,17 @@ BEGIN
         FROM (SELECT DISTINCT %5$s FROM (SELECT %5$s FROM pgbust_new LIMIT %3$s + 1) l) d;
     ELSIF TG_OP = 'UPDATE' THEN
         SELECT (SELECT count(*) FROM (SELECT 1 FROM pgbust_new LIMIT %3$s + 1) c),
-               json_agg(json_build_array(%5$s))::text
-        INTO n, keys
+               json_agg(json_build_array(%5$s))::text, count(*)
+        INTO n, keys, distinct_keys
         FROM ((SELECT %5$s FROM pgbust_old LIMIT %3$s + 1)
               UNION (SELECT %5$s FROM pgbust_new LIMIT %3$s + 1)) d;
+        -- "p" (in place): the rows' key columns are the same set before and after, so
+        -- whatever lists rows by them lists the same rows (n distinct OLD keys, and NEW adds
+        -- none to them)
+        IF n <= %3$s AND distinct_keys = n
+           AND (SELECT count(*) FROM (SELECT DISTINCT %5$s FROM pgbust_old) o) = n THEN
+            head := head || ',"p":true';
+        END IF;
     ELSE
         SELECT (SELECT count(*) FROM (SELECT 1 FROM pgbust_old LIMIT %3$s + 1) c),
                json_agg(json_build_array(%5$s))::text

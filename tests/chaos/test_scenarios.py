@@ -402,7 +402,7 @@ def _kill_summaries_then_evict_their_generations(stack: ChaosStack) -> None:
     summary (the dead value stays: nothing lists it any more), then the generation is evicted
     again. The final sweep reads those summaries: none may come back."""
     ks = stack.keyspace
-    tags = [f"category:{c}" for c in range(1, CATEGORIES + 1)]
+    tags = [f"category:{c}:summary" for c in range(1, CATEGORIES + 1)]
     control = stack.redis.client()
     try:
         _kill_summaries(stack, control, ks, tags)

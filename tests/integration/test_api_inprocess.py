@@ -101,9 +101,11 @@ class Pause:
             await self.resume.wait()
 
 
-async def cdc_invalidate(l2: RedisCache, product_id: int, *categories: int) -> None:
+async def cdc_invalidate(
+    l2: RedisCache, product_id: int, *categories: int, op: str = "UPDATE"
+) -> None:
     """What the invalidator does for a committed product change."""
-    targets = product_write_targets(product_id, *categories)
+    targets = product_write_targets(product_id, *categories, op=op)
     await l2.invalidate(targets, Invalidation.of(targets, origin="cdc"))
 
 
@@ -171,7 +173,12 @@ async def test_reader_behind_a_stalled_lease_reads_postgres_after_its_budget_wit
     assert metric(runtime, "pgbust_api_db_loads_total") == 1
     # read without filling: nothing stored, the holder's lease untouched and still usable
     assert await l2.client.exists(l2.keyspace.value("product:13")) == 0
-    assert await l2.fill("product:13", held.token, held.stamp, response.content) == 1
+    assert (
+        await l2.fill(
+            "product:13", held.token, held.stamp, response.content, rows=(), since=held.since
+        )
+        == 1
+    )
 
 
 async def test_unknown_ids_are_404_and_give_their_lease_back(

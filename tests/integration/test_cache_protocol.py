@@ -47,7 +47,10 @@ async def test_miss_grants_one_lease_then_fill_makes_a_hit(cache: RedisCache) ->
     second = await cache.get_or_lease(entry)
     assert isinstance(first, Lease)
     assert isinstance(second, Busy)
-    assert await cache.fill(entry, first.token, first.stamp, b'{"id":1}') == 1
+    assert (
+        await cache.fill(entry, first.token, first.stamp, b'{"id":1}', rows=(), since=first.since)
+        == 1
+    )
     assert await cache.get_or_lease(entry) == Hit(b'{"id":1}')
 
 
@@ -57,7 +60,12 @@ async def test_invalidation_between_db_read_and_fill_refuses_the_fill(cache: Red
     assert isinstance(lease, Lease)
     # the reader has loaded the old row; now the writer commits and the invalidation runs
     await cache.invalidate(*_invalidate(keys={entry}))
-    assert await cache.fill(entry, lease.token, lease.stamp, b'{"old":true}') == 0
+    assert (
+        await cache.fill(
+            entry, lease.token, lease.stamp, b'{"old":true}', rows=(), since=lease.since
+        )
+        == 0
+    )
     assert await cache.peek(entry) is None
 
 
@@ -67,18 +75,27 @@ async def test_stale_fill_of_a_tagged_entry_is_refused_after_tag_invalidation(
     entry = category_page_entry(3, 20, 0)
     lease = await cache.get_or_lease(entry)
     assert isinstance(lease, Lease)
-    await cache.invalidate(*_invalidate(tags={"category:3"}))
-    assert await cache.fill(entry, lease.token, lease.stamp, b"[old]") == -1
+    await cache.invalidate(*_invalidate(tags={"category:3:pages"}))
+    assert (
+        await cache.fill(entry, lease.token, lease.stamp, b"[old]", rows=(), since=lease.since)
+        == -1
+    )
     assert await cache.peek(entry) is None
 
 
 async def test_tag_invalidation_kills_every_entry_of_the_tag_only(cache: RedisCache) -> None:
-    entries = [category_page_entry(4, 20, 0), category_summary_entry(4), category_summary_entry(5)]
+    entries = [category_page_entry(4, 20, 0), category_page_entry(4, 20, 20)]
+    entries.append(category_summary_entry(4))
     for entry in entries:
         lease = await cache.get_or_lease(entry)
         assert isinstance(lease, Lease)
-        assert await cache.fill(entry, lease.token, lease.stamp, entry.encode()) == 1
-    await cache.invalidate(*_invalidate(tags={"category:4"}))
+        assert (
+            await cache.fill(
+                entry, lease.token, lease.stamp, entry.encode(), rows=(), since=lease.since
+            )
+            == 1
+        )
+    await cache.invalidate(*_invalidate(tags={"category:4:pages"}))
     assert await cache.peek(entries[0]) is None
     assert await cache.peek(entries[1]) is None
     assert await cache.peek(entries[2]) == entries[2].encode()
@@ -90,14 +107,19 @@ async def test_epoch_bump_kills_every_entry_and_in_flight_fills(cache: RedisCach
     filled, in_flight = product_entry(6), product_entry(7)
     lease = await cache.get_or_lease(filled)
     assert isinstance(lease, Lease)
-    await cache.fill(filled, lease.token, lease.stamp, b"x")
+    await cache.fill(filled, lease.token, lease.stamp, b"x", rows=(), since=lease.since)
     pending = await cache.get_or_lease(in_flight)
     assert isinstance(pending, Lease)
     before = await cache.current_epoch()
     after = await cache.bump_epoch("test", origin="test")
     assert after > before
     assert await cache.peek(filled) is None
-    assert await cache.fill(in_flight, pending.token, pending.stamp, b"old") == -1
+    assert (
+        await cache.fill(
+            in_flight, pending.token, pending.stamp, b"old", rows=(), since=pending.since
+        )
+        == -1
+    )
 
 
 async def test_epoch_is_monotonic_even_if_redis_loses_it(cache: RedisCache) -> None:
@@ -111,7 +133,7 @@ async def test_invalidation_publishes_one_message(cache: RedisCache) -> None:
     pubsub = cache.client.pubsub()
     await pubsub.subscribe(cache.keyspace.channel)
     await pubsub.get_message(timeout=1)  # subscribe confirmation
-    targets, message = _invalidate(keys={"product:9"}, tags={"category:1"})
+    targets, message = _invalidate(keys={"product:9"}, tags={"category:1:pages"})
     result = await cache.invalidate(targets, message)
     received = await pubsub.get_message(timeout=2)
     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -136,7 +158,10 @@ async def test_without_live_capture_redis_serves_nothing_and_grants_no_lease(
     entry = product_entry(21)
     lease = await cache.get_or_lease(entry)
     assert isinstance(lease, Lease)
-    assert await cache.fill(entry, lease.token, lease.stamp, b'{"id":21}') == 1
+    assert (
+        await cache.fill(entry, lease.token, lease.stamp, b'{"id":21}', rows=(), since=lease.since)
+        == 1
+    )
     ks = cache.keyspace
     await cache.client.delete(ks.capture_alive)  # no active invalidator proves its channels
     assert await cache.get_or_lease(entry) == NOT_LIVE
@@ -162,3 +187,92 @@ async def test_heartbeat_keeps_the_liveness_key_for_its_validity_and_announces_i
     # the key lives exactly as long as the proof: past it, Redis serves nothing
     await asyncio.sleep(0.25)
     assert await cache.get_or_lease(product_entry(22)) == NOT_LIVE
+
+
+# --- row tags: a page is filed under the tags of the products it holds -----------------------
+
+ROWS = ("row:products:1", "row:products:2")
+
+
+async def _fill_page(cache: RedisCache, entry: str, payload: bytes, rows: tuple[str, ...]) -> int:
+    lease = await cache.get_or_lease(entry)
+    assert isinstance(lease, Lease)
+    return await cache.fill(entry, lease.token, lease.stamp, payload, rows=rows, since=lease.since)
+
+
+async def _cached_page(cache: RedisCache, entry: str, payload: bytes) -> None:
+    """A page holding products 1 and 2, stored (its first fill creates the row generations
+    and is refused: -2; the next one stores)."""
+    assert await _fill_page(cache, entry, payload, ROWS) == -2
+    assert await _fill_page(cache, entry, payload, ROWS) == 1
+    hit = await cache.get_or_lease(entry)
+    assert hit == Hit(payload, ROWS)
+
+
+async def test_a_row_tag_kills_the_pages_that_hold_the_row_and_no_other(cache: RedisCache) -> None:
+    holding, other = category_page_entry(3, 20, 0), category_page_entry(3, 20, 20)
+    await _cached_page(cache, holding, b"[1,2]")
+    assert await _fill_page(cache, other, b"[3,4]", ("row:products:3",)) == -2
+    assert await _fill_page(cache, other, b"[3,4]", ("row:products:3",)) == 1
+    await cache.invalidate(*_invalidate(keys={"product:2"}, tags={"row:products:2"}))
+    assert await cache.peek(holding) is None
+    assert await cache.peek(other) == b"[3,4]"
+    assert isinstance(await cache.get_or_lease(holding), Lease)
+    # freed inline with the row tag's member set
+    assert await cache.client.exists(cache.keyspace.value(holding)) == 0
+
+
+async def test_fill_of_a_page_is_refused_when_a_row_it_holds_changed_after_the_lease(
+    cache: RedisCache,
+) -> None:
+    entry = category_page_entry(3, 20, 0)
+    await _cached_page(cache, entry, b"[1,2]")
+    await cache.invalidate(*_invalidate(tags={"row:products:9"}))  # unrelated: nothing dies
+    assert await cache.peek(entry) == b"[1,2]"
+    await cache.client.delete(cache.keyspace.value(entry))
+    lease = await cache.get_or_lease(entry)
+    assert isinstance(lease, Lease)
+    # the reader loaded the page (old product 2); the UPDATE commits, its invalidation runs
+    await cache.invalidate(*_invalidate(keys={"product:2"}, tags={"row:products:2"}))
+    stored = await cache.fill(entry, lease.token, lease.stamp, b"old", rows=ROWS, since=lease.since)
+    assert stored == -1
+    assert await cache.peek(entry) is None
+
+
+async def test_an_evicted_row_generation_makes_the_page_dead_never_live_again(
+    cache: RedisCache,
+) -> None:
+    entry = category_page_entry(3, 20, 0)
+    await _cached_page(cache, entry, b"[1,2]")
+    await cache.client.delete(cache.keyspace.tag_generation("row:products:1"))  # evicted
+    assert await cache.peek(entry) is None
+    assert isinstance(await cache.get_or_lease(entry), Busy | Lease)
+    # a bump after the lease, then the generation evicted before the fill: refused, and the
+    # generation comes back younger than the lease
+    await cache.client.delete(cache.keyspace.lease(entry))
+    lease = await cache.get_or_lease(entry)
+    assert isinstance(lease, Lease)
+    await cache.invalidate(*_invalidate(tags={"row:products:2"}))
+    await cache.client.delete(cache.keyspace.tag_generation("row:products:2"))
+    stored = await cache.fill(entry, lease.token, lease.stamp, b"old", rows=ROWS, since=lease.since)
+    assert stored == -2
+    assert await cache.peek(entry) is None
+    generation = await cache.client.get(cache.keyspace.tag_generation("row:products:2"))
+    assert generation is not None and int(generation) > lease.since
+
+
+async def test_workers_reclaim_dead_pages_but_keep_live_ones_with_rows(
+    cache: RedisCache,
+) -> None:
+    from worker import lua as worker_lua
+
+    entry = category_page_entry(3, 20, 0)
+    await _cached_page(cache, entry, b"[1,2]")
+    ks = cache.keyspace
+    unlink_dead = cache.client.register_script(worker_lua.UNLINK_DEAD)
+    keys = [ks.epoch, ks.tag_generation("category:3:pages"), ks.value(entry)]
+    assert await unlink_dead(keys=keys, args=["1"]) == 0
+    assert await unlink_dead(keys=[ks.epoch, ks.value(entry)], args=["0"]) == 0
+    await cache.invalidate(*_invalidate(tags={"category:3:pages"}))
+    await cache.client.set(ks.value(entry), b"kept alive by nothing")  # a dead stamp
+    assert await unlink_dead(keys=keys, args=["1"]) == 1

@@ -107,7 +107,12 @@ async def fill(cache: RedisCache, *entries: str) -> None:
     for entry in entries:
         lease = await cache.get_or_lease(entry)
         assert isinstance(lease, Lease), entry
-        assert await cache.fill(entry, lease.token, lease.stamp, b'{"cached":true}') == 1
+        assert (
+            await cache.fill(
+                entry, lease.token, lease.stamp, b'{"cached":true}', rows=(), since=lease.since
+            )
+            == 1
+        )
 
 
 async def cached(cache: RedisCache, entry: str) -> bool:
@@ -179,12 +184,15 @@ async def test_category_move_invalidates_old_and_new_category(
     await assert_exactly_gone(cache, {P1, C2, C5})
 
 
-async def test_category_update_invalidates_its_pages_not_products(
+async def test_category_rename_invalidates_nothing_cached(
     seeded: Counts, daemon: Invalidator, cache: RedisCache, pg: Conn
 ) -> None:
+    # pages and summaries show no category column: a rename changes none of them
     await fill(cache, *ALL)
     pg.execute("UPDATE categories SET name = 'renamed' WHERE id = 3")
-    await assert_exactly_gone(cache, {C3})
+    # applied in order: once this one's targets are gone, the rename was applied too
+    pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 1")
+    await assert_exactly_gone(cache, {P1, C2})
 
 
 async def test_publishes_one_message_with_trigger_time_and_origin(
@@ -201,7 +209,13 @@ async def test_publishes_one_message_with_trigger_time_and_origin(
     inv = Invalidation.decode(message["data"])
     assert inv.origin == "cdc" and not inv.flush
     assert set(inv.keys) == {P1, P2}
-    assert set(inv.tags) == {"category:2", "category:3"}
+    # in place (stock only): the products, the pages that show them, their summaries
+    assert set(inv.tags) == {
+        "row:products:1",
+        "row:products:2",
+        "category:2:summary",
+        "category:3:summary",
+    }
     assert inv.ts_us is not None and before_us - 1000 <= inv.ts_us <= time.time_ns() // 1000
     assert sample(daemon.metrics, "pgbust_invalidator_lag_seconds_count") >= 1
 
@@ -326,7 +340,7 @@ async def test_redis_outage_keeps_pending_changes_and_bumps_the_epoch_when_back(
         assert not inv.sink.redis_ok
         assert await eventually(lambda: _true(bool(handed("retry_invalidation"))))
         keys, tags, flush, reason = handed("retry_invalidation")[0]
-        assert keys == [P1] and tags == ["category:2"] and not flush
+        assert keys == [P1] and tags == ["category:2:summary", "row:products:1"] and not flush
         assert "redis unreachable" in reason
         pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 2")
         private.start()
@@ -427,7 +441,7 @@ async def test_redis_refusing_the_script_widens_to_a_flush_instead_of_retrying(
 ) -> None:
     await fill(cache, *ALL)
     # a member set of the wrong type: the script is refused at category 2 (SPOP: WRONGTYPE)
-    members = cache.keyspace.tag_members("category:2")
+    members = cache.keyspace.tag_members("category:2:summary")
     await cache.client.delete(members)
     await cache.client.set(members, "not-a-set")
     pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 1")

@@ -80,7 +80,12 @@ def _fill(redis_url: str, keyspace: Keyspace, entry: str) -> None:
             cache = RedisCache(client, keyspace)
             lease = await cache.get_or_lease(entry)
             assert isinstance(lease, Lease)
-            assert await cache.fill(entry, lease.token, lease.stamp, b'{"cached":true}') == 1
+            assert (
+                await cache.fill(
+                    entry, lease.token, lease.stamp, b'{"cached":true}', rows=(), since=lease.since
+                )
+                == 1
+            )
         finally:
             await client.aclose()
 

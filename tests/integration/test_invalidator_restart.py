@@ -72,7 +72,10 @@ async def test_postgres_restart_reconnects_bumps_the_epoch_and_serves_again(
         entry = product_entry(3)
         lease = await cache.get_or_lease(entry)
         assert isinstance(lease, Lease)
-        assert await cache.fill(entry, lease.token, lease.stamp, b"{}") == 1
+        assert (
+            await cache.fill(entry, lease.token, lease.stamp, b"{}", rows=(), since=lease.since)
+            == 1
+        )
         with psycopg.connect(cluster.admin_url, autocommit=True) as conn:
             conn.execute("UPDATE products SET stock = stock + 1 WHERE id = 3")
         for _ in range(500):

@@ -32,7 +32,7 @@ from tests.support.processes import ManagedProcess, ProcessManager
 from tests.support.servers import RedisServer, wait_until
 from tests.support.sweep import final_sweep
 
-TAG = "category:3"
+TAG = "category:3:summary"
 PAGE = category_summary_entry(3)  # filed under TAG
 
 Evict = Callable[[list[str]], None]
@@ -83,7 +83,9 @@ def evict(request: pytest.FixtureRequest, control: redis.Redis, keyspace: Keyspa
 async def fill(cache: RedisCache, entry: str, payload: bytes) -> None:
     lease = await cache.get_or_lease(entry)
     assert isinstance(lease, Lease), lease
-    assert await cache.fill(entry, lease.token, lease.stamp, payload) == 1
+    assert (
+        await cache.fill(entry, lease.token, lease.stamp, payload, rows=(), since=lease.since) == 1
+    )
 
 
 async def invalidate(
@@ -165,7 +167,12 @@ async def test_fill_is_refused_when_its_guard_key_was_evicted_during_the_load(
     assert isinstance(lease, Lease)
     await killer(cache, guard)()
     control.delete(key)
-    assert await cache.fill(PAGE, lease.token, lease.stamp, b'{"count":"old"}') != 1
+    assert (
+        await cache.fill(
+            PAGE, lease.token, lease.stamp, b'{"count":"old"}', rows=(), since=lease.since
+        )
+        != 1
+    )
     assert await cache.peek(PAGE) is None
     assert not isinstance(await cache.get_or_lease(PAGE), Hit)
 
@@ -180,7 +187,12 @@ async def test_fill_is_refused_when_its_lease_was_evicted(
     await invalidate(
         cache, keys=frozenset({entry})
     )  # ... so this invalidation has no lease to delete
-    assert await cache.fill(entry, lease.token, lease.stamp, b'{"version":1}') == 0
+    assert (
+        await cache.fill(
+            entry, lease.token, lease.stamp, b'{"version":1}', rows=(), since=lease.since
+        )
+        == 0
+    )
     assert await cache.peek(entry) is None
 
 

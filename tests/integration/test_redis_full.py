@@ -74,7 +74,9 @@ def make_full(control: redis.Redis) -> None:
 async def fill(cache: RedisCache, entry: str, payload: bytes) -> None:
     lease = await cache.get_or_lease(entry)
     assert isinstance(lease, Lease), lease
-    assert await cache.fill(entry, lease.token, lease.stamp, payload) == 1
+    assert (
+        await cache.fill(entry, lease.token, lease.stamp, payload, rows=(), since=lease.since) == 1
+    )
 
 
 # --- the protocol ----------------------------------------------------------------------------
@@ -94,11 +96,11 @@ async def test_invalidations_flushes_and_restart_checks_run_while_redis_is_full(
     await pubsub.get_message(timeout=1)
 
     # a tag alone: the generation bump is the script's first write
-    targets = Targets(tags=frozenset({"category:4"}))
+    targets = Targets(tags=frozenset({"category:4:summary"}))
     await cache.invalidate(targets, Invalidation.of(targets, origin="test"))
     assert await cache.peek(other) is None
     # entries and tags
-    targets = Targets(frozenset({PRODUCT}), frozenset({"category:3"}))
+    targets = Targets(frozenset({PRODUCT}), frozenset({"category:3:summary"}))
     result = await cache.invalidate(targets, Invalidation.of(targets, origin="test"))
     assert result.receivers == 1
     assert not control.exists(keyspace.value(PRODUCT))
@@ -141,7 +143,14 @@ async def test_reads_of_a_full_redis_serve_hits_and_store_nothing(
     refused = await cache.get_or_lease(product_entry(4))  # a miss gets no lease: no write
     assert isinstance(refused, Refused) and refused.reason.startswith("OOM"), refused
     with pytest.raises(OutOfMemoryError):  # a fill would grow memory: refused
-        await cache.fill(SUMMARY, pending.token, pending.stamp, b'{"count":1}' * 100)
+        await cache.fill(
+            SUMMARY,
+            pending.token,
+            pending.stamp,
+            b'{"count":1}' * 100,
+            rows=(),
+            since=pending.since,
+        )
     assert await cache.release_lease(SUMMARY, pending.token)  # giving it back frees memory
     assert await cache.peek(SUMMARY) is None
     assert used_memory(control) <= used + 4096

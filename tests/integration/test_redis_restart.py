@@ -69,7 +69,9 @@ async def first_answer(call: Callable[[], Awaitable[T]]) -> T:
 async def fill(cache: RedisCache, entry: str, payload: bytes) -> None:
     lease = await cache.get_or_lease(entry)
     assert isinstance(lease, Lease)
-    assert await cache.fill(entry, lease.token, lease.stamp, payload) == 1
+    assert (
+        await cache.fill(entry, lease.token, lease.stamp, payload, rows=(), since=lease.since) == 1
+    )
 
 
 async def invalidate(cache: RedisCache, entry: str) -> None:
@@ -179,7 +181,9 @@ async def test_fill_with_a_lease_from_the_snapshot_is_refused(
         await invalidate(cache, entry)  # deletes the lease on the old server
         restart_from_snapshot(private_redis)  # ... and the snapshot brings it back
         stored = await first_answer(
-            lambda: cache.fill(entry, lease.token, lease.stamp, b'{"version":1}')
+            lambda: cache.fill(
+                entry, lease.token, lease.stamp, b'{"version":1}', rows=(), since=lease.since
+            )
         )
         assert stored == -1
         assert await cache.peek(entry) is None

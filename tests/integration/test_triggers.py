@@ -46,6 +46,29 @@ def test_category_move_carries_old_and_new_category(
     pg.execute("UPDATE products SET category_id = 5 WHERE id = 1")  # was category 2
     [event] = received(listener)
     assert sorted(map(tuple, event["r"])) == [(1, 2), (1, 5)]
+    assert "p" not in event  # a key column changed: not in place
+
+
+def test_update_that_changes_no_key_column_is_flagged_in_place(
+    seeded: Counts, pg: Conn, listener: Conn
+) -> None:
+    pg.execute("UPDATE products SET stock = stock + 1, name = 'x' WHERE id IN (7, 8)")
+    [event] = received(listener)
+    assert event["p"] is True and sorted(map(tuple, event["r"])) == [(7, 3), (8, 4)]
+
+
+def test_update_that_changes_a_key_is_not_in_place_even_when_the_key_set_is_kept(
+    seeded: Counts, pg: Conn, listener: Conn
+) -> None:
+    # a new id: the old row is gone from its pages, another one appears
+    pg.execute("UPDATE products SET id = 1000000 WHERE id = 7")
+    [moved] = received(listener)
+    assert "p" not in moved and sorted(map(tuple, moved["r"])) == [(7, 3), (1000000, 3)]
+    # two rows swapping categories keep the set of (id, category) tuples? no: each id's tuple
+    # changes, so the union has more tuples than rows
+    pg.execute("UPDATE products SET category_id = 5 - category_id + 1 WHERE id IN (1, 2)")
+    [swapped] = received(listener)
+    assert "p" not in swapped
 
 
 def test_insert_and_delete_carry_the_rows(seeded: Counts, pg: Conn, listener: Conn) -> None:

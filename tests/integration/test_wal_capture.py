@@ -500,7 +500,12 @@ async def test_the_daemon_in_wal_mode_catches_up_after_a_restart_without_an_epoc
     async def fill() -> None:
         lease = await cache.get_or_lease("product:400")
         assert isinstance(lease, Lease)
-        assert await cache.fill("product:400", lease.token, lease.stamp, b"{}") == 1
+        assert (
+            await cache.fill(
+                "product:400", lease.token, lease.stamp, b"{}", rows=(), since=lease.since
+            )
+            == 1
+        )
 
     async def gone() -> bool:
         return await cache.peek("product:400") is None

@@ -83,7 +83,12 @@ def fill_many(redis_server: RedisServer, keyspace: Keyspace, payloads: dict[str,
         for entry, payload in payloads.items():
             lease = await cache.get_or_lease(entry)
             assert isinstance(lease, Lease), lease
-            assert await cache.fill(entry, lease.token, lease.stamp, payload) == 1
+            assert (
+                await cache.fill(
+                    entry, lease.token, lease.stamp, payload, rows=(), since=lease.since
+                )
+                == 1
+            )
 
     run(redis_server, keyspace, job)
 

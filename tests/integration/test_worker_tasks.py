@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from pgbust.devservers import free_port
-from pgbust.keys import Keyspace, category_page_entry, category_tag, product_entry
+from pgbust.keys import Keyspace, category_page_entry, category_pages_tag, product_entry
 from pgbust.protocol import Invalidation, Targets
 from pgbust.redis_cache import RedisCache
 from tests.integration.test_worker_helpers import (
@@ -142,7 +142,7 @@ def test_large_tag_fan_out_is_collected_in_chunks(
 ) -> None:
     entries = [category_page_entry(1, 10, offset) for offset in range(0, 6_000, 10)]
     fill_many(redis_server, keyspace, dict.fromkeys(entries, b'{"items": []}'))
-    targets = Targets(tags=frozenset({category_tag(1)}))
+    targets = Targets(tags=frozenset({category_pages_tag(1)}))
     result = run(
         redis_server,
         keyspace,
@@ -211,7 +211,7 @@ def test_purge_after_a_flush_also_empties_the_tag_sets_of_purged_entries(
 ) -> None:
     entries = [category_page_entry(2, 10, offset) for offset in range(0, 200, 10)]
     fill_many(redis_server, keyspace, dict.fromkeys(entries, b'{"items": []}'))
-    members = keyspace.tag_members(category_tag(2))
+    members = keyspace.tag_members(category_pages_tag(2))
     assert redis_client.scard(members) == 20
     flush = Targets(flush=True)
     run(redis_server, keyspace, lambda c: c.invalidate(flush, Invalidation.of(flush, origin="t")))

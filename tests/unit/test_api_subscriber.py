@@ -21,7 +21,7 @@ def _subscriber_with(*entries: str) -> tuple[Subscriber, L1Cache]:
 
 def test_message_evicts_its_keys_and_tags_only() -> None:
     sub, l1 = _subscriber_with("product:1", "product:2", "category:3:summary", "category:4:summary")
-    targets = Targets(frozenset({"product:1"}), frozenset({"category:3"}))
+    targets = Targets(frozenset({"product:1"}), frozenset({"category:3:summary"}))
     sub.handle(Invalidation.of(targets, origin="cdc", ts_us=1).encode())
     assert set(l1._items) == {"product:2", "category:4:summary"}
 

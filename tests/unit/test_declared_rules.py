@@ -36,21 +36,22 @@ def _update(old: dict[str, str | None], new: dict[str, str | None], *changed: st
     return Change("public.products", "UPDATE", (RowChange("U", old, new, frozenset(changed)),))
 
 
-def test_a_stock_update_kills_the_product_its_pages_and_its_summary() -> None:
+def test_a_stock_update_kills_the_product_the_pages_that_show_it_and_its_summary() -> None:
     change = _update({"id": "5", "category_id": "2"}, {"id": "5", "category_id": "2"}, "stock")
     assert targets_for(DEMO, change) == Targets(
-        frozenset({"product:5"}), frozenset({"category:2:pages", "category:2:summary"})
+        frozenset({"product:5"}), frozenset({"row:products:5", "category:2:summary"})
     )
 
 
-def test_a_rename_leaves_the_summary_alone() -> None:
+def test_a_rename_leaves_the_summary_and_the_other_pages_alone() -> None:
     change = _update({"id": "5", "category_id": "2"}, {"id": "5", "category_id": "2"})
-    assert targets_for(DEMO, change).tags == {"category:2:pages"}
+    assert targets_for(DEMO, change).tags == {"row:products:5"}
 
 
 def test_a_product_moving_category_invalidates_the_old_and_the_new_one() -> None:
     change = _update({"id": "5", "category_id": "2"}, {"id": "5", "category_id": "3"})
     assert targets_for(DEMO, change).tags == {
+        "row:products:5",
         "category:2:pages",
         "category:2:summary",
         "category:3:pages",

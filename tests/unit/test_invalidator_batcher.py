@@ -23,7 +23,11 @@ def test_events_merge_into_one_set_of_keys_and_tags() -> None:
         batch.add(parse(event(pid, cid, ts)))
     assert len(batch) == 3
     assert batch.targets() == Targets(
-        frozenset({"product:1", "product:2"}), frozenset({"category:2", "category:3"})
+        frozenset({"product:1", "product:2"}),
+        frozenset(
+            {"row:products:1", "row:products:2"}
+            | {f"category:{c}:{what}" for c in (2, 3) for what in ("pages", "summary")}
+        ),
     )
     assert batch.earliest_ts_us == 10
     assert batch.tables == {"products": 3}

@@ -84,7 +84,7 @@ def test_the_sender_is_made_from_the_daemons_settings_not_the_environment(
 def test_hot_entries_hit_by_keys_and_tags() -> None:
     hot = HotEntries(client=None, keyspace=Keyspace("t"), top=10)  # type: ignore[arg-type]
     hot.entries = frozenset({"product:1", "product:2", "category:3:summary", "category:4:summary"})
-    targets = Targets(frozenset({"product:1"}), frozenset({"category:3"}))
+    targets = Targets(frozenset({"product:1"}), frozenset({"category:3:summary"}))
     assert hot.affected(targets) == ["category:3:summary", "product:1"]
     assert hot.affected(Targets(flush=True)) == sorted(hot.entries)
     assert hot.affected(Targets(frozenset({"product:9"}))) == []

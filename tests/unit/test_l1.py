@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api.l1 import ENTRY_OVERHEAD, L1Cache
+from api.l1 import ENTRY_OVERHEAD, EVICTION_MEMORY, L1Cache
 
 
 def _fill(l1: L1Cache, entry: str, payload: bytes) -> bool:
@@ -54,7 +54,7 @@ def test_fill_is_refused_when_its_key_was_invalidated_after_the_ticket() -> None
 def test_fill_is_refused_when_its_tag_was_invalidated_after_the_ticket() -> None:
     l1 = L1Cache(max_entries=10, max_bytes=10**6)
     ticket = l1.ticket("category:3:summary")
-    l1.evict(tags=["category:3"])
+    l1.evict(tags=["category:3:summary"])
     assert not l1.put(ticket, b"old")
 
 
@@ -69,7 +69,7 @@ def test_invalidating_another_key_or_tag_leaves_the_ticket_valid() -> None:
     l1 = L1Cache(max_entries=10, max_bytes=10**6)
     product = l1.ticket("product:1")
     page = l1.ticket("category:3:products:20:0")
-    l1.evict(keys=["product:2"], tags=["category:4"])
+    l1.evict(keys=["product:2"], tags=["category:4:pages"])
     assert l1.put(product, b"p") and l1.put(page, b"q")
 
 
@@ -82,10 +82,11 @@ def test_a_ticket_taken_after_the_invalidation_may_fill() -> None:
 
 def test_tag_eviction_drops_every_entry_filed_under_the_tag_only() -> None:
     l1 = L1Cache(max_entries=10, max_bytes=10**6)
-    for entry in ("category:3:summary", "category:3:products:20:0", "category:4:summary"):
+    for entry in ("category:3:products:20:0", "category:3:products:20:20", "category:4:summary"):
         _fill(l1, entry, b"x")
     _fill(l1, "product:3", b"x")
-    assert l1.evict(tags=["category:3"]) == 2
+    _fill(l1, "category:3:summary", b"x")
+    assert l1.evict(tags=["category:3:pages"]) == 2
     assert "category:4:summary" in l1 and "product:3" in l1
 
 
@@ -127,3 +128,50 @@ def test_a_per_entry_ttl_overrides_the_cache_ttl() -> None:
     l1.put(l1.ticket("product:1"), b"x", ttl_s=2.0)
     now[0] = 2.0
     assert l1.get("product:1") is None
+
+
+# --- pages are filed under the row tags of what they hold -------------------------------------
+
+
+def test_a_row_tag_evicts_the_pages_that_hold_the_row_only() -> None:
+    l1 = L1Cache(max_entries=10, max_bytes=10**6)
+    assert l1.put(l1.ticket("category:3:products:20:0"), b"[1,2]", rows=("row:products:1",))
+    assert l1.put(l1.ticket("category:3:products:20:20"), b"[3]", rows=("row:products:3",))
+    assert l1.evict(keys=["product:1"], tags=["row:products:1"]) == 1
+    assert "category:3:products:20:0" not in l1 and "category:3:products:20:20" in l1
+    # removing an entry unfiles it from every tag: nothing dangles
+    assert l1.evict(tags=["category:3:pages"]) == 1
+    assert l1._by_tag == {}
+
+
+def test_fill_is_refused_when_a_row_it_holds_was_evicted_after_the_ticket() -> None:
+    l1 = L1Cache(max_entries=10, max_bytes=10**6)
+    ticket = l1.ticket("category:3:products:20:0")
+    other = l1.ticket("product:8")  # another read in flight keeps the numbers
+    l1.evict(tags=["row:products:2"])  # the page's rows are only known once loaded
+    assert not l1.put(ticket, b"old", rows=("row:products:1", "row:products:2"))
+    assert l1.put(other, b"p")
+    # a ticket taken after the eviction may fill
+    assert l1.put(l1.ticket("category:3:products:20:0"), b"new", rows=("row:products:2",))
+
+
+def test_the_last_ticket_in_flight_still_sees_the_evictions_before_it_is_released() -> None:
+    l1 = L1Cache(max_entries=10, max_bytes=10**6)
+    ticket = l1.ticket("category:3:products:20:0")
+    l1.evict(tags=["row:products:2"])
+    assert not l1.put(ticket, b"old", rows=("row:products:2",))
+    assert l1._evicted_at == {}  # forgotten once no ticket is in flight
+
+
+def test_eviction_numbers_stay_bounded_while_reads_are_always_in_flight() -> None:
+    l1 = L1Cache(max_entries=10, max_bytes=10**6)
+    old = l1.ticket("category:1:products:20:0")
+    for n in range(3 * EVICTION_MEMORY):
+        newer = l1.ticket(f"product:{n}")  # always one read in flight
+        l1.evict(tags=[f"row:products:{n}"])
+        l1.release(old)
+        old = newer
+    assert len(l1._evicted_at) <= EVICTION_MEMORY + 1
+    stale = l1.ticket("category:2:products:20:0")
+    l1.evict(tags=["row:products:1"])
+    assert not l1.put(stale, b"old", rows=("row:products:1",))

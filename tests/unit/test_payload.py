@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 
 from invalidator.payload import parse
 from invalidator.rules import targets_for
-from pgbust.protocol import Targets
 
 
 def payload(**fields: object) -> bytes:
@@ -25,9 +24,17 @@ def test_row_payload_becomes_a_change_with_named_columns() -> None:
     assert (change.table, change.op, change.table_wide) == ("products", "UPDATE", False)
     assert change.rows == ({"id": 5, "category_id": 2}, {"id": 5, "category_id": 3})
     assert change.ts_us == 1_700_000_000_000_000
-    assert targets_for(change) == Targets(
-        frozenset({"product:5"}), frozenset({"category:2", "category:3"})
-    )
+    assert not change.in_place  # no "p": the rows changed key columns (it moved)
+    assert targets_for(change).tags >= {"category:2:pages", "category:3:pages"}
+
+
+def test_in_place_flag_is_read_for_updates_only() -> None:
+    update = parse(payload(c=["id", "category_id"], r=[[5, 2]], p=True)).change
+    assert update.in_place
+    assert targets_for(update).tags == {"row:products:5", "category:2:summary"}
+    delete = parse(payload(op="D", c=["id", "category_id"], r=[[5, 2]], p=True)).change
+    assert not delete.in_place
+    assert "category:2:pages" in targets_for(delete).tags
 
 
 def test_text_payload_as_psycopg_delivers_it_is_accepted() -> None:
@@ -86,4 +93,7 @@ def test_round_trip_of_product_rows_is_exact(rows: list[tuple[int, int]]) -> Non
     targets = targets_for(parsed.change)
     assert not targets.flush
     assert targets.keys == {f"product:{i}" for i, _ in rows}
-    assert targets.tags == {f"category:{c}" for _, c in rows}
+    assert targets.tags == (
+        {f"row:products:{i}" for i, _ in rows}
+        | {f"category:{c}:{what}" for _, c in rows for what in ("pages", "summary")}
+    )

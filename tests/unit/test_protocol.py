@@ -17,8 +17,8 @@ from pgbust.protocol import (
 
 
 def test_category_entries_are_filed_under_their_category_tag() -> None:
-    assert tag_of(category_page_entry(7, 20, 40)) == "category:7"
-    assert tag_of(category_summary_entry(7)) == "category:7"
+    assert tag_of(category_page_entry(7, 20, 40)) == "category:7:pages"
+    assert tag_of(category_summary_entry(7)) == "category:7:summary"
     assert tag_of(product_entry(7)) is None
 
 
