@@ -86,11 +86,6 @@ TAKEOVER_AFTER_S = 1.5
 GIVE_UP_AFTER_S = 3.0
 
 
-# the declaration of each mode's stack (api_tags.toml says why wal needs its own for now)
-CONFIGS = {
-    "notify": Path(__file__).resolve().parents[2] / "pgbust.toml",
-    "wal": Path(__file__).resolve().with_name("api_tags.toml"),
-}
 # what WAL capture needs of the server; the replication connections of two invalidators, their
 # stale walsenders during a takeover and the admin sessions fit well under these
 WAL_SERVER_SETTINGS = {
@@ -105,7 +100,6 @@ class ChaosStack:
         assert capture in {"notify", "wal"}, capture
         self.root = root
         self.capture = capture
-        self.config = CONFIGS[capture]
         # not under pytest's basetemp: every pytest run (other sessions too) chmods
         # /tmp/pytest-of-<user> to 0700, which would lock the postgres user out of its data
         self._pg_root = Path(tempfile.mkdtemp(prefix="pgbust-chaos-pg-"))
@@ -173,7 +167,6 @@ class ChaosStack:
             API_TOKEN=API_TOKEN,
             PGBUST_NAMESPACE=self.namespace,
             PGBUST_CAPTURE=self.capture,
-            PGBUST_CONFIG=str(self.config),
             PGBUST_LOG_LEVEL="INFO",
             # a task of a SIGKILLed worker comes back after this long (Redis broker)
             PGBUST_VISIBILITY_TIMEOUT_S="4",

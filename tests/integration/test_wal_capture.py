@@ -648,7 +648,10 @@ async def test_a_commit_in_the_wal_but_not_yet_visible_is_invalidated_once_reade
             await asyncio.sleep(0.01)
         lease = await cache.get_or_lease("product:500")
         assert isinstance(lease, Lease)
-        assert await cache.fill("product:500", lease.token, lease.stamp, b'{"stock":1}') == 1
+        stored = await cache.fill(
+            "product:500", lease.token, lease.stamp, b'{"stock":1}', rows=(), since=lease.since
+        )
+        assert stored == 1
         received = daemon.metrics.wal_transactions._value.get()
         # every commit waits for the standby 'nobody'; the daemon's own sessions do not
         _execute(
