@@ -124,3 +124,8 @@ FROM pg_class c
 WHERE c.relkind IN ('r', 'p') AND c.relreplident <> 'f'
   AND c.oid IN (SELECT pgbust.wal_tree(to_regclass(t)) FROM unnest(%(tables)s::text[]) t)
 ORDER BY 1;
+
+-- name: current_snapshot
+-- Which transactions a reader starting now would see (invalidator/visibility.py): a commit is
+-- in the WAL before it is visible, and its invalidation waits for the latter.
+SELECT pg_current_snapshot()::text;

@@ -320,6 +320,8 @@ class Invalidator:
             await self.leadership.release()
             await asyncio.sleep(self.settings.standby_poll_s)
         await self._reap({listener, watch, hot, capture, consumer, stop})
+        if isinstance(self.listener, WalSource):
+            await self.listener.close()  # its visibility session: a standby holds none
 
     def _flush(self, request: FlushRequest) -> None:
         """Flush everything, in order with the changes already received (this term's queue)."""
@@ -394,6 +396,11 @@ class Invalidator:
                         break
                     running = self._add(batch, item) and self._drain(batch, queue)
             applied = True
+            # a commit is in the WAL before readers see it: invalidating sooner would let a
+            # reader store the old row again, for good (invalidator/visibility.py)
+            source = self.listener if isinstance(self.listener, WalSource) else None
+            if source and batch.wal_xids and not await source.wait_visible(batch.wal_xids):
+                batch.add_flush("visibility_unknown", "cannot tell when the commits show")
             if batch:
                 applied = await self.sink.apply(
                     batch, absorb=lambda b: self._absorb(b, queue), stopping=self.stopping

@@ -34,6 +34,8 @@ class Batch:
     flush_kind: str | None = None  # low-cardinality label of the first reason to flush
     opened_us: int | None = None  # when the daemon took the batch's first event (wall clock)
     wal_lsn: int | None = None  # WAL capture: confirm the slot up to here once applied
+    # WAL capture: the transactions of the batch, applied only once readers can see them
+    wal_xids: set[int] = field(default_factory=set)
     probe: Probe | None = None  # the newest capture probe received with these events
 
     def add_probe(self, probe: Probe) -> None:
@@ -78,6 +80,8 @@ class Batch:
         """Add one committed transaction from the WAL; its problems were counted by the
         source, so only unusable rows are counted here."""
         self.wal_lsn = max(self.wal_lsn or 0, item.end_lsn)
+        if item.xid is not None:
+            self.wal_xids.add(item.xid)
         for change in item.changes:
             self.events += 1
             self.tables[change.table] += 1
@@ -118,6 +122,7 @@ class Batch:
     def merge(self, other: Batch) -> None:
         if other.wal_lsn is not None:
             self.wal_lsn = max(self.wal_lsn or 0, other.wal_lsn)
+        self.wal_xids |= other.wal_xids
         self.events += other.events
         self.timestamps += other.timestamps
         self.tables.update(other.tables)

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import psycopg
@@ -41,6 +42,7 @@ from invalidator.replication import (
     lsn_text,
     parse_lsn,
 )
+from invalidator.visibility import Snapshot, invisible
 from pgbust import pgoutput
 from pgbust.declaration import Declaration
 from pgbust.rules import Change
@@ -48,6 +50,9 @@ from pgbust.wal_changes import Transaction, Transactions
 
 log = logging.getLogger(__name__)
 ADMIN_APPLICATION_NAME = "pgbust-invalidator-slot"
+VISIBILITY_APPLICATION_NAME = "pgbust-invalidator-visibility"
+_VISIBILITY_WARN_S = 1.0  # a commit this long in the WAL but not visible is worth a warning
+_VISIBILITY_GIVE_UP_S = 30.0  # no answer from Postgres this long: invalidate everything
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +63,7 @@ class WalBatch:
     end_lsn: int
     commit_ts_us: int
     problems: tuple[str, ...] = ()
+    xid: int | None = None  # applied only once visible to readers (invalidator/visibility.py)
 
 
 WalItem = WalBatch | FlushRequest | Probe
@@ -107,6 +113,7 @@ class WalSource:
         self.received_lsn = 0  # end of the last transaction delivered
         self._unconfirmed: deque[tuple[int, int]] = deque()  # (end LSN, commit µs) delivered
         self._stream: ReplicationStream | None = None
+        self._visibility: pg.Connection | None = None  # wait_visible's session
         self._last_pid: int | None = None  # walsender of the previous session
         metrics.wal_lag_seconds.set_function(self._lag_s)
 
@@ -123,6 +130,67 @@ class WalSource:
             with contextlib.suppress(psycopg.Error):  # the read loop notices a broken stream
                 stream.send_status(self.received_lsn, self.confirmed_lsn)
 
+    async def wait_visible(self, xids: Collection[int]) -> bool:
+        """Return once every one of these committed transactions is visible to a reader that
+        starts now (invalidator/visibility.py says why an invalidation must not come sooner).
+        False when Postgres does not answer for _VISIBILITY_GIVE_UP_S: the caller must then
+        invalidate everything."""
+        started = time.monotonic()
+        pause_s, warned, failures = 0.0005, False, 0
+        while xids:
+            try:
+                snapshot = await self._snapshot()
+            except (psycopg.Error, OSError, ValueError) as exc:
+                # Postgres restarting, or this session lost: ask again (a reader cannot read an
+                # older row from a server that is down either; readers stop trusting the caches
+                # once the capture proof is late). Only when it stays unknown: False.
+                first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+                failures += 1
+                if time.monotonic() - started >= _VISIBILITY_GIVE_UP_S:
+                    log.error("cannot tell whether committed changes are visible (%s)", first)
+                    return False
+                if failures == 1:
+                    log.warning("visibility check failed (%s); asking again", first)
+                await self.close()
+                await asyncio.sleep(min(0.05 * 2**failures, 1.0))
+                continue
+            waiting = invisible(xids, snapshot)
+            if not waiting:
+                break
+            waited_s = time.monotonic() - started
+            if waited_s >= _VISIBILITY_WARN_S and not warned:
+                warned = True
+                log.warning(
+                    "transactions %s are committed in the WAL but not visible after %.1f s "
+                    "(a synchronous standby that does not answer?): their invalidation waits",
+                    sorted(waiting)[:5],
+                    waited_s,
+                )
+            await asyncio.sleep(pause_s)
+            pause_s = min(pause_s * 2, 0.01)
+        return True
+
+    async def _snapshot(self) -> Snapshot:
+        conn = self._visibility
+        if conn is None or conn.closed:
+            conn = self._visibility = await pg.connect(
+                self.database_url, VISIBILITY_APPLICATION_NAME
+            )
+
+        async def current() -> Snapshot:
+            cur = await conn.execute(wal.query("current_snapshot"))
+            row = await cur.fetchone()
+            return Snapshot.parse(str(row[0]) if row else "")
+
+        return await pg.within(conn, current(), self.timeout_s, "visibility check")
+
+    async def close(self) -> None:
+        """Close the sessions that outlive a replication session (at the end of a term)."""
+        conn, self._visibility = self._visibility, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await conn.close()
+
     def _lag_s(self) -> float:
         if not self._unconfirmed:
             return 0.0
@@ -134,6 +202,7 @@ class WalSource:
         """Stream forever (until cancelled), reconnecting and resuming from the slot."""
         failures = 0
         while True:
+            sessions = self.connections
             try:
                 await self._prepare_slot()
                 await self._session()
@@ -146,10 +215,14 @@ class WalSource:
                     first,
                 )
                 self.metrics.reconnects.labels("postgres").inc()
-                failures += 1
+                # the back-off grows with failures in a row: a session that streamed (a
+                # connection that worked until it was terminated) starts the count again
+                failures = 1 if self.connections > sessions else failures + 1
             finally:
                 self.connected = False
                 self.backend_pid = None
+                if self.proof is not None:
+                    self.proof.not_listening()  # no probe can come back on a closed stream
                 stream, self._stream = self._stream, None
                 if stream is not None:
                     await stream.close()
@@ -240,6 +313,10 @@ class WalSource:
         # what an earlier session delivered and nobody confirmed comes again from the slot
         self._unconfirmed.clear()
         self.connections += 1
+        if self.proof is not None:
+            # the capture channel is this stream from now on: probes are expected on it (as
+            # on a new LISTEN connection), and the term's liveness judges it by them
+            self.proof.listening()
         self.connected = True
         self.backend_pid = self._last_pid = stream.backend_pid
         log.info("streaming slot %s (publication %s)", self.slot, self.publication)
@@ -339,7 +416,9 @@ class WalSource:
                 self.confirmed_lsn = tx.end_lsn  # nothing to apply
             return
         self._unconfirmed.append((tx.end_lsn, tx.commit_ts_us))
-        self.queue.put_nowait(WalBatch(tx.changes, tx.end_lsn, tx.commit_ts_us, tx.problems))
+        self.queue.put_nowait(
+            WalBatch(tx.changes, tx.end_lsn, tx.commit_ts_us, tx.problems, tx.xid)
+        )
 
 
 __all__ = ["SilentConnection", "WalBatch", "WalItem", "WalSource", "lsn_text", "parse_lsn"]

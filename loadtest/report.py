@@ -54,8 +54,11 @@ def table_row(summary: Mapping[str, Any]) -> list[str]:
         if lag.get("p99") is None
         else f"{_number(lag['p99'], 2)} / {_number(oob.get('p99'), 2)}"
     )
+    mode = str(summary["mode"])
+    if summary.get("capture"):
+        mode += f" ({summary['capture']})"  # cdc: how it captured changes
     return [
-        str(summary["mode"]),
+        mode,
         _number(latency["p50"], 2),
         _number(latency["p95"], 2),
         _number(latency["p99"], 2),
@@ -130,6 +133,8 @@ def headline(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
         notes.append("category summary endpoint p50: " + ", ".join(by_kind))
     cdc = summaries.get("cdc")
     if cdc:
+        captured = (cdc.get("settings") or {}).get("capture") or cdc.get("capture") or "notify"
+        notes.append(f"cdc: changes captured with {captured} (PGBUST_CAPTURE)")
         notes.append(
             f"cdc: {cdc['stale_reads']} stale of {cdc.get('judged_reads', cdc['reads'])} judged "
             f"reads, {cdc.get('stale_reads_over_100ms', '?')} stale by more than 100 ms, at "

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import orjson
 
-from loadtest import report
+from loadtest import capture, report
 from loadtest.lag import LagTracker, Received
 from loadtest.launch import run_locust
 from loadtest.plan import PLAN_ENV, Plan, make_plan
@@ -35,7 +35,13 @@ DRAIN_S = 0.5  # after the load stops, the least time left for late invalidation
 DRAIN_MAX_S = 5.0  # cdc: wait up to this long for every write's invalidation to arrive
 
 
-def _mode_env(settings: Settings, mode: str, namespace: str, token: str) -> dict[str, str]:
+def _mode_env(
+    settings: Settings,
+    mode: str,
+    namespace: str,
+    token: str,
+    capture_env: dict[str, str] | None = None,
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in {"PGBUST_CACHE_TTL_S", PLAN_ENV}}
     env.update(
         DATABASE_URL=settings.database_url,
@@ -48,6 +54,8 @@ def _mode_env(settings: Settings, mode: str, namespace: str, token: str) -> dict
     )
     if mode == "ttl":
         env["PGBUST_CACHE_TTL_S"] = f"{settings.loadtest_ttl_s:g}"
+    if mode == "cdc":
+        env.update(capture_env if capture_env is not None else capture.prepare(settings))
     return env
 
 
@@ -101,6 +109,7 @@ def _settings_used(settings: Settings, mode: str, plan: Plan) -> dict[str, Any]:
         "categories": plan.category_ids[1] - plan.category_ids[0] + 1,
         "worker": mode == "cdc" and settings.loadtest_worker,
         "warm_top": settings.loadtest_warm_top if mode == "cdc" else None,
+        "capture": capture.describe(settings) if mode == "cdc" else None,
     }
 
 
@@ -111,6 +120,7 @@ def collect_round(
     duration_s: int,
     ranges: tuple[tuple[int, int], tuple[int, int]],
     quiet: bool = False,
+    capture_env: dict[str, str] | None = None,
 ) -> Round:
     """Start what the mode needs, run Locust for duration_s, stop everything, return the record.
 
@@ -122,7 +132,7 @@ def collect_round(
     product_ids, category_ids = ranges
     namespace = f"{settings.namespace}-lt-{mode}-{uuid.uuid4().hex[:6]}"
     token = settings.api_token or secrets.token_urlsafe(24)
-    env = _mode_env(settings, mode, namespace, token)
+    env = _mode_env(settings, mode, namespace, token, capture_env)
     stack = Stack(env, out / "logs", settings.loadtest_startup_timeout_s)
     recorder: ChannelRecorder | None = None
     raw_path = out / "raw.json"
@@ -145,7 +155,10 @@ def collect_round(
         api_urls = stack.start_apis(settings.loadtest_api_instances, {})
         if mode == "cdc":
             stack.start_invalidator(settings.loadtest_warm_top)
-            parts.append(f"invalidator (warm top {settings.loadtest_warm_top})")
+            parts.append(
+                f"invalidator (capture {capture.describe(settings)}, "
+                f"warm top {settings.loadtest_warm_top})"
+            )
             if settings.loadtest_worker:
                 stack.start_worker()
                 parts.append("celery worker")
@@ -186,6 +199,8 @@ def collect_round(
             for name in cpu_after
         },
         "cpus": os.cpu_count(),
+        # how the cdc mode captured changes (PGBUST_CAPTURE); nothing is captured otherwise
+        "capture": settings.capture if mode == "cdc" else None,
     }
     return Round(raw, messages if mode == "cdc" else None, extra)
 
@@ -252,7 +267,8 @@ def run_mode(
 ) -> dict[str, Any]:
     """One headless run of one mode; writes out/summary.json (+ Locust CSV/HTML) and returns it."""
     ranges = ranges or prepare_database(settings)
-    one = collect_round(settings, mode, out, duration_s, ranges, quiet)
+    capture_env = capture.prepare(settings) if mode == "cdc" else None
+    one = collect_round(settings, mode, out, duration_s, ranges, quiet, capture_env)
     return finish(settings, mode, [one], out, duration_s)
 
 
@@ -268,6 +284,8 @@ def compare(
     With rounds > 1 each mode runs duration_s / rounds at a time, in alternating order
     (A B C C B A ...), so a neighbour's load on a shared machine falls on every mode alike."""
     ranges = prepare_database(settings)
+    # before any mode runs: a server that cannot capture as configured stops the run now
+    capture_env = capture.prepare(settings) if "cdc" in modes else None
     round_s = max(1, duration_s // rounds)
     collected: dict[str, list[Round]] = {mode: [] for mode in modes}
     for index in range(rounds):
@@ -276,7 +294,9 @@ def compare(
             folder = out / mode if rounds == 1 else out / mode / f"round-{index + 1}"
             if rounds > 1:
                 say(f"{mode}: round {index + 1} of {rounds}")
-            collected[mode].append(collect_round(settings, mode, folder, round_s, ranges))
+            collected[mode].append(
+                collect_round(settings, mode, folder, round_s, ranges, capture_env=capture_env)
+            )
     summaries = {
         mode: finish(settings, mode, collected[mode], out / mode, round_s) for mode in modes
     }

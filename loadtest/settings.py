@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pydantic import AliasChoices, Field
 
-from pgbust.settings import CommonSettings
+from pgbust.settings import CaptureSettings
 
 
-class Settings(CommonSettings):
-    """The load a run generates and the stack it starts; CLI flags override these."""
+class Settings(CaptureSettings):
+    """The load a run generates and the stack it starts (the cdc mode captures as
+    PGBUST_CAPTURE says); CLI flags override these."""
 
     api_token: str = Field(
         default="",

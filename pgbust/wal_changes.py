@@ -40,6 +40,9 @@ class Transaction:
     end_lsn: int  # confirm the slot up to here once the changes are applied
     commit_ts_us: int
     problems: tuple[str, ...] = ()  # metric labels: why something was widened
+    # the transaction id (from BEGIN): its commit is in the WAL before it is visible to
+    # readers, and the invalidation must wait for the latter (invalidator/visibility.py)
+    xid: int | None = None
 
     @property
     def rows(self) -> int:
@@ -184,6 +187,7 @@ class Transactions:
             commit.end_lsn,
             commit.commit_ts_us,
             tuple(tx.problems),
+            tx.begin.xid if tx.begin is not None else None,
         )
 
     def _changes(self, tx: _Open, commit: po.Commit) -> tuple[Change, ...]:

@@ -3,6 +3,12 @@
 Short form (default, part of `make test`): a few seconds per scenario. Full form
 (`make chaos`: `pytest tests/chaos --chaos-full`, or PGBUST_CHAOS_FULL=1): longer faults,
 more of them, more load; results in bench/results/chaos.json and chaos.md.
+
+Capture modes: every scenario runs on a stack capturing with NOTIFY (`[notify]`); a scenario
+marked `@pytest.mark.captures("notify", "wal", ...)` runs on a second stack too, one that
+captures from the WAL (`[wal]`: PGBUST_CAPTURE=wal on a wal_level = logical cluster). The
+modes named in `full_only` run only in the full form (a visible skip in the short one).
+Tests are grouped per mode, so each module starts at most one stack per mode.
 """
 
 from __future__ import annotations
@@ -22,11 +28,50 @@ from tests.chaos.stack import ChaosStack, ScenarioRecord
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 
-@pytest.fixture(scope="session")
-def chaos_full(request: pytest.FixtureRequest) -> bool:
-    return bool(request.config.getoption("--chaos-full")) or os.environ.get(
+CAPTURES = ("notify", "wal")
+
+
+def _full(config: pytest.Config) -> bool:
+    return bool(config.getoption("--chaos-full")) or os.environ.get(
         "PGBUST_CHAOS_FULL", ""
     ) not in {"", "0"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "captures(*modes, full_only=()): tests/chaos: the capture modes a scenario runs in "
+        "(default notify only); those in full_only only with --chaos-full",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise the `stack` fixture with the capture modes of the test (see the doc)."""
+    if "stack" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("captures")
+    modes = tuple(marker.args) if marker else ("notify",)
+    full_only = tuple(marker.kwargs.get("full_only", ())) if marker else ()
+    assert set(modes) <= set(CAPTURES) and set(full_only) <= set(modes), marker
+    full = _full(metafunc.config)
+    params = [
+        pytest.param(
+            mode,
+            id=mode,
+            marks=[]
+            if full or mode not in full_only
+            else [
+                pytest.mark.skip(reason=f"the {mode} variant runs with --chaos-full (make chaos)")
+            ],
+        )
+        for mode in modes
+    ]
+    metafunc.parametrize("stack", params, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="session")
+def chaos_full(request: pytest.FixtureRequest) -> bool:
+    return _full(request.config)
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +93,7 @@ def chaos_results(chaos_full: bool) -> Iterator[list[ScenarioRecord]]:
     }
     header = [
         "scenario",
+        "capture",
         "faults",
         "reads",
         "writes",
@@ -57,11 +103,14 @@ def chaos_results(chaos_full: bool) -> Iterator[list[ScenarioRecord]]:
         "recover s",
         "drain s",
         "worker restarts",
+        "hit ratio",
+        "epoch bumps",
         "passed",
     ]
     rows = [
         [
             r.scenario,
+            r.capture,
             r.faults_injected,
             r.reads,
             r.writes,
@@ -71,6 +120,8 @@ def chaos_results(chaos_full: bool) -> Iterator[list[ScenarioRecord]]:
             r.time_to_recover_s,
             r.drain_s,
             r.worker_restarts,
+            r.cache_hit_ratio,
+            r.epoch_bumps,
             "yes" if r.passed else "**no**",
         ]
         for r in records
@@ -81,12 +132,16 @@ def chaos_results(chaos_full: bool) -> Iterator[list[ScenarioRecord]]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosStack]:
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ChaosStack]:
+    """One private stack per module and capture mode (request.param: notify | wal)."""
     root = Path(__file__).resolve().parents[2]
     missing = [m for m in ("api", "invalidator") if not (root / m / "__main__.py").exists()]
     if missing:
         pytest.skip(f"not built yet: {', '.join(missing)}")
-    stack = ChaosStack(tmp_path_factory.mktemp("chaos"))
+    capture = str(getattr(request, "param", "notify"))
+    stack = ChaosStack(tmp_path_factory.mktemp(f"chaos-{capture}"), capture)
     try:
         stack.start()
     except Exception:

@@ -1,9 +1,11 @@
 """The whole pgbust stack on private servers, for fault injection.
 
 A private Postgres cluster and a private redis-server (both may be stopped and restarted at
-will), two API instances that reach Redis through a TcpProxy (so the network between API and
-Redis can be delayed or cut), the invalidator plus a standby, and a Celery worker. `heal()`
-brings back whatever a scenario killed, so one stack serves every scenario of a module.
+will), capturing changes as `capture` says (notify: the NOTIFY triggers; wal: a cluster with
+wal_level = logical, set up by `python -m db upgrade` with PGBUST_CAPTURE=wal), two API
+instances that reach Redis through a TcpProxy (so the network between API and Redis can be
+delayed or cut), the invalidator plus a standby, and a Celery worker. `heal()` brings back
+whatever a scenario killed, so one stack serves every scenario of a module.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -24,6 +28,7 @@ import psycopg
 
 from db import migrate, seed
 from pgbust.keys import Keyspace
+from pgbust.settings import wal_name
 from tests.support.load import LoadDriver
 from tests.support.memory import unlimit_memory
 from tests.support.processes import ManagedProcess, ProcessManager
@@ -44,6 +49,7 @@ class ScenarioRecord:
     """One line of bench/results/chaos.json."""
 
     scenario: str
+    capture: str = "notify"  # PGBUST_CAPTURE of the stack
     faults_injected: int = 0
     reads: int = 0
     writes: int = 0
@@ -66,6 +72,12 @@ class ScenarioRecord:
     time_to_recover_s: float | None = None
     drain_s: float | None = None
     worker_restarts: int = 0  # Celery workers that exited and were restarted (a supervisor's job)
+    # reads served from a cache (X-Cache L1 or L2) of all reads: a flush shows here
+    cache_hit_ratio: float = 0.0
+    # epoch bumps (every tier flushed) from load start to the end of the drain, and why;
+    # -1 when they could not be counted (the flush watch lost its subscription)
+    epoch_bumps: int = 0
+    flush_reasons: list[str] = field(default_factory=list)
     passed: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -74,13 +86,26 @@ TAKEOVER_AFTER_S = 1.5
 GIVE_UP_AFTER_S = 3.0
 
 
+# what WAL capture needs of the server; the replication connections of two invalidators, their
+# stale walsenders during a takeover and the admin sessions fit well under these
+WAL_SERVER_SETTINGS = {
+    "wal_level": "logical",
+    "max_wal_senders": "10",
+    "max_replication_slots": "10",
+}
+
+
 class ChaosStack:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, capture: str = "notify") -> None:
+        assert capture in {"notify", "wal"}, capture
         self.root = root
+        self.capture = capture
         # not under pytest's basetemp: every pytest run (other sessions too) chmods
         # /tmp/pytest-of-<user> to 0700, which would lock the postgres user out of its data
         self._pg_root = Path(tempfile.mkdtemp(prefix="pgbust-chaos-pg-"))
-        self.postgres = PostgresCluster(self._pg_root / "pg")
+        self.postgres = PostgresCluster(
+            self._pg_root / "pg", WAL_SERVER_SETTINGS if capture == "wal" else None
+        )
         self.redis = RedisServer(root / "redis")
         # The Celery broker is a Redis of its own, as the README advises for production: the
         # cache's Redis is what the scenarios stop and restart, and kombu's Redis transport does
@@ -141,6 +166,7 @@ class ChaosStack:
             CELERY_BROKER_URL=self.broker.url,
             API_TOKEN=API_TOKEN,
             PGBUST_NAMESPACE=self.namespace,
+            PGBUST_CAPTURE=self.capture,
             PGBUST_LOG_LEVEL="INFO",
             # a task of a SIGKILLed worker comes back after this long (Redis broker)
             PGBUST_VISIBILITY_TIMEOUT_S="4",
@@ -161,6 +187,8 @@ class ChaosStack:
         self.database_url = self.postgres.admin_url.rsplit("/", 1)[0] + "/pgbust"
         migrate.upgrade(self.database_url)
         seed.seed(self.database_url, products=PRODUCTS, categories=CATEGORIES, replace=True)
+        if self.capture == "wal":
+            self._set_up_wal_capture()
         self.redis.start()
         self.broker.start()
         self.proxy = TcpProxy(self.redis.port).start()
@@ -172,6 +200,24 @@ class ChaosStack:
         self.apis = [self._start_api(), self._start_api()]
         self.workers = [self.start_worker()]
         return self
+
+    def _set_up_wal_capture(self) -> None:
+        """What a user runs: `python -m db upgrade` with PGBUST_CAPTURE=wal (the publication, the
+        slot, the triggers removed). The slot exists before any invalidator starts."""
+        done = subprocess.run(
+            [sys.executable, "-m", "db", "upgrade"],
+            env=self.env(),
+            cwd=Path(__file__).resolve().parents[2],  # where pgbust.toml is
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, f"db upgrade (wal) failed:\n{done.stdout}{done.stderr}"
+
+    @property
+    def slot(self) -> str:
+        return wal_name(self.namespace)
 
     def stop(self) -> None:
         if self.procs is not None:

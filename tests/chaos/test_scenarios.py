@@ -3,6 +3,14 @@
 Faults are forced deterministically (signals, pg_terminate_backend, CLIENT KILL, proxy cuts);
 recovery is awaited with wait_until. The only sleeps are the *length* of an outage, never a
 guess that something has finished.
+
+The invalidator's own faults (1 SIGKILL, 2 capture connection terminated, 3 Postgres restart,
+7 SIGSTOP) run in both capture modes (conftest.py: `captures`). In wal mode none of them can
+lose a change (the slot keeps what was not confirmed), so none may bump the epoch; in notify
+mode each one flushes, as it must (NOTIFY is not durable). The short run (make test) takes
+the two takeovers in wal mode (1, 7: where notify mode must flush and wal mode must not) and
+the control; 2 and 3 in wal mode (a reconnect inside one process, also covered by
+tests/integration/test_wal_capture.py) run with --chaos-full.
 """
 
 from __future__ import annotations
@@ -67,15 +75,33 @@ def _kill_active_invalidator(stack: ChaosStack, load: LoadDriver, plan: Plan) ->
     return faults
 
 
+@pytest.mark.captures("notify", "wal")
 def test_sigkill_active_invalidator_standby_takes_over(
     stack: ChaosStack, chaos_results: list[ScenarioRecord], plan: Plan
 ) -> None:
     run_scenario(
-        stack, chaos_results, "1_sigkill_active_invalidator", _kill_active_invalidator, plan
+        stack,
+        chaos_results,
+        "1_sigkill_active_invalidator",
+        _kill_active_invalidator,
+        plan,
+        no_flush=stack.capture == "wal",  # the standby resumes from the slot
     )
 
 
-# --- 2. pg_terminate_backend the listener, repeatedly ---
+# --- 2. pg_terminate_backend the capture connection (LISTEN, or the walsender), repeatedly ---
+
+
+def _capture_pids(stack: ChaosStack) -> list[int]:
+    """The backends the active invalidator's capture reads from: its LISTEN session (notify),
+    or the walsender that holds the namespace's slot (wal)."""
+    if stack.capture == "notify":
+        return _listener_pids(stack.database_url)
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (stack.slot,)
+        ).fetchone()
+    return [int(row[0])] if row and row[0] is not None else []
 
 
 def _listener_pids(database_url: str) -> list[int]:
@@ -90,25 +116,33 @@ def _listener_pids(database_url: str) -> list[int]:
 def _terminate_listener(stack: ChaosStack, load: LoadDriver, plan: Plan) -> int:
     faults = 0
     for _ in range(plan.repeats * 3):
-        assert wait_until(lambda: bool(_listener_pids(stack.database_url)), timeout=30), (
-            "no LISTEN connection:\n" + stack.logs()
+        assert wait_until(lambda: bool(_capture_pids(stack)), timeout=30), (
+            "no capture connection:\n" + stack.logs()
         )
-        old = set(_listener_pids(stack.database_url))
+        old = set(_capture_pids(stack))
         with psycopg.connect(stack.database_url, autocommit=True) as conn:
             for pid in old:
                 conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
         faults += 1
         load.wait_for_writes(5)
-        assert wait_until(
-            lambda: bool(set(_listener_pids(stack.database_url)) - old), timeout=30
-        ), "the listener did not reconnect:\n" + stack.logs()
+        assert wait_until(lambda: bool(set(_capture_pids(stack)) - old), timeout=30), (
+            "the capture connection did not come back:\n" + stack.logs()
+        )
     return faults
 
 
+@pytest.mark.captures("notify", "wal", full_only=("wal",))
 def test_terminated_listener_connection_reconnects_and_misses_nothing(
     stack: ChaosStack, chaos_results: list[ScenarioRecord], plan: Plan
 ) -> None:
-    run_scenario(stack, chaos_results, "2_terminate_listener_backend", _terminate_listener, plan)
+    run_scenario(
+        stack,
+        chaos_results,
+        "2_terminate_listener_backend",
+        _terminate_listener,
+        plan,
+        no_flush=stack.capture == "wal",  # the next session resumes from the slot
+    )
 
 
 # --- 3. restart Postgres ---
@@ -122,10 +156,18 @@ def _restart_postgres(stack: ChaosStack, load: LoadDriver, plan: Plan) -> int:
     return plan.repeats
 
 
+@pytest.mark.captures("notify", "wal", full_only=("wal",))
 def test_postgres_restart(
     stack: ChaosStack, chaos_results: list[ScenarioRecord], plan: Plan
 ) -> None:
-    run_scenario(stack, chaos_results, "3_restart_postgres", _restart_postgres, plan)
+    run_scenario(
+        stack,
+        chaos_results,
+        "3_restart_postgres",
+        _restart_postgres,
+        plan,
+        no_flush=stack.capture == "wal",  # the slot survives the restart (a clean shutdown)
+    )
 
 
 # --- 4. stop Redis under load, start it again (empty, or from an older snapshot) ---
@@ -298,10 +340,18 @@ def _pause_invalidator(stack: ChaosStack, load: LoadDriver, plan: Plan) -> int:
     return plan.repeats
 
 
+@pytest.mark.captures("notify", "wal")
 def test_paused_invalidator_catches_up(
     stack: ChaosStack, chaos_results: list[ScenarioRecord], plan: Plan
 ) -> None:
-    run_scenario(stack, chaos_results, "7_sigstop_invalidator", _pause_invalidator, plan)
+    run_scenario(
+        stack,
+        chaos_results,
+        "7_sigstop_invalidator",
+        _pause_invalidator,
+        plan,
+        no_flush=stack.capture == "wal",  # the takeover resumes from the slot
+    )
 
 
 # --- 8. network delay and drops between the API and Redis ---
@@ -560,6 +610,7 @@ def test_connections_that_go_silent_are_noticed_and_nothing_stays_stale(
 # --- control: the sweep is not vacuous ---
 
 
+@pytest.mark.captures("notify", "wal")
 def test_final_sweep_detects_a_stale_entry_while_invalidation_is_paused(stack: ChaosStack) -> None:
     """With every invalidator paused, an out-of-band write leaves cached copies stale: the
     sweep must see them (on both instances), and they must be gone once invalidation resumes."""
@@ -579,5 +630,6 @@ def test_final_sweep_detects_a_stale_entry_while_invalidation_is_paused(stack: C
     stale = {(d.where, d.entry) for d in sweep.differences}
     for base in stack.api_urls:
         assert (base, f"product:{product_id}") in stale, sweep.report()
-    assert stack.drain() is not None
-    assert stack.sweep().stale == 0
+    assert stack.drain() is not None, stack.drain_problem
+    after = stack.sweep()
+    assert after.stale == 0, after.report() + "\n" + stack.logs(40)

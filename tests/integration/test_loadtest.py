@@ -55,6 +55,7 @@ def test_every_mode_writes_a_summary_with_reads_and_writes(
     assert summary["oob_writes"] > 0
     assert summary["judged_reads"] > 0
     assert summary["errors"] == 0
+    assert summary["capture"] == ("notify" if mode == "cdc" else None)  # PGBUST_CAPTURE
     assert (out / mode / "locust_stats.csv").exists()
     assert (out / mode / "locust.html").exists()
 
@@ -88,7 +89,8 @@ def test_compare_writes_the_table_json_and_chart(
 ) -> None:
     out, _ = three_modes
     table = (out / "compare.md").read_text()
-    assert "| nocache |" in table and "| ttl |" in table and "| cdc |" in table
+    assert "| nocache |" in table and "| ttl |" in table and "| cdc (notify) |" in table
+    assert "cdc: changes captured with notify (PGBUST_CAPTURE)" in table
     assert set(json.loads((out / "compare.json").read_text())["modes"]) == {"nocache", "ttl", "cdc"}
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -160,3 +162,45 @@ def test_sigterm_stops_the_run_and_every_process_it_started(
             runner.kill()
         for pid in _processes_with_env(marker):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_cdc_in_wal_mode_on_a_server_without_logical_wal_stops_before_any_mode_and_says_how(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """PGBUST_CAPTURE=wal on a server with wal_level = replica (a private cluster: initdb's
+    default): the comparison stops at once with the setting to change, not after the first
+    two modes with an invalidator that never goes live."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from pgbust.devservers import with_database
+    from tests.support.servers import PostgresCluster
+
+    folder = Path(tempfile.mkdtemp(prefix="pgbust-ltwal-"))  # outside basetemp: see wal tests
+    cluster = PostgresCluster(folder)
+    cluster.init()
+    cluster.start()
+    try:
+        env = {
+            **os.environ,
+            "DATABASE_URL": with_database(cluster.admin_url, "postgres"),
+            "REDIS_URL": redis_server.url,
+            "PGBUST_CAPTURE": "wal",
+            "PGBUST_LOADTEST_SEED_PRODUCTS": "20",
+            "PGBUST_LOADTEST_SEED_CATEGORIES": "2",
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "loadtest", "compare", "--duration", "3", "--out",
+             str(tmp_path / "run")],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(folder, ignore_errors=True)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "PGBUST_CAPTURE=wal needs wal_level = logical, the server has replica" in done.stderr
+    assert "ALTER SYSTEM SET wal_level = logical" in done.stderr
+    assert "started" not in done.stderr, "a mode ran before the check"

@@ -10,6 +10,7 @@ import logging
 import random
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -356,6 +357,13 @@ def _confirmed_flush(conn: psycopg.Connection[Any], slot: str) -> int:
     return (int(high, 16) << 32) | int(low, 16)
 
 
+def _setting(url: str, name: str) -> str:
+    """A server setting as a new session sees it (a reload reaches the server asynchronously)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+    return str(row[0]) if row else ""
+
+
 def _until_sync(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -550,3 +558,179 @@ async def test_the_daemon_in_wal_mode_catches_up_after_a_restart_without_an_epoc
         await asyncio.wait_for(task, 15)
     finally:
         await client.aclose()
+
+
+async def test_the_daemon_in_wal_mode_keeps_its_term_live_past_the_give_up_deadline(
+    wal_url: str,
+    names: tuple[str, str],
+    redis_server: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The probes through the slot prove the replication stream alive: an active instance
+    whose stream works never gives its leadership up (it did every PGBUST_GIVE_UP_AFTER_S
+    while the stream was not counted as the capture channel), and its term stays the first."""
+    config = tmp_path / "pgbust.toml"
+    config.write_text(DECLARATION_TOML)
+    monkeypatch.setenv("PGBUST_CONFIG", str(config))
+    settings = Settings(
+        database_url=wal_url,
+        redis_url=redis_server.url,
+        namespace=f"w{uuid.uuid4().hex[:8]}",
+        lock_id=random.randint(1, 2**40),
+        metrics_port=0,
+        capture="wal",
+        wal_slot=names[0],
+        wal_publication=names[1],
+        heartbeat_s=0.1,
+        give_up_after_s=0.5,
+    )
+    daemon = Invalidator(settings, serve_http=False)
+    task = asyncio.create_task(daemon.run())
+    try:
+        deadline = time.monotonic() + 10
+        while not daemon.capture_live:
+            assert time.monotonic() < deadline, "capture never became live in wal mode"
+            assert not task.done(), task
+            await asyncio.sleep(0.01)
+        # watched for 6 give-up deadlines: live all along, one term, no give-up
+        watch_until = time.monotonic() + 6 * settings.give_up_after_s
+        while time.monotonic() < watch_until:
+            status, body = daemon.health()
+            assert daemon.capture_live and daemon.terms == 1, body
+            assert status == 200 and body["capture"]["problems"] == [], body
+            await asyncio.sleep(0.02)
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 15)
+
+
+async def test_a_commit_in_the_wal_but_not_yet_visible_is_invalidated_once_readers_see_it(
+    wal_url: str,
+    names: tuple[str, str],
+    redis_server: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A commit is in the WAL, and decoded, before other sessions can see it: here it waits
+    for a synchronous standby that never answers (on a busy server the gap is a preempted
+    backend's few milliseconds). Invalidated at once, the entry would be refilled with the old
+    row by the next reader, for good; so it stays while the old row is what readers see, and
+    goes as soon as the commit is visible."""
+    config = tmp_path / "pgbust.toml"
+    config.write_text(DECLARATION_TOML)
+    monkeypatch.setenv("PGBUST_CONFIG", str(config))
+    namespace = f"w{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        database_url=wal_url,
+        redis_url=redis_server.url,
+        namespace=namespace,
+        lock_id=random.randint(1, 2**40),
+        metrics_port=0,
+        capture="wal",
+        wal_slot=names[0],
+        wal_publication=names[1],
+    )
+    _execute(
+        wal_url,
+        "INSERT INTO products (id, category_id, name, price_cents, stock)"
+        " VALUES (500, 3, 'v', 1, 1)",
+    )
+    client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
+    cache = RedisCache(client, Keyspace(namespace))
+    daemon = Invalidator(settings, serve_http=False)
+    task = asyncio.create_task(daemon.run())
+    writer: threading.Thread | None = None
+    try:
+        deadline = time.monotonic() + 10
+        while not daemon.capture_live:
+            assert time.monotonic() < deadline, "capture never became live in wal mode"
+            await asyncio.sleep(0.01)
+        lease = await cache.get_or_lease("product:500")
+        assert isinstance(lease, Lease)
+        stored = await cache.fill(
+            "product:500", lease.token, lease.stamp, b'{"stock":1}', rows=(), since=lease.since
+        )
+        assert stored == 1
+        received = daemon.metrics.wal_transactions._value.get()
+        # every commit waits for the standby 'nobody'; the daemon's own sessions do not
+        _execute(
+            wal_url,
+            "ALTER SYSTEM SET synchronous_standby_names = 'nobody'",
+            "ALTER SYSTEM SET synchronous_commit = 'local'",
+            "SELECT pg_reload_conf()",
+        )
+        assert _until_sync(lambda: _setting(wal_url, "synchronous_standby_names") == "nobody")
+        writer = threading.Thread(
+            target=_execute,
+            args=(
+                wal_url,
+                "SET synchronous_commit = on",
+                "UPDATE products SET stock = 2 WHERE id = 500",
+            ),
+        )
+        writer.start()
+        with psycopg.connect(wal_url, autocommit=True) as conn:
+            waiting = "SELECT application_name FROM pg_stat_activity WHERE wait_event='SyncRep'"
+            assert _until_sync(lambda: len(conn.execute(waiting).fetchall()) >= 1)
+            assert [r[0] for r in conn.execute(waiting).fetchall()] == [""], "only the writer"
+            row = conn.execute("SELECT stock FROM products WHERE id = 500").fetchone()
+            assert row == (1,), "precondition: readers do not see the commit yet"
+        deadline = time.monotonic() + 10
+        while daemon.metrics.wal_transactions._value.get() <= received:
+            assert time.monotonic() < deadline, "the commit never came through the slot"
+            await asyncio.sleep(0.01)
+        # decoded, not visible: for as long as readers see the old row, its entry stays
+        watch_until = time.monotonic() + 1.0
+        while time.monotonic() < watch_until:
+            assert await cache.peek("product:500") is not None, "invalidated before visible"
+            await asyncio.sleep(0.02)
+        _execute(
+            wal_url,
+            "ALTER SYSTEM RESET synchronous_standby_names",
+            "ALTER SYSTEM RESET synchronous_commit",
+            "SELECT pg_reload_conf()",
+        )
+        writer.join(10)  # the standby is no longer waited for
+        assert not writer.is_alive(), "the commit still waits"
+        deadline = time.monotonic() + 10
+        while await cache.peek("product:500") is not None:
+            assert time.monotonic() < deadline, "not invalidated once visible"
+            await asyncio.sleep(0.01)
+    finally:
+        _execute(
+            wal_url,
+            "ALTER SYSTEM RESET synchronous_standby_names",
+            "ALTER SYSTEM RESET synchronous_commit",
+            "SELECT pg_reload_conf()",
+        )
+        if writer is not None:
+            writer.join(10)
+        daemon.stop()
+        await asyncio.wait_for(task, 15)
+        await client.aclose()
+
+
+async def test_a_replication_connection_terminated_again_and_again_is_resumed_at_once_each_time(
+    wal_url: str, names: tuple[str, str]
+) -> None:
+    """The reconnect back-off counts failures in a row, not in the process's life: a stream
+    that worked until its walsender was terminated is resumed within a fraction of a second,
+    the eighth time as the first (it waited up to PGBUST's retry maximum, here 5 s, once a
+    few terminations had added up), and nothing is lost on the way."""
+    async with streaming(wal_url, names, retry_max_s=5.0) as run:
+        source = run.source
+        for round_ in range(8):
+            before = source.connections
+            with psycopg.connect(wal_url, autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                    " WHERE slot_name = %s",
+                    (names[0],),
+                )
+            started = time.monotonic()
+            _execute(wal_url, f"INSERT INTO notes VALUES ('term-{round_}', '')")
+            await run.until(lambda: source.connections > before, within_s=10)
+            assert time.monotonic() - started < 2.5, f"resumed only after a back-off ({round_})"
+            await run.until(_marker(run, f"term-{round_}"))
+    assert not any(isinstance(i, FlushRequest) for i in run.items)  # resumed: nothing missed

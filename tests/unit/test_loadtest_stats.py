@@ -129,6 +129,7 @@ def test_compare_table_and_chart(tmp_path: Path) -> None:
     assert lines[0].startswith("| mode |")
     assert [line.split("|")[1].strip() for line in lines[2:5]] == ["nocache", "ttl", "cdc"]
     assert "lower than nocache" in text
+    assert "cdc: changes captured with notify (PGBUST_CAPTURE)" in text
     png = tmp_path / "compare.png"
     report.chart(summaries, png)
     assert png.read_bytes()[:4] == b"\x89PNG"
@@ -180,3 +181,16 @@ def test_headline_compares_modes_round_by_round() -> None:
         {"nocache": mode("nocache", [8.0, 6.0], [2, 5]), "ttl": mode("ttl", [2.0, 12.0], [3, 6])}
     )
     assert "ttl: read p50 per round, nocache / ttl: 4.00x (load 2 / 3), 0.50x (load 5 / 6)" in notes
+
+
+def test_the_table_and_headline_name_the_capture_of_the_cdc_mode() -> None:
+    summaries = {
+        mode: summarize(_raw(mode), [] if mode == "cdc" else None) for mode in ("nocache", "cdc")
+    }
+    summaries["cdc"].update(capture="wal", settings={"capture": "wal (slot pgbust_demo)"})
+    text = report.markdown(summaries)
+    assert [line.split("|")[1].strip() for line in text.splitlines()[2:4]] == [
+        "nocache",
+        "cdc (wal)",
+    ]
+    assert "cdc: changes captured with wal (slot pgbust_demo) (PGBUST_CAPTURE)" in text
