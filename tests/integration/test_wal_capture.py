@@ -193,6 +193,30 @@ def _rows(run: Run, table: str) -> list[tuple[str, Any, Any]]:
     return [(r.kind, r.old, r.new) for c in run.changes if c.table == table for r in c.rows]
 
 
+def _wal_daemon_settings(
+    wal_url: str,
+    names: tuple[str, str],
+    redis_server: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Settings:
+    """A wal-mode invalidator's settings: the test declaration, a namespace and a lock of
+    its own, on the slot and publication `names`."""
+    config = tmp_path / "pgbust.toml"
+    config.write_text(DECLARATION_TOML)
+    monkeypatch.setenv("PGBUST_CONFIG", str(config))
+    return Settings(
+        database_url=wal_url,
+        redis_url=redis_server.url,
+        namespace=f"w{uuid.uuid4().hex[:8]}",
+        lock_id=random.randint(1, 2**40),
+        metrics_port=0,
+        capture="wal",
+        wal_slot=names[0],
+        wal_publication=names[1],
+    )
+
+
 async def test_inserts_updates_deletes_and_truncate_of_declared_tables_arrive_as_changes(
     wal_url: str, names: tuple[str, str]
 ) -> None:
@@ -475,27 +499,14 @@ async def test_the_daemon_in_wal_mode_catches_up_after_a_restart_without_an_epoc
 ) -> None:
     """An UPDATE committed while no invalidator ran is invalidated once one runs again, and
     the restart empties nothing: the slot kept the change."""
-    config = tmp_path / "pgbust.toml"
-    config.write_text(DECLARATION_TOML)
-    monkeypatch.setenv("PGBUST_CONFIG", str(config))
-    namespace = f"w{uuid.uuid4().hex[:8]}"
-    settings = Settings(
-        database_url=wal_url,
-        redis_url=redis_server.url,
-        namespace=namespace,
-        lock_id=random.randint(1, 2**40),
-        metrics_port=0,
-        capture="wal",
-        wal_slot=names[0],
-        wal_publication=names[1],
-    )
+    settings = _wal_daemon_settings(wal_url, names, redis_server, tmp_path, monkeypatch)
     _execute(
         wal_url,
         "INSERT INTO products (id, category_id, name, price_cents, stock)"
         " VALUES (400, 3, 'd', 1, 1)",
     )
     client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
-    cache = RedisCache(client, Keyspace(namespace))
+    cache = RedisCache(client, Keyspace(settings.namespace))
 
     async def fill() -> None:
         lease = await cache.get_or_lease("product:400")
@@ -617,27 +628,14 @@ async def test_a_commit_in_the_wal_but_not_yet_visible_is_invalidated_once_reade
     backend's few milliseconds). Invalidated at once, the entry would be refilled with the old
     row by the next reader, for good; so it stays while the old row is what readers see, and
     goes as soon as the commit is visible."""
-    config = tmp_path / "pgbust.toml"
-    config.write_text(DECLARATION_TOML)
-    monkeypatch.setenv("PGBUST_CONFIG", str(config))
-    namespace = f"w{uuid.uuid4().hex[:8]}"
-    settings = Settings(
-        database_url=wal_url,
-        redis_url=redis_server.url,
-        namespace=namespace,
-        lock_id=random.randint(1, 2**40),
-        metrics_port=0,
-        capture="wal",
-        wal_slot=names[0],
-        wal_publication=names[1],
-    )
+    settings = _wal_daemon_settings(wal_url, names, redis_server, tmp_path, monkeypatch)
     _execute(
         wal_url,
         "INSERT INTO products (id, category_id, name, price_cents, stock)"
         " VALUES (500, 3, 'v', 1, 1)",
     )
     client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
-    cache = RedisCache(client, Keyspace(namespace))
+    cache = RedisCache(client, Keyspace(settings.namespace))
     daemon = Invalidator(settings, serve_http=False)
     task = asyncio.create_task(daemon.run())
     writer: threading.Thread | None = None
