@@ -1,6 +1,8 @@
 """notify and wal capture side by side, on one private wal_level=logical cluster (the part of
 `python -m bench invalidator` that needs WAL capture):
 
+- pgbench single-row UPDATE TPS at 1, 8 and 32 clients with no capture, notify triggers and
+  WAL capture (bench/wal.py's write_overhead, on the same server);
 - commit acknowledged -> gone from Redis at 1,000 writes/s, p50 / p99, both modes (the
   invalidator in this process, as in bench/invalidator.py's lag_at_rates);
 - SIGKILL of the one active invalidator (`python -m invalidator`, a real process) under
@@ -27,7 +29,8 @@ import httpx
 import psycopg
 import redis.asyncio as aioredis
 
-from bench.invalidator import PRODUCTS, lag_at_rates, steady_writer
+from bench import wal as bench_wal
+from bench.invalidator import PRODUCTS, UPDATE_SCRIPT, lag_at_rates, steady_writer
 from db import capture as triggers
 from db import wal
 from pgbust import declaration
@@ -155,7 +158,8 @@ async def kill_and_restart(
                     parts = await asyncio.gather(*futures)
                 # every write before the marker's is applied once the marker's entry is gone
                 drain_started = time.monotonic()
-                await _fill(cache, [MARKER])
+                if await _fill(cache, [MARKER]) != 1:
+                    raise RuntimeError(f"{capture}: the marker entry could not be filled")
                 with psycopg.connect(url, autocommit=True) as conn:
                     conn.execute("UPDATE products SET stock = stock + 1 WHERE id = %s", (MARKER,))
                 while await cache.peek(product_entry(MARKER)) is not None:
@@ -238,4 +242,16 @@ async def run_modes(url: str, redis_url: str, quick: bool) -> dict[str, Any]:
             finally:
                 if capture == "wal":
                     _drop_slot(url, namespace)
+    # last: it leaves the tables as its last configuration (wal) left them
+    print("bench invalidator: pgbench TPS none / notify / wal", file=sys.stderr, flush=True)
+    with psycopg.connect(url, autocommit=True) as conn:
+        wal.ensure(conn, bench_wal.SLOT, bench_wal.SLOT, list(declaration.load().tables))
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "update.sql"
+        script.write_text(UPDATE_SCRIPT)
+        out["overhead"] = await bench_wal.write_overhead(
+            url, script, [1, 8, 32], seconds, repeats=1 if quick else 2
+        )
+    with psycopg.connect(url, autocommit=True) as conn:
+        wal.remove(conn, bench_wal.SLOT, bench_wal.SLOT)
     return out

@@ -421,6 +421,14 @@ def _modes_table(modes: dict[str, Any]) -> str:
              *both(lambda m: f"{kill[m]['writes']} ({kill[m]['achieved_writes_per_s']}/s)")],
         ],
     )  # fmt: skip
+    md += "\npgbench single-row UPDATE TPS on the same server (best of the runs):\n\n"
+    md += report.markdown_table(
+        ["clients", "no capture", "notify", "notify ratio", "wal", "wal ratio"],
+        [
+            [r["clients"], r["none"], r["notify"], r["notify_ratio"], r["wal"], r["wal_ratio"]]
+            for r in modes["overhead"]
+        ],
+    )
     load = modes["load_average_1m"]
     md += f"\n1-minute load average on {os.cpu_count()} cores: {load['start']} at the start of "
     md += f"this part, {load['end']} at its end.\n"
