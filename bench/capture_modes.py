@@ -67,6 +67,7 @@ def kill_outcome(
     }
 
 
+# 50 calls in flight at a time: redis-py opens one connection for each, and its pool is bounded
 async def _fill(cache: RedisCache, ids: list[int]) -> int:
     async def one(product_id: int) -> int:
         entry = product_entry(product_id)
@@ -80,15 +81,15 @@ async def _fill(cache: RedisCache, ids: list[int]) -> int:
         return int(stored == 1)
 
     stored = 0
-    for start in range(0, len(ids), 200):
-        stored += sum(await asyncio.gather(*(one(i) for i in ids[start : start + 200])))
+    for start in range(0, len(ids), 50):
+        stored += sum(await asyncio.gather(*(one(i) for i in ids[start : start + 50])))
     return stored
 
 
 async def _cached(cache: RedisCache, ids: list[int]) -> list[int]:
     out = []
-    for start in range(0, len(ids), 200):
-        chunk = ids[start : start + 200]
+    for start in range(0, len(ids), 50):
+        chunk = ids[start : start + 50]
         values = await asyncio.gather(*(cache.peek(product_entry(i)) for i in chunk))
         out += [i for i, value in zip(chunk, values, strict=True) if value is not None]
     return out
