@@ -17,13 +17,14 @@ import uuid
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import psycopg
 
 from bench import pgbench as pgbench_cli
 from bench import report
+from bench.cluster import logical_cluster
 from bench.scratch import scratch_database
 from db import capture
 from invalidator.app import Invalidator
@@ -157,8 +158,15 @@ def _ack_lags(writes: list[tuple[int, int, int]], deleted: dict[int, list[int]])
 
 
 async def lag_at_rates(
-    url: str, redis_url: str, rates: list[int], seconds: float
+    url: str,
+    redis_url: str,
+    rates: list[int],
+    seconds: float,
+    *,
+    capture: Literal["notify", "wal"] = "notify",
+    namespace: str | None = None,
 ) -> list[dict[str, Any]]:
+    """capture="wal": the namespace's slot and publication must be in place."""
     trigger_lags_ms: list[float] = []
     daemon_ms: list[float] = []
     deleted: dict[int, list[int]] = {}
@@ -171,14 +179,17 @@ async def lag_at_rates(
         if batch.opened_us is not None:
             daemon_ms.append((done_us - batch.opened_us) / 1000)
         for key in batch.keys:
+            if not key.startswith("product:"):
+                continue
             deleted.setdefault(int(key.rsplit(":", 1)[1]), []).append(done_us)
 
     settings = Settings(
         database_url=url,
         redis_url=redis_url,
-        namespace=f"bench{uuid.uuid4().hex[:8]}",
+        namespace=namespace or f"bench{uuid.uuid4().hex[:8]}",
         lock_id=random.randint(1, 2**40),
         warm_top=0,
+        capture=capture,
     )
     daemon = Invalidator(settings, on_applied=on_applied, serve_http=False)
     task = asyncio.create_task(daemon.run())
@@ -376,6 +387,51 @@ def _table(data: dict[str, Any]) -> str:
             for r in data["overhead"]
         ],
     )
+    return md + _modes_table(data["modes"])
+
+
+def _modes_table(modes: dict[str, Any]) -> str:
+    lag, kill = modes["lag"], modes["kill"]
+    md = "\n### notify and wal side by side (one private wal_level=logical cluster, fsync=off)\n\n"
+    md += "Each mode in a namespace of its own on the same server, notify first; the invalidator "
+    md += "runs in this process for the latency, as `python -m invalidator` for the kill.\n\n"
+
+    def both(cell: Any) -> list[Any]:
+        return [cell(m) for m in ("notify", "wal")]
+
+    def ms(r: dict[str, Any]) -> str:
+        p = r["ack_to_delete_ms"]
+        return f"{p['p50']} / {p['p99']} / {p['max']} ({r['achieved_writes_per_s']}/s)"
+
+    md += report.markdown_table(
+        ["", "notify", "wal"],
+        [
+            ["commit acknowledged -> gone from Redis at 1,000 writes/s, p50 / p99 / max ms "
+             "(achieved)", *both(lambda m: ms(lag[m]))],
+            ["SIGKILL of the active invalidator under 1,000 writes/s, new one started at once: "
+             "writes missed (of cached entries written)",
+             *both(lambda m: f"{kill[m]['writes_missed']} (of {kill[m]['filled_and_written']})")],
+            ["epoch bumps", *both(lambda m: kill[m]["epoch_bumps"])],
+            ["hit ratio of the cached entries not written, before the kill -> after the restart",
+             *both(lambda m: f"{kill[m]['hit_ratio_untouched_before']} -> "
+                             f"{kill[m]['hit_ratio_untouched']} (of {kill[m]['untouched']})")],
+            ["SIGKILL -> new instance's capture live, s",
+             *both(lambda m: kill[m]["killed_to_capture_live_s"])],
+            ["writes during the kill run (achieved writes/s)",
+             *both(lambda m: f"{kill[m]['writes']} ({kill[m]['achieved_writes_per_s']}/s)")],
+        ],
+    )  # fmt: skip
+    md += "\npgbench single-row UPDATE TPS on the same server (best of the runs):\n\n"
+    md += report.markdown_table(
+        ["clients", "no capture", "notify", "notify ratio", "wal", "wal ratio"],
+        [
+            [r["clients"], r["none"], r["notify"], r["notify_ratio"], r["wal"], r["wal_ratio"]]
+            for r in modes["overhead"]
+        ],
+    )
+    load = modes["load_average_1m"]
+    md += f"\n1-minute load average on {os.cpu_count()} cores: {load['start']} at the start of "
+    md += f"this part, {load['end']} at its end.\n"
     return md
 
 
@@ -393,14 +449,22 @@ async def _run(quick: bool) -> dict[str, Any]:
             overhead = await trigger_overhead(
                 url, [1, 8, 32], seconds, script, repeats=1 if quick else 2
             )
+    load_end = round(os.getloadavg()[0], 2)
+    # imported here: bench.capture_modes builds on this module's writers and lag measurement
+    from bench.capture_modes import run_modes
+
+    with logical_cluster() as cluster, scratch_database(cluster.admin_url, PRODUCTS) as url:
+        modes = await run_modes(url, redis_url, quick)
+    modes["load_average_1m"] = {"start": load_end, "end": round(os.getloadavg()[0], 2)}
     return {
         "quick": quick,
-        "load_average_1m": {"start": load_before, "end": round(os.getloadavg()[0], 2)},
+        "load_average_1m": {"start": load_before, "end": load_end},
         "seconds_per_run": seconds,
         "throughput": throughput(50_000 if quick else 300_000),
         "end_to_end": end_to_end,
         "lag": lag,
         "overhead": overhead,
+        "modes": modes,
     }
 
 

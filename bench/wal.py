@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import sys
 import tempfile
 import threading
@@ -27,6 +26,7 @@ from typing import Any
 import psycopg
 
 from bench import report
+from bench.cluster import logical_cluster
 from bench.invalidator import PRODUCTS, UPDATE_SCRIPT, pgbench, steady_writer
 from bench.scratch import scratch_database
 from db import capture, wal
@@ -36,7 +36,6 @@ from invalidator.wal_source import WalBatch, WalItem, WalSource
 from pgbust import declaration as declaration_file
 from pgbust import pgoutput
 from pgbust.wal_changes import Transactions
-from tests.support.servers import PostgresCluster
 
 SLOT = "bench"
 IDENTITY_SQL = {
@@ -353,43 +352,26 @@ def _table(data: dict[str, Any]) -> str:
 async def _run(quick: bool) -> dict[str, Any]:
     seconds = 3.0 if quick else 8.0
     load_before = round(os.getloadavg()[0], 2)
-    folder = Path(tempfile.mkdtemp(prefix="pgbust-bench-wal-"))
-    cluster = PostgresCluster(
-        folder,
-        {
-            "wal_level": "logical",
-            "max_wal_senders": "10",
-            "max_replication_slots": "10",
-            "shared_buffers": "256MB",
-            "max_connections": "100",
-        },
-    )
-    cluster.init()
-    cluster.start()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            script = Path(tmp) / "update.sql"
-            script.write_text(UPDATE_SCRIPT)
-            with scratch_database(cluster.admin_url, PRODUCTS) as url:
-                with _conn(url) as conn:
-                    wal.ensure(conn, SLOT, SLOT, list(declaration_file.load().tables))
-                print("bench wal: wal_bytes", file=sys.stderr, flush=True)
-                wal_bytes = wal_bytes_per_update(url, 2000 if quick else 10000)
-                print("bench wal: decode", file=sys.stderr, flush=True)
-                decode = decode_throughput(_recorded_messages(url, 5000 if quick else 30000))
-                print("bench wal: consumers", file=sys.stderr, flush=True)
-                consumers = await consumer_throughput(url, 5000 if quick else 20000)
-                print("bench wal: latency", file=sys.stderr, flush=True)
-                latency = await ack_to_decoded(url, 1000, seconds)
-                print("bench wal: overhead", file=sys.stderr, flush=True)
-                overhead = await write_overhead(
-                    url, script, [1, 8, 32], seconds, repeats=1 if quick else 2
-                )
-                with _conn(url) as conn:
-                    wal.remove(conn, SLOT, SLOT)
-    finally:
-        cluster.stop("immediate")
-        shutil.rmtree(folder, ignore_errors=True)
+    with logical_cluster() as cluster, tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "update.sql"
+        script.write_text(UPDATE_SCRIPT)
+        with scratch_database(cluster.admin_url, PRODUCTS) as url:
+            with _conn(url) as conn:
+                wal.ensure(conn, SLOT, SLOT, list(declaration_file.load().tables))
+            print("bench wal: wal_bytes", file=sys.stderr, flush=True)
+            wal_bytes = wal_bytes_per_update(url, 2000 if quick else 10000)
+            print("bench wal: decode", file=sys.stderr, flush=True)
+            decode = decode_throughput(_recorded_messages(url, 5000 if quick else 30000))
+            print("bench wal: consumers", file=sys.stderr, flush=True)
+            consumers = await consumer_throughput(url, 5000 if quick else 20000)
+            print("bench wal: latency", file=sys.stderr, flush=True)
+            latency = await ack_to_decoded(url, 1000, seconds)
+            print("bench wal: overhead", file=sys.stderr, flush=True)
+            overhead = await write_overhead(
+                url, script, [1, 8, 32], seconds, repeats=1 if quick else 2
+            )
+            with _conn(url) as conn:
+                wal.remove(conn, SLOT, SLOT)
     return {
         "quick": quick,
         "seconds_per_run": seconds,
