@@ -199,9 +199,10 @@ def _wal_daemon_settings(
     redis_server: RedisServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    **overrides: Any,
 ) -> Settings:
     """A wal-mode invalidator's settings: the test declaration, a namespace and a lock of
-    its own, on the slot and publication `names`."""
+    its own, on the slot and publication `names` (and any other setting given)."""
     config = tmp_path / "pgbust.toml"
     config.write_text(DECLARATION_TOML)
     monkeypatch.setenv("PGBUST_CONFIG", str(config))
@@ -214,6 +215,7 @@ def _wal_daemon_settings(
         capture="wal",
         wal_slot=names[0],
         wal_publication=names[1],
+        **overrides,
     )
 
 
@@ -581,20 +583,8 @@ async def test_the_daemon_in_wal_mode_keeps_its_term_live_past_the_give_up_deadl
     """The probes through the slot prove the replication stream alive: an active instance
     whose stream works never gives its leadership up (it did every PGBUST_GIVE_UP_AFTER_S
     while the stream was not counted as the capture channel), and its term stays the first."""
-    config = tmp_path / "pgbust.toml"
-    config.write_text(DECLARATION_TOML)
-    monkeypatch.setenv("PGBUST_CONFIG", str(config))
-    settings = Settings(
-        database_url=wal_url,
-        redis_url=redis_server.url,
-        namespace=f"w{uuid.uuid4().hex[:8]}",
-        lock_id=random.randint(1, 2**40),
-        metrics_port=0,
-        capture="wal",
-        wal_slot=names[0],
-        wal_publication=names[1],
-        heartbeat_s=0.1,
-        give_up_after_s=0.5,
+    settings = _wal_daemon_settings(
+        wal_url, names, redis_server, tmp_path, monkeypatch, heartbeat_s=0.1, give_up_after_s=0.5
     )
     daemon = Invalidator(settings, serve_http=False)
     task = asyncio.create_task(daemon.run())
