@@ -13,14 +13,16 @@ from prometheus_client import Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
-from api.cache import AfterLoadHook
 from api.fastpath import L1FastPath, Read
-from api.l1 import L1Cache
-from api.metrics import Metrics
+from api.loaders import LOADERS
 from api.metrics_server import WorkerMetricsServer
 from api.routes import router, write_router
-from api.runtime import Runtime
 from api.settings import Settings
+from pgbust import declaration as declarations
+from pgbust.cache import Cache
+from pgbust.declaration import Declaration
+from pgbust.fastapi import STATE_ATTRIBUTE, cache_lifespan
+from pgbust.read_path import AfterLoadHook
 from pgbust.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -59,58 +61,59 @@ class LatencyMiddleware:
 
 
 def create_app(
-    settings: Settings | None = None, *, after_load: AfterLoadHook | None = None
+    settings: Settings | None = None,
+    *,
+    after_load: AfterLoadHook | None = None,
+    declaration: Declaration | None = None,
 ) -> FastAPI:
-    """Build the app; settings default to the environment (uvicorn --factory calls this)."""
+    """Build the app; settings default to the environment and the declaration to
+    PGBUST_CONFIG (uvicorn --factory calls this)."""
     settings = settings or load_settings(Settings)
-    l1 = L1Cache(settings.l1_max_entries, settings.l1_max_bytes, ttl_s=settings.ttl_s)
-    metrics = Metrics(l1)
+    declaration = declaration or declarations.load()
+    cache = Cache(settings, declaration, LOADERS, after_load=after_load, pool_name="pgbust-api")
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await Runtime.start(settings, l1, metrics, after_load=after_load)
-        app.state.runtime = runtime
+    async def own_metrics_port(app: FastAPI) -> AsyncIterator[None]:
         own_port = None
         if settings.api_metrics_port:
             own_port = WorkerMetricsServer.start(
-                metrics.registry, settings.api_metrics_port, settings.workers
+                cache.metrics.registry, settings.api_metrics_port, settings.workers
             )
         try:
             yield
         finally:
             if own_port is not None:
                 own_port.close()
-            await runtime.close()
 
     app = FastAPI(
         title="pgbust API",
         description="Products and categories behind a two-tier cache invalidated by CDC.",
         version="0.1.0",
-        lifespan=lifespan,
+        lifespan=cache_lifespan(cache, inner=own_metrics_port),
     )
     app.state.settings = settings
+    app.state.api_token = settings.api_token.get_secret_value().encode()
     app.include_router(router)
     app.include_router(write_router)
     errors.install(app, [*router.routes, *write_router.routes])
     app.add_middleware(L1FastPath, lookup=_l1_lookup, read=_read, on_error=errors.read_error)
-    app.add_middleware(LatencyMiddleware, histogram=metrics.request_latency)
+    app.add_middleware(LatencyMiddleware, histogram=cache.metrics.request_latency)
     return app
 
 
+def _started(scope: Scope) -> Cache | None:
+    cache: Cache | None = getattr(scope["app"].state, STATE_ATTRIBUTE, None)
+    return cache
+
+
 async def _read(scope: Scope, entry: str) -> Read | None:
-    runtime: Runtime | None = getattr(scope["app"].state, "runtime", None)
-    if runtime is None:
+    cache = _started(scope)
+    if cache is None:
         return None
-    result = await runtime.cache.read(entry)
-    runtime.sample_read(entry)
+    result = await cache.read(entry)
     return Read(result.payload, result.source)
 
 
 def _l1_lookup(scope: Scope, entry: str) -> bytes | None:
-    runtime: Runtime | None = getattr(scope["app"].state, "runtime", None)
-    if runtime is None:
-        return None
-    payload = runtime.cache.l1_hit(entry)
-    if payload is not None:
-        runtime.sample_read(entry)
-    return payload
+    cache = _started(scope)
+    return None if cache is None else cache.l1_hit(entry)

@@ -19,8 +19,8 @@ from urllib.parse import parse_qsl
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.keys import category_page_entry, category_summary_entry, product_entry
 from api.models import MAX_ID, MAX_OFFSET, MAX_PAGE
-from pgbust.keys import category_page_entry, category_summary_entry, product_entry
 
 _ID = r"([1-9][0-9]{0,18})"
 _PRODUCT = re.compile(rf"/products/{_ID}")

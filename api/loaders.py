@@ -1,13 +1,13 @@
-"""Loaders: how each cache entry is computed from Postgres, as JSON bytes.
+"""The demo's loaders: how each entry of pgbust.toml is computed from Postgres, as JSON bytes.
 
-Shared by the API's read path and the workers' refresh-ahead, so a warmed entry is byte for
-byte what a reader would have filled.
+The API's read path and the workers (warming, audit: pgbust.toml `[pgbust] loaders`) call
+these same functions, so a warmed entry is byte for byte what a reader would have filled.
+Values arrive as text (the entry's name, unescaped) and are checked by the template shape
+the routes produce; a page returns the products it lists, for its row tags.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -15,9 +15,11 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from db.queries import query
-from pgbust.keys import product_row_tag
+from pgbust.loaders import Loaded, Loaders, UnknownEntry
 
-Loader = Callable[[AsyncConnection[Any], re.Match[str]], Awaitable[bytes | None]]
+__all__ = ["LOADERS", "UnknownEntry", "load_entry"]
+
+LOADERS = Loaders()
 
 
 async def _rows(
@@ -28,64 +30,43 @@ async def _rows(
         return await cur.fetchall()
 
 
-async def _category_exists(conn: AsyncConnection[Any], category_id: int) -> bool:
-    return bool(await _rows(conn, "category_exists", {"id": category_id}))
+def _number(value: str) -> int:
+    """A decimal id, limit or offset as the routes render it; anything else names no entry."""
+    if not value.isascii() or not value.isdigit():
+        raise UnknownEntry(f"not a demo entry value: {value!r}")
+    return int(value)
 
 
-async def load_product(conn: AsyncConnection[Any], match: re.Match[str]) -> bytes | None:
-    rows = await _rows(conn, "get_product", {"id": int(match["id"])})
+@LOADERS.entry("product:{id}")
+async def load_product(conn: AsyncConnection[Any], id: str) -> bytes | None:
+    rows = await _rows(conn, "get_product", {"id": _number(id)})
     return orjson.dumps(rows[0]) if rows else None
 
 
-async def load_category_page(conn: AsyncConnection[Any], match: re.Match[str]) -> bytes | None:
-    category_id, limit, offset = int(match["id"]), int(match["limit"]), int(match["offset"])
-    items = await _rows(
-        conn, "category_page", {"category_id": category_id, "limit": limit, "offset": offset}
-    )
-    if not items and not await _category_exists(conn, category_id):
+@LOADERS.entry("category:{id}:products:{limit}:{offset}")
+async def load_category_page(
+    conn: AsyncConnection[Any], id: str, limit: str, offset: str
+) -> Loaded | None:
+    category_id, page_limit, page_offset = _number(id), _number(limit), _number(offset)
+    params = {"category_id": category_id, "limit": page_limit, "offset": page_offset}
+    items = await _rows(conn, "category_page", params)
+    if not items and not await _rows(conn, "category_exists", {"id": category_id}):
         return None
-    return orjson.dumps(
-        {"category_id": category_id, "limit": limit, "offset": offset, "items": items}
-    )
+    page = {"category_id": category_id, "limit": page_limit, "offset": page_offset}
+    # the rows it lists: pgbust.toml files the page under each one's row tag
+    return Loaded(orjson.dumps({**page, "items": items}), rows=items)
 
 
-async def load_category_summary(conn: AsyncConnection[Any], match: re.Match[str]) -> bytes | None:
-    category_id = int(match["id"])
+@LOADERS.entry("category:{id}:summary")
+async def load_category_summary(conn: AsyncConnection[Any], id: str) -> bytes | None:
+    category_id = _number(id)
     [summary] = await _rows(conn, "category_summary", {"category_id": category_id})
     if not summary.pop("found"):
         return None
     return orjson.dumps({"category_id": category_id, **summary})
 
 
-_LOADERS: list[tuple[re.Pattern[str], Loader]] = [
-    (re.compile(r"^product:(?P<id>\d+)$"), load_product),
-    (
-        re.compile(r"^category:(?P<id>\d+):products:(?P<limit>\d+):(?P<offset>\d+)$"),
-        load_category_page,
-    ),
-    (re.compile(r"^category:(?P<id>\d+):summary$"), load_category_summary),
-]
-
-
-class UnknownEntry(ValueError):
-    pass
-
-
 async def load_entry(conn: AsyncConnection[Any], entry: str) -> bytes | None:
     """The JSON of an entry as stored in the cache, or None when the row does not exist."""
-    for pattern, loader in _LOADERS:
-        match = pattern.match(entry)
-        if match:
-            return await loader(conn, match)
-    raise UnknownEntry(f"no loader for cache entry {entry!r}")
-
-
-def row_tags(entry: str, payload: bytes) -> tuple[str, ...]:
-    """The row tags of what an entry's payload holds: a page, the tags of its products.
-
-    Filed with the entry in both tiers, so that a change of one product kills exactly the
-    pages that show it. Every fill (readers, warm tasks) goes through here."""
-    if ":products:" not in entry:
-        return ()
-    items = orjson.loads(payload).get("items", ())
-    return tuple(product_row_tag(int(item["id"])) for item in items)
+    loaded = await LOADERS.load(conn, entry)
+    return None if loaded is None else loaded.payload

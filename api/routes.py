@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import writes
 from api.auth import check_bearer
+from api.keys import category_page_entry, category_summary_entry, product_entry
 from api.models import (
     MAX_ID,
     MAX_OFFSET,
@@ -31,8 +32,8 @@ from api.models import (
     ProductCreate,
     ProductPatch,
 )
-from api.runtime import Runtime
-from pgbust.keys import category_page_entry, category_summary_entry, product_entry
+from pgbust.cache import Cache
+from pgbust.fastapi import get_cache
 
 JSON = "application/json"
 Responses = dict[int | str, dict[str, Any]]
@@ -60,7 +61,7 @@ class TokenFirstRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def checked(request: Request) -> Response:
-            check_bearer(request, _runtime(request).token)
+            check_bearer(request, request.app.state.api_token)
             return await handler(request)
 
         return checked
@@ -70,15 +71,12 @@ router = APIRouter()
 write_router = APIRouter(route_class=TokenFirstRoute)
 
 
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
+def _runtime(request: Request) -> Cache:
+    return get_cache(request)
 
 
 async def _serve(request: Request, entry: str, what: str) -> Response:
-    runtime = _runtime(request)
-    result = await runtime.cache.read(entry)
-    runtime.sample_read(entry)
+    result = await _runtime(request).read(entry)
     headers = {"X-Cache": result.source}
     if result.payload is None:
         return JSONResponse({"detail": f"{what} not found"}, status.HTTP_404_NOT_FOUND, headers)

@@ -29,17 +29,19 @@ import httpx
 import psycopg
 import redis.asyncio as aioredis
 
+from api.keys import product_entry
 from bench import wal as bench_wal
 from bench.invalidator import PRODUCTS, UPDATE_SCRIPT, lag_at_rates, steady_writer
 from db import capture as triggers
 from db import wal
 from pgbust import declaration
 from pgbust.devservers import free_port
-from pgbust.keys import Keyspace, product_entry
+from pgbust.keys import Keyspace
 from pgbust.protocol import Lease
 from pgbust.redis_cache import RedisCache
 from pgbust.settings import wal_name
 from tests.chaos.flushes import FlushWatch
+from tests.support.demo import demo_tags
 from tests.support.processes import ManagedProcess
 
 Capture = Literal["notify", "wal"]
@@ -71,12 +73,18 @@ def kill_outcome(
 async def _fill(cache: RedisCache, ids: list[int]) -> int:
     async def one(product_id: int) -> int:
         entry = product_entry(product_id)
-        lease = await cache.get_or_lease(entry)
+        lease = await cache.get_or_lease(entry, tags=demo_tags(entry))
         if not isinstance(lease, Lease):
             return 0
         payload = b'{"cached":true}'
         stored = await cache.fill(
-            entry, lease.token, lease.stamp, payload, rows=(), since=lease.since
+            entry,
+            lease.token,
+            lease.stamp,
+            payload,
+            rows=(),
+            since=lease.since,
+            tags=demo_tags(entry),
         )
         return int(stored == 1)
 
@@ -90,7 +98,9 @@ async def _cached(cache: RedisCache, ids: list[int]) -> list[int]:
     out = []
     for start in range(0, len(ids), 50):
         chunk = ids[start : start + 50]
-        values = await asyncio.gather(*(cache.peek(product_entry(i)) for i in chunk))
+        values = await asyncio.gather(
+            *(cache.peek(product_entry(i), tags=demo_tags(product_entry(i))) for i in chunk)
+        )
         out += [i for i, value in zip(chunk, values, strict=True) if value is not None]
     return out
 
@@ -163,7 +173,10 @@ async def kill_and_restart(
                     raise RuntimeError(f"{capture}: the marker entry could not be filled")
                 with psycopg.connect(url, autocommit=True) as conn:
                     conn.execute("UPDATE products SET stock = stock + 1 WHERE id = %s", (MARKER,))
-                while await cache.peek(product_entry(MARKER)) is not None:
+                while (
+                    await cache.peek(product_entry(MARKER), tags=demo_tags(product_entry(MARKER)))
+                    is not None
+                ):
                     if time.monotonic() - drain_started > 60:
                         raise RuntimeError(f"{capture}: the marker write was not applied in 60 s")
                     await asyncio.sleep(0.02)

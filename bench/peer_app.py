@@ -25,8 +25,8 @@ from fastapi import FastAPI, Response
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from api.keys import product_entry
 from api.loaders import load_entry
-from pgbust.keys import product_entry
 
 with warnings.catch_warnings():
     # pgcachewatch 0.4.2 names websockets' legacy client class in a type hint

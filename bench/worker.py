@@ -21,10 +21,13 @@ import orjson
 import psycopg
 import redis.asyncio as aioredis
 
-from api.loaders import load_entry
+from api.keys import product_entry
+from api.loaders import LOADERS, load_entry
 from bench import report
 from bench.scratch import scratch_database
-from pgbust.keys import Keyspace, product_entry
+from pgbust import declaration
+from pgbust.entries import Entries
+from pgbust.keys import Keyspace
 from pgbust.protocol import Invalidation, Lease, Targets
 from pgbust.redis_cache import RedisCache
 from tests.support.heartbeat import HeartbeatPlayer
@@ -78,7 +81,7 @@ class Bench:
             await cache.invalidate(targets, Invalidation.of(targets, origin="bench"))
             await asyncio.to_thread(self.sender.warm, [entry])
             while True:
-                cached = await cache.peek(entry)
+                cached = await cache.peek(entry, tags=())  # a product: no tags
                 if cached is not None:
                     break
                 await asyncio.sleep(0.0005)
@@ -145,13 +148,22 @@ class Bench:
             ) as conn:
                 for i in range(1, cached + 1):
                     entry = product_entry(i)
-                    lease = await cache.get_or_lease(entry)
+                    lease = await cache.get_or_lease(entry, tags=())  # a product: no tags
                     payload = await load_entry(conn, entry)
                     if isinstance(lease, Lease) and payload is not None:
                         await cache.fill(
-                            entry, lease.token, lease.stamp, payload, rows=(), since=lease.since
+                            entry,
+                            lease.token,
+                            lease.stamp,
+                            payload,
+                            tags=(),
+                            rows=(),
+                            since=lease.since,
                         )
-                runs = [await audit_job.audit(cache, conn, sample, 0) for _ in range(5)]
+                served = Entries(declaration.load(), LOADERS)
+                runs = [
+                    await audit_job.audit(cache, conn, sample, 0, served=served) for _ in range(5)
+                ]
         finally:
             await client.aclose()
         return {

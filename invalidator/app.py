@@ -65,7 +65,10 @@ class Invalidator:
         # where the environment would: make_sender replaces the sender in tests
         self.tasks = Tasks(self.metrics, make_sender or worker_sender(settings))
         self.tasks.preload()  # before the event loop serves anything
-        self.hot = HotEntries(self.redis, self.keyspace, settings.warm_top)
+        # the declaration file (PGBUST_CONFIG): the rules in both capture modes, and the
+        # tags of the hot entries to warm again
+        self.declaration = declaration.load()
+        self.hot = HotEntries(self.redis, self.keyspace, settings.warm_top, self.declaration)
         self.sink = Sink(
             self.cache,
             self.metrics,
@@ -78,9 +81,8 @@ class Invalidator:
         self.sender = f"{socket.gethostname()}:{os.getpid()}"
         timeout_s = settings.effective_capture_timeout_s
         self.proof = CaptureProof(self.sender, timeout_s)
-        self.declaration = declaration.load() if settings.capture == "wal" else None
         self.listener: Listener | WalSource
-        if self.declaration is not None:
+        if settings.capture == "wal":
             # PGBUST_CAPTURE=wal: the slot instead of LISTEN; no flush at start when the slot
             # was there (it kept everything), confirmed only after Redis applied a batch; the
             # probes come through the slot as logical messages

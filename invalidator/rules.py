@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgbust.keys import (
+from api.keys import (
     category_pages_tag,
     category_summary_tag,
     product_entry,

@@ -1,4 +1,16 @@
-"""Everything one API process holds at run time, built in the app's lifespan."""
+"""pgbust.Cache: the cache of one application process, what `import pgbust` gives an app.
+
+    cache = pgbust.Cache(pgbust.CacheSettings(), pgbust.load_declaration(), loaders)
+    async with cache:
+        read = await cache.read("post:{slug}", slug="hello world")
+        ...
+        await cache.wrote("public.posts", "update", old={...}, new={...})
+
+It holds the L1 (in process), the Redis adapter (L2, leases, fill guards), the subscriber
+that evicts what other processes invalidated, the Postgres pool the loaders run on, and the
+metrics; the declaration says which tags each entry is filed under and what a write
+invalidates. Nothing here knows the application's tables: they are all in the declaration.
+"""
 
 from __future__ import annotations
 
@@ -6,86 +18,118 @@ import asyncio
 import contextlib
 import logging
 import random
-from dataclasses import dataclass, field
-from typing import Any
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from api.cache import AfterLoadHook, TieredCache
-from api.db import Database, make_pool
-from api.l1 import L1Cache
-from api.metrics import Metrics
-from api.settings import Settings
-from api.subscriber import Subscriber, pubsub_client
 from pgbust import redis_policy
+from pgbust.declaration import Declaration
 from pgbust.keys import Keyspace
+from pgbust.l1 import L1Cache
+from pgbust.loaders import Loaders
+from pgbust.metrics import Metrics
+from pgbust.postgres import Database, make_pool
+from pgbust.protocol import Invalidation, Targets
+from pgbust.read_path import AfterLoadHook, ReadResult, TieredCache
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import connect
 from pgbust.redis_policy import RedisMemory
+from pgbust.rules import targets_for, write_change
+from pgbust.settings import CacheSettings
+from pgbust.subscriber import Subscriber, pubsub_client
 
 log = logging.getLogger(__name__)
 
+# A write waits at most this long for its own invalidation message to come back on this
+# process's subscription (see Cache.invalidate).
+ECHO_WAIT_S = 0.25
 
-@dataclass
-class Runtime:
-    settings: Settings
-    l1: L1Cache
-    metrics: Metrics
-    db: Database
-    redis: aioredis.Redis | None
-    l2: RedisCache | None
-    cache: TieredCache
-    subscriber: Subscriber | None = None
-    redis_memory: RedisMemory | None = None
-    _pubsub_redis: aioredis.Redis | None = None
-    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
-    @classmethod
-    async def start(
-        cls,
-        settings: Settings,
-        l1: L1Cache,
-        metrics: Metrics,
+class Cache:
+    def __init__(
+        self,
+        settings: CacheSettings,
+        declaration: Declaration,
+        loaders: Loaders,
+        *,
         after_load: AfterLoadHook | None = None,
-    ) -> Runtime:
-        pool = make_pool(settings.database_url, settings.db_pool_size)
+        pool_name: str = "pgbust",
+    ) -> None:
+        undeclared = [t for t in loaders.templates if t not in declaration.entries]
+        if undeclared:
+            raise ValueError(
+                f"a loader is registered for {undeclared[0]!r}, which {declaration.path} does "
+                'not declare: add [entries."..."] for it (with the tags it is filed under)'
+            )
+        self.settings = settings
+        self.declaration = declaration
+        self.loaders = loaders
+        self.l1 = L1Cache(settings.l1_max_entries, settings.l1_max_bytes, ttl_s=settings.ttl_s)
+        self.metrics = Metrics(self.l1)
+        self.keyspace = Keyspace(settings.namespace)
+        self._after_load = after_load
+        self._pool_name = pool_name
+        self._db: Database | None = None
+        self._tiers: TieredCache | None = None
+        self.redis: aioredis.Redis | None = None
+        self.l2: RedisCache | None = None
+        self.subscriber: Subscriber | None = None
+        self.redis_memory: RedisMemory | None = None
+        self._pubsub_redis: aioredis.Redis | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        settings = self.settings
+        pool = make_pool(settings.database_url, settings.db_pool_size, self._pool_name)
         await pool.open(wait=True, timeout=10.0)
-        db = Database(pool)
-        keyspace = Keyspace(settings.namespace)
-        redis_client: aioredis.Redis | None = None
-        l2: RedisCache | None = None
+        self._db = Database(pool, self.loaders)
         if settings.cache_mode != "off":
-            redis_client = connect(
-                settings.redis_url, keyspace, "api", socket_connect_timeout=2.0, socket_timeout=5.0
+            self.redis = connect(
+                settings.redis_url,
+                self.keyspace,
+                "api",
+                socket_connect_timeout=2.0,
+                socket_timeout=5.0,
             )
             # only a cache invalidated by events may require (and trust) live capture
-            l2 = RedisCache(redis_client, keyspace, require_live_capture=settings.subscribes)
-        cache = TieredCache(
-            l1=l1,
-            l2=l2,
-            db=db,
-            metrics=metrics,
+            self.l2 = RedisCache(
+                self.redis, self.keyspace, require_live_capture=settings.subscribes
+            )
+        self._tiers = TieredCache(
+            declaration=self.declaration,
+            l1=self.l1,
+            l2=self.l2,
+            db=self._db,
+            metrics=self.metrics,
             lease_ms=settings.lease_ms,
             ttl_ms=settings.ttl_ms,
-            after_load=after_load,
+            after_load=self._after_load,
         )
-        runtime = cls(settings, l1, metrics, db, redis_client, l2, cache)
-        if redis_client is not None:
-            memory = await redis_policy.read(redis_client)
+        if self.redis is not None:
+            memory = await redis_policy.read(self.redis)
             redis_policy.log_verdict(memory, "api")
-            metrics.redis_memory_policy.labels(memory.policy, memory.verdict).set(1)
-            runtime.redis_memory = memory
-        if settings.subscribes and l2 is not None:
-            l1.disable()  # until the subscription is confirmed
-            runtime._pubsub_redis = pubsub_client(settings.redis_url)
-            runtime.subscriber = Subscriber(
-                runtime._pubsub_redis, l2, l1, metrics, silence_s=settings.subscriber_silence_s
+            self.metrics.redis_memory_policy.labels(memory.policy, memory.verdict).set(1)
+            self.redis_memory = memory
+        if settings.subscribes and self.l2 is not None:
+            self.l1.disable()  # until the subscription is confirmed
+            self._pubsub_redis = pubsub_client(settings.redis_url)
+            self.subscriber = Subscriber(
+                self._pubsub_redis,
+                self.l2,
+                self.l1,
+                self.metrics,
+                silence_s=settings.subscriber_silence_s,
             )
-            runtime._spawn(runtime.subscriber.run())
+            self._spawn(self.subscriber.run())
         elif settings.cache_mode == "off":
-            l1.disable()
-        return runtime
+            self.l1.disable()
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -97,18 +141,130 @@ class Runtime:
             if client is not None:
                 with contextlib.suppress(RedisError, OSError):
                     await client.aclose()
-        await self.db.pool.close()
+        if self._db is not None:
+            await self._db.pool.close()
+
+    async def __aenter__(self) -> Cache:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
 
     @property
-    def token(self) -> bytes:
-        return self.settings.api_token.get_secret_value().encode()
+    def db(self) -> Database:
+        if self._db is None:
+            raise RuntimeError("pgbust.Cache is not started (await cache.start())")
+        return self._db
+
+    @property
+    def tiers(self) -> TieredCache:
+        """The read path (L1 -> Redis -> loaders), for tests and the HTTP fast path."""
+        if self._tiers is None:
+            raise RuntimeError("pgbust.Cache is not started (await cache.start())")
+        return self._tiers
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # --- hot-key sampling (refresh-ahead input for the invalidator) -------------------------
+    # --- reads --------------------------------------------------------------------------------
+
+    def name(self, template: str, **values: Any) -> str:
+        """The entry's name: a declared template rendered with these values (escaped)."""
+        return self.declaration.render(template, values) if values else template
+
+    async def read(self, entry: str, /, **values: Any) -> ReadResult:
+        """Read through L1 -> Redis -> the entry's loader, with every fill guard.
+
+        `entry` is a rendered name ("post:hello") or, with values, a declared template
+        ("post:{slug}", slug="hello"). The payload is the loader's bytes (None: no such row)."""
+        name = self.declaration.render(entry, values) if values else entry
+        result = await self.tiers.read(name)
+        self.sample_read(name)
+        return result
+
+    def l1_hit(self, entry: str) -> bytes | None:
+        """The L1 payload of a rendered name, or None (no I/O: for pre-routing fast paths)."""
+        payload = self.tiers.l1_hit(entry)
+        if payload is not None:
+            self.sample_read(entry)
+        return payload
+
+    # --- the application's own writes ---------------------------------------------------------
+
+    async def wrote(
+        self,
+        table: str,
+        op: Literal["insert", "update", "delete"],
+        *,
+        old: Mapping[str, Any] | None = None,
+        new: Mapping[str, Any] | None = None,
+        changed: Iterable[str] | None = None,
+    ) -> Targets:
+        """After the app's own transaction committed: invalidate what the declaration says
+        this row change invalidates, before the response (read-your-writes). The change
+        capture sees the same commit and invalidates the same again (idempotent)."""
+        declared = self.declaration.table(table)
+        if declared is None:
+            raise ValueError(f"{table!r} is not a table of {self.declaration.path}")
+        columns = declared.captured_columns
+
+        def picked(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
+            # only what the rules read: other columns may hold values with no key text form
+            return None if row is None else {c: row[c] for c in columns if c in row}
+
+        change = write_change(
+            declared.relation, op, old=picked(old), new=picked(new), changed=changed
+        )
+        targets = targets_for(self.declaration, change)
+        await self.invalidate(targets)
+        return targets
+
+    async def invalidate(self, targets: Targets) -> None:
+        """Invalidate targets in Redis (and every other process's L1 via the message) and in
+        this L1. Only the cdc mode invalidates (ttl mode trusts its TTL; off has no cache).
+
+        Then wait, briefly (at most ECHO_WAIT_S), for the message to come back on this
+        process's own subscription: Redis writes one PUBLISH to every subscriber's connection
+        at once, so by then it is on its way into every other instance too, which narrows the
+        window in which a client whose next read lands on another instance could still see
+        the old value there to that instance's own processing delay."""
+        if self.settings.cache_mode != "cdc" or self.l2 is None:
+            return
+        reason = f"api write {uuid.uuid4().hex}"
+        message = Invalidation.of(
+            targets, origin="api", ts_us=time.time_ns() // 1000, reason=reason
+        )
+        subscriber = self.subscriber
+        echo = subscriber.expect_echo(reason) if subscriber and subscriber.healthy else None
+        try:
+            await self.l2.invalidate(targets, message)
+            self.metrics.invalidations_sent.labels("ok").inc()
+        except RedisError as exc:
+            # committed already: the CDC path (and the worker's retries) will invalidate L2
+            self.metrics.invalidations_sent.labels("redis_error").inc()
+            log.warning("write-path invalidation of %s failed: %s", sorted(targets.keys), exc)
+            echo = None
+        if targets.flush:
+            self.l1.flush()
+        else:
+            self.l1.evict(targets.keys, targets.tags)
+        if echo is not None and subscriber is not None:
+            try:
+                await asyncio.wait_for(echo, ECHO_WAIT_S)
+            except TimeoutError:
+                self.metrics.invalidations_sent.labels("echo_timeout").inc()
+            finally:
+                subscriber.forget_echo(reason)
+
+    # --- hot-key sampling (refresh-ahead input for the invalidator) ---------------------------
 
     def sample_read(self, entry: str) -> None:
         """ZINCRBY the hot set with probability hot_sample_rate; never on the latency path."""
@@ -123,7 +279,7 @@ class Runtime:
         except RedisError:
             self.metrics.redis_errors.labels("hot_sample").inc()
 
-    # --- health -----------------------------------------------------------------------------
+    # --- health -------------------------------------------------------------------------------
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
         checks: dict[str, Any] = {"mode": self.settings.cache_mode}

@@ -19,6 +19,14 @@ those that change one of these columns. A row whose rendered name differs betwee
     [entries."category:{id}:summary"]  # an entry the application reads ...
     tags = ["category:{id}:summary"]   # ... filed under these tags
 
+    [entries."category:{id}:products:{limit}:{offset}"]
+    tags = ["category:{id}:pages"]
+    rows = ["row:products:{id}"]       # ... and under a tag per row its content lists
+
+`rows` are row tags: their placeholders name columns of the rows the loader returns
+(pgbust.Loaded(payload, rows=[...])), not of the entry's name, so they are known only after
+the load; the fill is then guarded by time (pgbust/lua.py, "Row tags").
+
 Every mistake is reported as `<file>:<line>: <where>: <what is wrong>` (DeclarationError),
 so that every process refuses to start with the same line.
 """
@@ -90,12 +98,37 @@ class Table:
         return self.key + self.depends
 
 
+class UndeclaredEntry(LookupError):
+    """A name no [entries."..."] template of the declaration matches."""
+
+
 @dataclass(frozen=True, slots=True)
 class EntryType:
-    """An entry the application reads, and the tags it is filed under."""
+    """An entry the application reads, the tags it is filed under, and the row tags of what
+    its content lists (rendered from the loader's rows)."""
 
     template: Template
     tags: tuple[Template, ...] = ()
+    rows: tuple[Template, ...] = ()
+
+    def tags_for(self, values: dict[str, str]) -> tuple[str, ...]:
+        return tuple(tag.render(values) for tag in self.tags)
+
+    def row_tags(self, rows: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+        """The row tags of the rows a load returned, in order, without repeats."""
+        if not self.rows:
+            return ()
+        seen: dict[str, None] = {}
+        for row in rows:
+            for template in self.rows:
+                try:
+                    seen[template.render_row(row)] = None
+                except KeyError as exc:
+                    raise ValueError(
+                        f"a row of {self.template.text!r} has no column {exc.args[0]!r}, which "
+                        f"its row tag {template.text!r} names"
+                    ) from None
+        return tuple(seen)
 
 
 @dataclass(frozen=True)
@@ -121,6 +154,28 @@ class Declaration:
             if values is not None:
                 return entry, values
         return None
+
+    def resolve(self, name: str) -> tuple[EntryType, tuple[str, ...]]:
+        """The entry type of a rendered name and the tags it is filed under; raises
+        UndeclaredEntry for a name no entry template matches (it could not be invalidated)."""
+        found = self.entry_type(name)
+        if found is None:
+            raise UndeclaredEntry(
+                f'{name!r} matches no [entries."..."] template of {self.path}: declare it, '
+                "with the tags it is filed under, so that changes can invalidate it"
+            )
+        entry, values = found
+        return entry, entry.tags_for(values)
+
+    def render(self, template: str, values: Mapping[str, Any]) -> str:
+        """The name of a declared entry for these (Python) values, escaped."""
+        entry = self.entries.get(template)
+        if entry is None:
+            raise UndeclaredEntry(f'{template!r} is not an [entries."..."] template of {self.path}')
+        missing = [n for n in entry.template.names if n not in values]
+        if missing:
+            raise ValueError(f"{template!r} needs a value for {{{missing[0]}}}")
+        return entry.template.render_row(values)
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -314,9 +369,9 @@ class _Parser:
         template = self._template(name, where)
         if not isinstance(spec, dict):
             raise self.fail(where, "must be a table")
-        unknown = sorted(set(spec) - {"tags"})
+        unknown = sorted(set(spec) - {"tags", "rows"})
         if unknown:
-            raise self.fail((*where, unknown[0]), "unknown key (expected tags)")
+            raise self.fail((*where, unknown[0]), "unknown key (expected tags, rows)")
         raw = spec.get("tags", [])
         if not isinstance(raw, list):
             raise self.fail((*where, "tags"), "must be a list of tag templates")
@@ -330,7 +385,13 @@ class _Parser:
                     f"{{{extra[0]}}} is not a placeholder of the entry {name!r}",
                 )
             tags.append(tag)
-        return EntryType(template, tuple(tags))
+        raw_rows = spec.get("rows", [])
+        if not isinstance(raw_rows, list):
+            raise self.fail((*where, "rows"), "must be a list of row tag templates")
+        rows = [
+            self._template(text, (*where, "rows", index)) for index, text in enumerate(raw_rows)
+        ]
+        return EntryType(template, tuple(tags), tuple(rows))
 
     def _check_entries_are_invalidated(self, declaration: Declaration) -> None:
         """An entry no table rule can reach would be stale forever: refuse it."""
@@ -349,13 +410,14 @@ class _Parser:
                         f"overlaps the entry {other.text!r}: a name could belong to both",
                     )
             seen.append(entry.template)
-            for index, tag in enumerate(entry.tags):
-                if not any(rule.overlaps(tag) for rule in tag_rules):
-                    raise self.fail(
-                        ("entries", name, "tags", index),
-                        f"no table rule bumps a tag like {tag.text!r}: entries filed under it "
-                        "would never be invalidated (a typo?)",
-                    )
+            for section, templates in (("tags", entry.tags), ("rows", entry.rows)):
+                for index, tag in enumerate(templates):
+                    if not any(rule.overlaps(tag) for rule in tag_rules):
+                        raise self.fail(
+                            ("entries", name, section, index),
+                            f"no table rule bumps a tag like {tag.text!r}: entries filed under "
+                            "it would never be invalidated (a typo?)",
+                        )
             if not entry.tags and not any(rule.overlaps(entry.template) for rule in entry_rules):
                 raise self.fail(
                     ("entries", name),

@@ -1,52 +1,15 @@
-"""Every cache key, tag and channel name, in one place (pure, no I/O).
+"""The Redis key and channel names of one namespace, in one place (pure, no I/O).
 
-An *entry* is a logical cache item ("product:42"); the Redis key that holds it is
-"<ns>:v:<entry>". Entries that depend on a whole category carry a *tag* of that category; a
-tag is invalidated in O(1) by bumping its generation, which is part of every tagged entry's
-stamp. The names agree with the declaration file (pgbust.toml), which the invalidator applies.
-
-A page is filed under "category:<id>:pages" (what changes which products it lists: a product
-inserted, deleted or moved) and under the *row tag* of every product it holds
-("row:products:<id>", bumped by any change of that product), so an UPDATE in place kills the
-pages that show the product and no other. A summary is filed under "category:<id>:summary".
+An *entry* is a logical cache item ("product:42", named by the application's declaration);
+the Redis key that holds it is "<ns>:v:<entry>". An entry may be filed under *tags*; a tag is
+invalidated in O(1) by bumping its generation, "<ns>:g:<tag>", which is part of every tagged
+entry's stamp (pgbust/lua.py). Which entries and tags exist is the declaration's business
+(pgbust.toml), never this module's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-
-def product_entry(product_id: int) -> str:
-    return f"product:{product_id}"
-
-
-def category_page_entry(category_id: int, limit: int, offset: int) -> str:
-    return f"category:{category_id}:products:{limit}:{offset}"
-
-
-def category_summary_entry(category_id: int) -> str:
-    return f"category:{category_id}:summary"
-
-
-def category_pages_tag(category_id: int) -> str:
-    return f"category:{category_id}:pages"
-
-
-def category_summary_tag(category_id: int) -> str:
-    return f"category:{category_id}:summary"
-
-
-def product_row_tag(product_id: int) -> str:
-    return f"row:products:{product_id}"
-
-
-def tag_of(entry: str) -> str | None:
-    """The tag an entry is filed under by its name: a category's pages or its summary."""
-    if entry.startswith("category:"):
-        parts = entry.split(":", 3)
-        if len(parts) >= 3:
-            return f"category:{parts[1]}:{'summary' if parts[2] == 'summary' else 'pages'}"
-    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@ ticket is still valid. Every eviction by key, tag or flush voids the tickets it 
 value read before an invalidation can never be stored after it (invariant 3 for L1). Tickets
 are tracked only while in flight, so the bookkeeping is bounded by concurrent fills.
 
-An entry holding rows (a page) is also filed under their row tags, known only once loaded:
+A ticket carries the tags its entry is filed under (from the declaration). An entry holding
+rows (a page) is also filed under their row tags, known only once loaded:
 `put` refuses it when one of them was evicted after the ticket was taken (evictions are
 numbered; the last number of each tag is kept while tickets are in flight).
 
@@ -19,8 +20,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from pgbust.keys import tag_of
-
 # Bytes charged per entry on top of key and payload: dict slot, item object, list node.
 ENTRY_OVERHEAD = 120
 # Tag evictions remembered while tickets are in flight, before the older ones are pruned.
@@ -32,7 +31,7 @@ class Ticket:
     """Permission to fill one entry, void once that entry is invalidated."""
 
     entry: str
-    tag: str | None
+    tags: tuple[str, ...]
     valid: bool = True
     seq: int = 0  # evictions numbered up to here happened before the ticket
 
@@ -42,7 +41,7 @@ class _Item:
     payload: bytes
     size: int
     expires_at: float  # 0 = never
-    rows: tuple[str, ...] = ()
+    filed: tuple[str, ...] = ()  # its tags, then its row tags
 
 
 @dataclass(slots=True)
@@ -100,9 +99,11 @@ class L1Cache:
 
     # --- guarded fills --------------------------------------------------------------------
 
-    def ticket(self, entry: str) -> Ticket:
-        """Take before reading the lower tiers; a disabled L1 hands out void tickets."""
-        ticket = Ticket(entry, tag_of(entry), valid=self.enabled, seq=self._seq)
+    def ticket(self, entry: str, tags: tuple[str, ...] = ()) -> Ticket:
+        """Take before reading the lower tiers; a disabled L1 hands out void tickets.
+
+        tags: the tags the entry is filed under (an eviction of one voids the ticket)."""
+        ticket = Ticket(entry, tags, valid=self.enabled, seq=self._seq)
         if ticket.valid:
             self._pending.setdefault(entry, set()).add(ticket)
         return ticket
@@ -132,12 +133,11 @@ class L1Cache:
             self._remove(ticket.entry)
         ttl = self.ttl_s if ttl_s is None else ttl_s
         expires_at = self.clock() + ttl if ttl > 0 else 0.0
-        self._items[ticket.entry] = _Item(payload, size, expires_at, rows)
+        filed = ticket.tags + rows if rows else ticket.tags
+        self._items[ticket.entry] = _Item(payload, size, expires_at, filed)
         self._bytes += size
-        if ticket.tag is not None:
-            self._by_tag.setdefault(ticket.tag, set()).add(ticket.entry)
-        for row in rows:
-            self._by_tag.setdefault(row, set()).add(ticket.entry)
+        for tag in filed:
+            self._by_tag.setdefault(tag, set()).add(ticket.entry)
         self.stats.fills += 1
         while len(self._items) > self.max_entries or self._bytes > self.max_bytes:
             oldest = next(iter(self._items))
@@ -173,9 +173,10 @@ class L1Cache:
                     self._evicted_at[tag] = self._seq
                 if len(self._evicted_at) > EVICTION_MEMORY:
                     self._forget_evictions()
-            for entry, waiting in self._pending.items():
-                if tag_of(entry) in tag_set:
-                    self._void(waiting)
+            for waiting in self._pending.values():
+                for ticket in waiting:
+                    if not tag_set.isdisjoint(ticket.tags):
+                        ticket.valid = False
             for tag in tag_set:
                 for entry in list(self._by_tag.get(tag, ())):
                     self._remove(entry)
@@ -220,8 +221,7 @@ class L1Cache:
     def _remove(self, entry: str) -> None:
         item = self._items.pop(entry)
         self._bytes -= item.size
-        tag = tag_of(entry)
-        for filed in (tag, *item.rows) if tag is not None else item.rows:
+        for filed in item.filed:
             members = self._by_tag.get(filed)
             if members is not None:
                 members.discard(entry)

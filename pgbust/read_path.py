@@ -1,13 +1,14 @@
 """The two-tier read path: L1 (in process) -> L2 (Redis, leased) -> Postgres.
 
-    read(entry)
+    read(entry)                                  (a declared entry: the declaration says which
+                                                  tags it is filed under)
       L1 hit                                   -> payload, "L1"
       same entry already loading here          -> join it (single-flight per instance),
                                                   unless that load's ticket was voided
       ticket = L1.ticket(entry)                   (before any lower read: the L1 fill guard)
       Redis GET_OR_LEASE
         Hit    -> L1.put(ticket)               -> payload, "L2"
-        Lease  -> load Postgres, [after_load hook], FILL with the payload's row tags
+        Lease  -> load Postgres, [after_load hook], FILL with the loaded rows' row tags
                   (guarded in Lua: lease, stamp, rows unchanged since the lease); L1.put
                   (guarded by the ticket and the rows) only if the L2 fill was stored
                                               -> payload, "MISS"
@@ -41,11 +42,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from cachetools import LRUCache
 from redis.exceptions import OutOfMemoryError, RedisError
 
-from api.l1 import L1Cache, Ticket
-from api.loaders import row_tags
-from api.metrics import Metrics
+from pgbust.declaration import Declaration, EntryType
+from pgbust.l1 import L1Cache, Ticket
+from pgbust.loaders import Loaded
+from pgbust.metrics import Metrics
 from pgbust.protocol import Busy, Hit, Lease, NotLive, Refused
 from pgbust.redis_cache import RedisCache
 
@@ -61,10 +64,12 @@ AfterLoadHook = Callable[[str, bytes | None], Awaitable[None]]
 FIRST_BACKOFF_S = 0.0005
 MAX_BACKOFF_S = 0.01
 BUSY_WAIT_BUDGET_S = 0.1
+# Resolved names (entry type and tags) kept, so an L2 hit does not match templates again.
+RESOLVED_NAMES = 10_000
 
 
 class Loader(Protocol):
-    async def load(self, entry: str) -> bytes | None: ...
+    async def load(self, entry: str) -> Loaded | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +82,7 @@ class TieredCache:
     def __init__(
         self,
         *,
+        declaration: Declaration,
         l1: L1Cache,
         l2: RedisCache | None,
         db: Loader,
@@ -85,6 +91,8 @@ class TieredCache:
         ttl_ms: int = 0,
         after_load: AfterLoadHook | None = None,
     ) -> None:
+        self.declaration = declaration
+        self._resolved: LRUCache[str, tuple[EntryType, tuple[str, ...]]] = LRUCache(RESOLVED_NAMES)
         self.l1 = l1
         self.l2 = l2  # None: cache off, every read goes to Postgres
         self.db = db
@@ -108,9 +116,17 @@ class TieredCache:
             self._l1_hit.inc()
         return payload
 
+    def resolve(self, entry: str) -> tuple[EntryType, tuple[str, ...]]:
+        """The declared type of an entry and its tags (UndeclaredEntry if none)."""
+        found = self._resolved.get(entry)
+        if found is None:
+            found = self._resolved[entry] = self.declaration.resolve(entry)
+        return found
+
     async def read(self, entry: str) -> ReadResult:
         if self.l2 is None:
-            return ReadResult(await self._load(entry), "MISS")
+            loaded = await self._load(entry)
+            return ReadResult(None if loaded is None else loaded.payload, "MISS")
         payload = self.l1.get(entry)
         if payload is not None:
             self._l1_hit.inc()
@@ -123,7 +139,7 @@ class TieredCache:
         else:
             # no load in flight, or one that started before an invalidation of the entry
             # (joining it could return the pre-write value after the write's response)
-            ticket = self.l1.ticket(entry)
+            ticket = self.l1.ticket(entry, self.resolve(entry)[1])
             task = asyncio.create_task(self._read_lower(entry, self.l2, ticket))
             self._inflight[entry] = (task, ticket)
             task.add_done_callback(lambda done: self._landed(entry, done))
@@ -143,23 +159,29 @@ class TieredCache:
         finally:
             self.l1.release(ticket)
 
+    async def _unfilled(self, entry: str) -> ReadResult:
+        """Read the database and fill nothing."""
+        loaded = await self._load(entry)
+        return ReadResult(None if loaded is None else loaded.payload, "MISS")
+
     async def _read_l2(self, entry: str, l2: RedisCache, ticket: Ticket) -> ReadResult:
+        tags = ticket.tags
         try:
-            result = await l2.get_or_lease(entry, self.lease_ms)
+            result = await l2.get_or_lease(entry, self.lease_ms, tags=tags)
         except RedisError:
             self.metrics.redis_errors.labels("get_or_lease").inc()
-            return ReadResult(await self._load(entry), "MISS")
+            return await self._unfilled(entry)
         if isinstance(result, Busy):
-            waited = await self._wait_for_other_loader(entry, l2)
+            waited = await self._wait_for_other_loader(entry, l2, tags)
             if waited is None:
-                return ReadResult(await self._load(entry), "MISS")
+                return await self._unfilled(entry)
             result = waited
         if isinstance(result, NotLive):
             self.metrics.l2_bypassed.labels("capture_not_live").inc()
-            return ReadResult(await self._load(entry), "MISS")
+            return await self._unfilled(entry)
         if isinstance(result, Refused):
             self._refused("get_or_lease", result.out_of_memory)
-            return ReadResult(await self._load(entry), "MISS")
+            return await self._unfilled(entry)
         if isinstance(result, Lease):
             self.metrics.misses.labels("l2").inc()
             return await self._load_and_fill(entry, l2, result, ticket)
@@ -184,7 +206,7 @@ class TieredCache:
             self._put_l1(ticket, payload, min(self.ttl_ms, remaining_ms) / 1000, rows)
 
     async def _wait_for_other_loader(
-        self, entry: str, l2: RedisCache
+        self, entry: str, l2: RedisCache, tags: tuple[str, ...]
     ) -> Hit | Lease | Refused | NotLive | None:
         deadline = time.monotonic() + min(self.busy_wait_budget_s, self.lease_ms / 1000)
         backoff = FIRST_BACKOFF_S
@@ -192,7 +214,7 @@ class TieredCache:
             await asyncio.sleep(min(backoff, left))
             backoff = min(backoff * 2, MAX_BACKOFF_S)
             try:
-                result = await l2.get_or_lease(entry, self.lease_ms)
+                result = await l2.get_or_lease(entry, self.lease_ms, tags=tags)
             except RedisError:
                 self.metrics.redis_errors.labels("get_or_lease").inc()
                 break
@@ -209,16 +231,17 @@ class TieredCache:
         self, entry: str, l2: RedisCache, lease: Lease, ticket: Ticket, first_try: bool = True
     ) -> ReadResult:
         try:
-            payload = await self._load(entry)
+            loaded = await self._load(entry)
         except BaseException:
             await self._release(entry, l2, lease)
             raise
         if self.after_load is not None:
-            await self.after_load(entry, payload)
-        if payload is None:
+            await self.after_load(entry, None if loaded is None else loaded.payload)
+        if loaded is None:
             await self._release(entry, l2, lease)
             return ReadResult(None, "MISS")
-        rows = row_tags(entry, payload)
+        payload = loaded.payload
+        rows = self.resolve(entry)[0].row_tags(loaded.rows)
         try:
             stored = await l2.fill(
                 entry,
@@ -226,6 +249,7 @@ class TieredCache:
                 lease.stamp,
                 payload,
                 self.ttl_ms,
+                tags=ticket.tags,
                 rows=rows,
                 since=lease.since,
             )
@@ -247,7 +271,7 @@ class TieredCache:
             # Rows nobody had tracked yet: their generations exist now, so a lease taken now
             # can fill (a load read before they existed cannot prove what it read was fresh)
             try:
-                again = await l2.get_or_lease(entry, self.lease_ms)
+                again = await l2.get_or_lease(entry, self.lease_ms, tags=ticket.tags)
             except RedisError:
                 self.metrics.redis_errors.labels("get_or_lease").inc()
                 return ReadResult(payload, "MISS")
@@ -267,7 +291,7 @@ class TieredCache:
         except RedisError:
             self.metrics.redis_errors.labels("release_lease").inc()
 
-    async def _load(self, entry: str) -> bytes | None:
+    async def _load(self, entry: str) -> Loaded | None:
         self.metrics.db_loads.inc()
         return await self.db.load(entry)
 

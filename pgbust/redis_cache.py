@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from pgbust import lua
-from pgbust.keys import Keyspace, tag_of
+from pgbust.keys import Keyspace
 from pgbust.protocol import (
     Heartbeat,
     Hit,
@@ -59,17 +59,24 @@ class RedisCache:
 
     # --- reads and fills ------------------------------------------------------------------
 
-    def _entry_keys(self, entry: str) -> list[str]:
+    # An entry's first tag is part of its stamp (checked on every read in O(1)); the others
+    # are guarded like row tags (filed in the value, live while older than the lease), so
+    # one Lua protocol serves any number of tags.
+
+    def _entry_keys(self, entry: str, tags: tuple[str, ...]) -> list[str]:
         ks = self.keyspace
         keys = [ks.epoch, ks.value(entry), ks.lease(entry)]
-        tag = tag_of(entry)
-        if tag is not None:
-            keys.append(ks.tag_generation(tag))
+        if tags:
+            keys.append(ks.tag_generation(tags[0]))
         return keys
 
-    async def get_or_lease(self, entry: str, lease_ms: int = DEFAULT_LEASE_MS) -> LeaseResult:
+    async def get_or_lease(
+        self, entry: str, lease_ms: int = DEFAULT_LEASE_MS, *, tags: tuple[str, ...]
+    ) -> LeaseResult:
+        """A live value, a lease to fill it, or why neither. tags: the tags the entry is
+        filed under (Declaration.resolve), the same as its fill's."""
         token = uuid.uuid4().hex
-        keys = self._entry_keys(entry)
+        keys = self._entry_keys(entry, tags)
         if self.require_live_capture:
             keys.insert(0, self.keyspace.capture_alive)
         reply = await self._get_or_lease(keys=keys, args=[token, lease_ms])
@@ -87,25 +94,27 @@ class RedisCache:
         payload: bytes,
         ttl_ms: int = 0,
         *,
+        tags: tuple[str, ...],
         rows: tuple[str, ...],
         since: int,
     ) -> int:
         """Store payload if the lease is still ours and nothing was invalidated meanwhile.
 
-        rows: the row tags of what the payload holds (pgbust.keys), filed with it; since: the
-        lease's grant time (Lease.since). Both are required so that no fill path can forget
-        them (a page filled without its rows would outlive a change of a product it shows).
+        tags: the entry's tags (as given to get_or_lease); rows: the row tags of what the
+        payload holds (EntryType.row_tags), filed with it; since: the lease's grant time
+        (Lease.since). All are required so that no fill path can forget them (a page filled
+        without its rows would outlive a change of a product it shows).
 
         Returns 1 when stored, 0 when the lease was lost, -1 when the epoch, the tag or a row
         tag changed, -2 when a row tag had no generation yet (created: the next lease fills).
         A full Redis refuses it (redis.exceptions.OutOfMemoryError): give the lease back.
         """
         ks = self.keyspace
-        keys = self._entry_keys(entry)
-        tag = tag_of(entry)
+        keys = self._entry_keys(entry, tags)
+        tag = tags[0] if tags else None
         if tag is not None:
             keys.append(ks.tag_members(tag))
-        for row in rows:
+        for row in (*tags[1:], *rows):
             if "|" in row or "\n" in row:
                 raise ValueError(f"a row tag may not hold '|' or a newline: {row!r}")
             keys += (ks.tag_generation(row), ks.tag_members(row))
@@ -117,13 +126,12 @@ class RedisCache:
         reply = await self._release_lease(keys=[self.keyspace.lease(entry)], args=[token])
         return bool(int(reply))
 
-    async def peek(self, entry: str) -> bytes | None:
+    async def peek(self, entry: str, *, tags: tuple[str, ...]) -> bytes | None:
         """The live payload of an entry, or None; takes no lease (for audits and tests)."""
         ks = self.keyspace
         keys = [ks.epoch, ks.value(entry)]
-        tag = tag_of(entry)
-        if tag is not None:
-            keys.append(ks.tag_generation(tag))
+        if tags:
+            keys.append(ks.tag_generation(tags[0]))
         value = await self._peek(keys=keys)
         return strip_stamp(value) if value else None
 

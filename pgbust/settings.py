@@ -12,7 +12,14 @@ import re
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pgbust.errors import ConfigError
@@ -77,6 +84,51 @@ class CommonSettings(BaseSettings):
     @property
     def sqlalchemy_url(self) -> str:
         return "postgresql+psycopg://" + self.database_url.removeprefix("postgresql://")
+
+
+CacheMode = Literal["cdc", "ttl", "off"]
+DEFAULT_TTL_MODE_S = 30.0
+
+
+class CacheSettings(CommonSettings):
+    """What an application's cache (pgbust.Cache) needs: the mode, L1's bounds, leases, the
+    pool, the subscriber's silence bound; each read as PGBUST_<NAME>."""
+
+    cache_mode: CacheMode = "cdc"
+    # cdc: optional safety-net TTL (None/0 = none); ttl: the TTL (default 30 s).
+    cache_ttl_s: float | None = Field(default=None, ge=0, le=86_400)
+    l1_max_entries: int = Field(default=10_000, ge=0, le=10_000_000)
+    l1_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    hot_sample_rate: float = Field(default=0.05, ge=0.0, le=1.0)
+    lease_ms: int = Field(default=2_000, ge=10, le=60_000)
+    db_pool_size: int = Field(default=10, ge=1, le=1_000)
+    # A subscription that hears nothing (not even its own PING) for this long is lost; one that
+    # hears no heartbeat of the active invalidator for this long stops L1. Keep it several
+    # times the invalidator's PGBUST_HEARTBEAT_S.
+    subscriber_silence_s: float = Field(default=2.0, ge=0.2, le=60)
+
+    @field_validator("cache_ttl_s")
+    @classmethod
+    def _ttl_mode_needs_a_ttl(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if info.data.get("cache_mode") == "ttl" and value == 0:
+            raise ValueError("must be > 0 when PGBUST_CACHE_MODE=ttl")
+        return value
+
+    @property
+    def ttl_s(self) -> float:
+        """The TTL applied to L1 and L2 entries; 0 means none."""
+        if self.cache_ttl_s is None:
+            return DEFAULT_TTL_MODE_S if self.cache_mode == "ttl" else 0.0
+        return self.cache_ttl_s
+
+    @property
+    def ttl_ms(self) -> int:
+        return round(self.ttl_s * 1000)
+
+    @property
+    def subscribes(self) -> bool:
+        """Only the cdc mode listens to the invalidation channel."""
+        return self.cache_mode == "cdc"
 
 
 def broker_from_redis_url(redis_url: str, db: int = 1) -> str:

@@ -32,8 +32,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from api.l1 import L1Cache
-from api.metrics import Metrics
+from pgbust.l1 import L1Cache
+from pgbust.metrics import Metrics
 from pgbust.protocol import Heartbeat, MessageError, decode_message
 from pgbust.redis_cache import RedisCache
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -134,7 +135,7 @@ class Template:
         """The name for these (text) values; every placeholder must be given."""
         return ":".join(segment.render(values) for segment in self.segments)
 
-    def render_row(self, row: dict[str, Any]) -> str:
+    def render_row(self, row: Mapping[str, Any]) -> str:
         """The name for Python values (converted by text_of)."""
         return self.render({name: text_of(row[name]) for name in self.names})
 

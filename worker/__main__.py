@@ -38,7 +38,9 @@ def _audit(settings: Settings, sample: int, as_json: bool) -> None:
     """The same code path as a beat run (audit.run_and_record), on this command's settings."""
 
     async def job(cache: RedisCache, conn: psycopg.AsyncConnection[Any]) -> AuditReport:
-        return await run_and_record(cache, conn, sample, settings.audit_grace_ms)
+        return await run_and_record(
+            cache, conn, sample, settings.audit_grace_ms, served=bridge.served
+        )
 
     bridge = runtime(settings)
     try:

@@ -16,7 +16,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from api.loaders import UnknownEntry, load_entry
+from pgbust.entries import Entries, UndeclaredEntry, UnknownEntry
 from pgbust.protocol import Invalidation, Targets
 from pgbust.redis_cache import RedisCache
 from worker import stats
@@ -75,21 +75,31 @@ async def sample_value_keys(cache: RedisCache, sample: int, chunk: int = 500) ->
 
 
 async def _compare(
-    cache: RedisCache, conn: AsyncConnection[Any], entry: str
+    cache: RedisCache, conn: AsyncConnection[Any], served: Entries, entry: str
 ) -> tuple[str, bytes | None]:
     """("dead"|"unknown"|"ok"|"differs", cached payload)."""
-    cached = await cache.peek(entry)
+    try:
+        tags = served.tags(entry)
+    except UndeclaredEntry:
+        return "unknown", None
+    cached = await cache.peek(entry, tags=tags)
     if cached is None:
         return "dead", None
     try:
-        fresh = await load_entry(conn, entry)
-    except UnknownEntry:
+        computed = await served.compute(conn, entry)
+    except (UnknownEntry, UndeclaredEntry):
         return "unknown", cached
+    fresh = None if computed is None else computed.payload
     return ("ok" if fresh == cached else "differs"), cached
 
 
 async def audit(
-    cache: RedisCache, conn: AsyncConnection[Any], sample: int, grace_ms: int = 200
+    cache: RedisCache,
+    conn: AsyncConnection[Any],
+    sample: int,
+    grace_ms: int = 200,
+    *,
+    served: Entries,
 ) -> AuditReport:
     """Compare up to `sample` cached entries with Postgres; invalidate the stale ones.
 
@@ -103,7 +113,7 @@ async def audit(
     suspects: dict[str, bytes | None] = {}
     for value_key in value_keys:
         entry = cache.keyspace.entry_of(value_key)
-        verdict, cached = await _compare(cache, conn, entry)
+        verdict, cached = await _compare(cache, conn, served, entry)
         if verdict == "differs":
             suspects[entry] = cached
         else:
@@ -112,7 +122,7 @@ async def audit(
     if suspects:
         await asyncio.sleep(grace_ms / 1000)
         for entry, cached in suspects.items():
-            verdict, now_cached = await _compare(cache, conn, entry)
+            verdict, now_cached = await _compare(cache, conn, served, entry)
             if verdict == "differs" and now_cached == cached:
                 deleted.append(entry)
     if deleted:
@@ -132,10 +142,15 @@ async def audit(
 
 
 async def run_and_record(
-    cache: RedisCache, conn: AsyncConnection[Any], sample: int, grace_ms: int
+    cache: RedisCache,
+    conn: AsyncConnection[Any],
+    sample: int,
+    grace_ms: int,
+    *,
+    served: Entries,
 ) -> AuditReport:
     """One audit, recorded (counters, last report in Redis) and logged: tasks and CLI share it."""
-    report = await audit(cache, conn, sample, grace_ms)
+    report = await audit(cache, conn, sample, grace_ms, served=served)
     await stats.save_audit(cache.client, cache.keyspace, report.as_dict())
     await stats.count(
         cache.client,

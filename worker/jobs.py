@@ -15,7 +15,7 @@ from psycopg import AsyncConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import ExecAbortError, OutOfMemoryError
 
-from api.loaders import UnknownEntry, load_entry, row_tags
+from pgbust.entries import Entries, UndeclaredEntry, UnknownEntry
 from pgbust.protocol import Busy, Hit, Invalidation, NotLive, Refused, Targets
 from pgbust.redis_cache import RedisCache
 from worker import lua
@@ -170,6 +170,7 @@ async def warm(
     conn: AsyncConnection[Any],
     entries: list[str],
     *,
+    served: Entries,
     ttl_ms: int = 0,
     lease_ms: int = 2_000,
 ) -> WarmOutcome:
@@ -181,7 +182,12 @@ async def warm(
     """
     outcome = WarmOutcome()
     for entry in entries:
-        lease = await cache.get_or_lease(entry, lease_ms=lease_ms)
+        try:
+            tags = served.tags(entry)
+        except UndeclaredEntry:
+            outcome.unknown += 1  # not an entry of this declaration: nothing to warm
+            continue
+        lease = await cache.get_or_lease(entry, lease_ms=lease_ms, tags=tags)
         if isinstance(lease, Hit):
             outcome.already_cached += 1
             continue
@@ -195,11 +201,12 @@ async def warm(
             outcome.not_live += 1
             continue
         try:
-            payload = await load_entry(conn, entry)
-        except UnknownEntry:
-            outcome.unknown += 1  # not an entry of this version: nothing to warm
+            computed = await served.compute(conn, entry)
+        except (UnknownEntry, UndeclaredEntry):
+            await cache.release_lease(entry, lease.token)
+            outcome.unknown += 1  # no loader serves it: nothing to warm
             continue
-        if payload is None:
+        if computed is None:
             outcome.missing += 1  # the lease expires by itself; readers get 404 from the API
             continue
         try:
@@ -207,9 +214,10 @@ async def warm(
                 entry,
                 lease.token,
                 lease.stamp,
-                payload,
+                computed.payload,
                 ttl_ms,
-                rows=row_tags(entry, payload),
+                tags=computed.tags,
+                rows=computed.rows,
                 since=lease.since,
             )
         except OutOfMemoryError:

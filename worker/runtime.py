@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from pgbust import declaration
+from pgbust.entries import Entries
 from pgbust.keys import Keyspace
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import connect
@@ -33,7 +35,16 @@ class Runtime:
             settings.redis_url, keyspace, "worker", socket_connect_timeout=2.0, socket_timeout=10.0
         )
         self.cache = RedisCache(self.redis, keyspace)
+        self._served: Entries | None = None
         self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    @property
+    def served(self) -> Entries:
+        """The application's entries (PGBUST_CONFIG and the loaders it names), read on first
+        use; the worker's start checks them already (worker/tasks.py)."""
+        if self._served is None:
+            self._served = Entries.of(declaration.load())
+        return self._served
 
     def run(self, job: Callable[[RedisCache], Awaitable[T]]) -> T:
         return self.loop.run_until_complete(job(self.cache))

@@ -17,9 +17,10 @@ import psycopg
 import redis
 from celery.signals import task_prerun, worker_init
 
-from pgbust import redis_policy
+from pgbust import declaration, redis_policy
 from pgbust.cli import fail
-from pgbust.errors import StartupError
+from pgbust.entries import Entries
+from pgbust.errors import ConfigError, StartupError
 from pgbust.keys import Keyspace
 from pgbust.protocol import Targets
 from pgbust.redis_cache import RedisCache
@@ -156,6 +157,7 @@ def warm(entries: list[str]) -> None:
             cache,
             conn,
             entries,
+            served=runtime(settings).served,
             ttl_ms=int(settings.cache_ttl_s * 1000),
             lease_ms=settings.warm_lease_ms,
         )
@@ -170,7 +172,11 @@ def warm(entries: list[str]) -> None:
 def audit(sample: int | None = None) -> dict[str, Any]:
     report = run_with_cache_and_db(
         lambda cache, conn: audit_job.run_and_record(
-            cache, conn, sample or settings.audit_sample, settings.audit_grace_ms
+            cache,
+            conn,
+            sample or settings.audit_sample,
+            settings.audit_grace_ms,
+            served=runtime(settings).served,
         )
     )
     return report.as_dict()
@@ -202,6 +208,16 @@ def _check_redis(**_: Any) -> None:
         log.warning("cannot read the Redis settings of REDIS_URL at start: %s", exc)
     finally:
         client.close()
+
+
+@_on_worker_init
+def _check_declaration(**_: Any) -> None:
+    """Warming and auditing compute entries with the application's loaders: a declaration
+    that does not load, or loaders that do not import, stop the worker at start."""
+    try:
+        Entries.of(declaration.load())
+    except (ConfigError, ImportError) as exc:
+        fail("worker", str(exc), 2)
 
 
 @_on_worker_init

@@ -18,14 +18,15 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from api.app import create_app
-from api.runtime import Runtime
 from api.settings import Settings
 from db.seed import Counts
 from invalidator.rules import product_write_targets
+from pgbust.cache import Cache as Runtime
 from pgbust.keys import Keyspace
 from pgbust.protocol import Invalidation, Lease
 from pgbust.redis_cache import RedisCache
 from tests.conftest import API_TOKEN
+from tests.support.demo import demo_tags
 from tests.support.heartbeat import HeartbeatPlayer
 from tests.support.processes import ProcessManager
 from tests.support.servers import RedisServer
@@ -70,7 +71,7 @@ async def make_api(
             transport = httpx.ASGITransport(app=app)
             client = httpx.AsyncClient(transport=transport, base_url="http://api")
             await stack.enter_async_context(client)
-            runtime: Runtime = app.state.runtime
+            runtime: Runtime = app.state.pgbust
             if runtime.subscriber is not None:
                 await asyncio.wait_for(runtime.subscriber.caching.wait(), 5)
             return client, runtime
@@ -144,7 +145,7 @@ async def test_reader_waits_for_the_lease_holder_of_another_instance(make_api: M
     a, runtime_a = await make_api()
     b, runtime_b = await make_api()
     pause = Pause("product:12")
-    runtime_a.cache.after_load = pause
+    runtime_a.tiers.after_load = pause
     first = asyncio.create_task(a.get("/products/12"))
     await asyncio.wait_for(pause.loaded.wait(), 5)  # A holds the lease, B must not load
     second = asyncio.create_task(b.get("/products/12"))
@@ -160,8 +161,10 @@ async def test_reader_behind_a_stalled_lease_reads_postgres_after_its_budget_wit
     make_api: MakeApi, l2: RedisCache
 ) -> None:
     client, runtime = await make_api()
-    runtime.cache.busy_wait_budget_s = 0.05
-    held = await l2.get_or_lease("product:13", lease_ms=10_000)  # a stalled warmer, say
+    runtime.tiers.busy_wait_budget_s = 0.05
+    held = await l2.get_or_lease(
+        "product:13", lease_ms=10_000, tags=demo_tags("product:13")
+    )  # a stalled warmer, say
     assert isinstance(held, Lease)
     started = asyncio.get_running_loop().time()
     response = await client.get("/products/13")
@@ -175,7 +178,13 @@ async def test_reader_behind_a_stalled_lease_reads_postgres_after_its_budget_wit
     assert await l2.client.exists(l2.keyspace.value("product:13")) == 0
     assert (
         await l2.fill(
-            "product:13", held.token, held.stamp, response.content, rows=(), since=held.since
+            "product:13",
+            held.token,
+            held.stamp,
+            response.content,
+            rows=(),
+            since=held.since,
+            tags=demo_tags("product:13"),
         )
         == 1
     )
@@ -200,7 +209,7 @@ async def test_invalidation_between_db_read_and_fill_leaves_no_stale_value_in_l1
 ) -> None:
     client, runtime = await make_api()
     pause = Pause("product:7")
-    runtime.cache.after_load = pause
+    runtime.tiers.after_load = pause
     reader = asyncio.create_task(client.get("/products/7"))
     await asyncio.wait_for(pause.loaded.wait(), 5)  # the reader holds version 1
     pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 7")  # the writer commits
@@ -212,7 +221,7 @@ async def test_invalidation_between_db_read_and_fill_leaves_no_stale_value_in_l1
     assert (await reader).json()["version"] == 1  # what it read before the commit
     assert metric(runtime, "pgbust_api_fills_refused_total", tier="l2", reason="lease_lost") == 1
     assert "product:7" not in runtime.l1
-    assert await l2.peek("product:7") is None
+    assert await l2.peek("product:7", tags=demo_tags("product:7")) is None
     fresh = await client.get("/products/7")
     assert fresh.headers["X-Cache"] == "MISS" and fresh.json()["version"] == 2
 
@@ -223,7 +232,7 @@ async def test_psql_update_during_a_fill_through_the_real_invalidator_is_not_fil
     procs.invalidator()
     client, runtime = await make_api()
     pause = Pause("product:18")
-    runtime.cache.after_load = pause
+    runtime.tiers.after_load = pause
     reader = asyncio.create_task(client.get("/products/18"))
     await asyncio.wait_for(pause.loaded.wait(), 5)
     pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 18")
@@ -233,7 +242,10 @@ async def test_psql_update_during_a_fill_through_the_real_invalidator_is_not_fil
     assert (await reader).json()["version"] == 1
     refused = "pgbust_api_fills_refused_total"
     assert sum(metric(runtime, refused, tier="l2", reason=r) for r in ("lease_lost", "invalidated"))
-    assert "product:18" not in runtime.l1 and await l2.peek("product:18") is None
+    assert (
+        "product:18" not in runtime.l1
+        and await l2.peek("product:18", tags=demo_tags("product:18")) is None
+    )
     assert (await client.get("/products/18")).json()["version"] == 2
 
 
@@ -242,7 +254,7 @@ async def test_stale_aggregate_is_not_filled_after_its_category_was_invalidated(
 ) -> None:
     client, runtime = await make_api()
     pause = Pause("category:3:summary")
-    runtime.cache.after_load = pause
+    runtime.tiers.after_load = pause
     reader = asyncio.create_task(client.get("/categories/3/summary"))
     await asyncio.wait_for(pause.loaded.wait(), 5)
     pg.execute("UPDATE products SET stock = 0 WHERE id = 2")  # product 2 is in category 3
@@ -250,7 +262,7 @@ async def test_stale_aggregate_is_not_filled_after_its_category_was_invalidated(
     pause.resume.set()
     old = (await reader).json()
     assert metric(runtime, "pgbust_api_fills_refused_total", tier="l2", reason="invalidated") == 1
-    assert await l2.peek("category:3:summary") is None
+    assert await l2.peek("category:3:summary", tags=demo_tags("category:3:summary")) is None
     fresh = await client.get("/categories/3/summary")
     assert fresh.json()["total_stock"] < old["total_stock"] or old["total_stock"] == 0
 
@@ -263,7 +275,7 @@ async def test_l2_hit_read_before_an_invalidation_is_not_kept_in_l1(
     await a.get("/products/8")  # now in L2
     # B takes its L1 ticket, reads the old value from L2; the invalidation lands before B's put
     ticket = runtime_b.l1.ticket("product:8")
-    old = await l2.peek("product:8")
+    old = await l2.peek("product:8", tags=demo_tags("product:8"))
     pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 8")
     await cdc_invalidate(l2, 8, 1 + 8 % 5)
     await eventually(lambda: not ticket.valid)
@@ -468,7 +480,7 @@ async def test_read_after_a_write_does_not_join_a_load_that_started_before_it(
 ) -> None:
     client, runtime = await make_api()
     pause = Pause("product:16")
-    runtime.cache.after_load = pause
+    runtime.tiers.after_load = pause
     early = asyncio.create_task(client.get("/products/16"))
     await asyncio.wait_for(pause.loaded.wait(), 5)  # a load of version 1 is in flight
     patched = await client.patch("/products/16", json={"stock": 3}, headers=AUTH)

@@ -18,10 +18,12 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from api.keys import product_entry
 from db import seed
-from pgbust.keys import Keyspace, product_entry
+from pgbust.keys import Keyspace
 from pgbust.protocol import Hit, Lease
 from pgbust.redis_cache import RedisCache
+from tests.support.demo import demo_tags
 from tests.support.processes import ManagedProcess, ProcessManager
 from tests.support.servers import RedisServer, wait_until
 
@@ -134,13 +136,19 @@ async def _cache_entry(redis_url: str, namespace: str, entry: str) -> None:
         # the flushes of earlier fuzzed payloads may still be landing: a fill they refuse
         # (-1, the epoch moved) is tried again, a bounded number of times
         for _ in range(50):
-            result = await cache.get_or_lease(entry)
+            result = await cache.get_or_lease(entry, tags=demo_tags(entry))
             if isinstance(result, Hit):
                 return
             assert isinstance(result, Lease)
             payload = b'{"cached":true}'
             stored = await cache.fill(
-                entry, result.token, result.stamp, payload, rows=(), since=result.since
+                entry,
+                result.token,
+                result.stamp,
+                payload,
+                rows=(),
+                since=result.since,
+                tags=demo_tags(entry),
             )
             if stored == 1:
                 return

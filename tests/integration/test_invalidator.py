@@ -15,15 +15,17 @@ from sqlalchemy import create_engine, delete, insert, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from api.keys import category_summary_entry, product_entry
 from db.models import Product
 from db.seed import Counts
 from invalidator.app import Invalidator
 from invalidator.leader import APPLICATION_NAME, Leadership
 from invalidator.metrics import Metrics
 from invalidator.settings import Settings
-from pgbust.keys import Keyspace, category_summary_entry, product_entry
+from pgbust.keys import Keyspace
 from pgbust.protocol import Invalidation, Lease
 from pgbust.redis_cache import RedisCache
+from tests.support.demo import demo_tags
 from tests.support.servers import RedisServer
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -105,18 +107,24 @@ def engine(settings: Settings) -> Iterator[Engine]:
 
 async def fill(cache: RedisCache, *entries: str) -> None:
     for entry in entries:
-        lease = await cache.get_or_lease(entry)
+        lease = await cache.get_or_lease(entry, tags=demo_tags(entry))
         assert isinstance(lease, Lease), entry
         assert (
             await cache.fill(
-                entry, lease.token, lease.stamp, b'{"cached":true}', rows=(), since=lease.since
+                entry,
+                lease.token,
+                lease.stamp,
+                b'{"cached":true}',
+                rows=(),
+                since=lease.since,
+                tags=demo_tags(entry),
             )
             == 1
         )
 
 
 async def cached(cache: RedisCache, entry: str) -> bool:
-    return await cache.peek(entry) is not None
+    return await cache.peek(entry, tags=demo_tags(entry)) is not None
 
 
 async def gone(cache: RedisCache, *entries: str) -> bool:

@@ -13,11 +13,13 @@ import httpx
 import psycopg
 import redis.asyncio as aioredis
 
+from api.keys import product_entry
 from db.seed import Counts
 from invalidator.settings import Settings
-from pgbust.keys import Keyspace, product_entry
+from pgbust.keys import Keyspace
 from pgbust.protocol import Lease
 from pgbust.redis_cache import RedisCache
+from tests.support.demo import demo_tags
 from tests.support.processes import ManagedProcess, ProcessManager
 from tests.support.servers import wait_until
 
@@ -78,11 +80,17 @@ def _fill(redis_url: str, keyspace: Keyspace, entry: str) -> None:
         client = aioredis.Redis.from_url(redis_url)
         try:
             cache = RedisCache(client, keyspace)
-            lease = await cache.get_or_lease(entry)
+            lease = await cache.get_or_lease(entry, tags=demo_tags(entry))
             assert isinstance(lease, Lease)
             assert (
                 await cache.fill(
-                    entry, lease.token, lease.stamp, b'{"cached":true}', rows=(), since=lease.since
+                    entry,
+                    lease.token,
+                    lease.stamp,
+                    b'{"cached":true}',
+                    rows=(),
+                    since=lease.since,
+                    tags=demo_tags(entry),
                 )
                 == 1
             )
@@ -96,7 +104,7 @@ def _cached(redis_url: str, keyspace: Keyspace, entry: str) -> bool:
     async def run() -> bool:
         client = aioredis.Redis.from_url(redis_url)
         try:
-            return await RedisCache(client, keyspace).peek(entry) is not None
+            return await RedisCache(client, keyspace).peek(entry, tags=demo_tags(entry)) is not None
         finally:
             await client.aclose()
 

@@ -12,12 +12,14 @@ import psycopg
 import pytest
 import redis.asyncio as aioredis
 
+from api.keys import product_entry
 from db import migrate, seed
 from invalidator.app import Invalidator
 from invalidator.settings import Settings
-from pgbust.keys import Keyspace, product_entry
+from pgbust.keys import Keyspace
 from pgbust.protocol import Lease
 from pgbust.redis_cache import RedisCache
+from tests.support.demo import demo_tags
 from tests.support.servers import PostgresCluster, RedisServer
 
 
@@ -70,19 +72,27 @@ async def test_postgres_restart_reconnects_bumps_the_epoch_and_serves_again(
         assert await cache.current_epoch() > epoch
 
         entry = product_entry(3)
-        lease = await cache.get_or_lease(entry)
+        lease = await cache.get_or_lease(entry, tags=demo_tags(entry))
         assert isinstance(lease, Lease)
         assert (
-            await cache.fill(entry, lease.token, lease.stamp, b"{}", rows=(), since=lease.since)
+            await cache.fill(
+                entry,
+                lease.token,
+                lease.stamp,
+                b"{}",
+                rows=(),
+                since=lease.since,
+                tags=demo_tags(entry),
+            )
             == 1
         )
         with psycopg.connect(cluster.admin_url, autocommit=True) as conn:
             conn.execute("UPDATE products SET stock = stock + 1 WHERE id = 3")
         for _ in range(500):
-            if await cache.peek(entry) is None:
+            if await cache.peek(entry, tags=demo_tags(entry)) is None:
                 break
             await asyncio.sleep(0.02)
-        assert await cache.peek(entry) is None
+        assert await cache.peek(entry, tags=demo_tags(entry)) is None
     finally:
         inv.stop()
         await asyncio.wait_for(task, 20)

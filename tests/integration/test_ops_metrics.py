@@ -10,10 +10,10 @@ import orjson
 import pytest
 import redis
 
-from api.l1 import L1Cache
-from api.metrics import Metrics as ApiMetrics
 from invalidator.metrics import Metrics as InvalidatorMetrics
 from pgbust.keys import Keyspace
+from pgbust.l1 import L1Cache
+from pgbust.metrics import Metrics as ApiMetrics
 from tests.support.ops_files import (
     DASHBOARD_JSON,
     PROMETHEUS_OWN,

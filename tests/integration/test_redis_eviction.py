@@ -21,11 +21,13 @@ import psycopg
 import pytest
 import redis
 
+from api.keys import category_summary_entry, product_entry
 from db.seed import Counts
-from pgbust.keys import Keyspace, category_summary_entry, product_entry
+from pgbust.keys import Keyspace
 from pgbust.protocol import Hit, Invalidation, Lease, Targets
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import connect, identity_check
+from tests.support.demo import demo_tags
 from tests.support.heartbeat import HeartbeatPlayer
 from tests.support.memory import evict_by_pressure, limit_memory
 from tests.support.processes import ManagedProcess, ProcessManager
@@ -81,10 +83,19 @@ def evict(request: pytest.FixtureRequest, control: redis.Redis, keyspace: Keyspa
 
 
 async def fill(cache: RedisCache, entry: str, payload: bytes) -> None:
-    lease = await cache.get_or_lease(entry)
+    lease = await cache.get_or_lease(entry, tags=demo_tags(entry))
     assert isinstance(lease, Lease), lease
     assert (
-        await cache.fill(entry, lease.token, lease.stamp, payload, rows=(), since=lease.since) == 1
+        await cache.fill(
+            entry,
+            lease.token,
+            lease.stamp,
+            payload,
+            rows=(),
+            since=lease.since,
+            tags=demo_tags(entry),
+        )
+        == 1
     )
 
 
@@ -141,17 +152,17 @@ async def test_dead_entry_stays_dead_when_its_guard_key_is_evicted_and_recreated
     evict([keyspace.tag_members(TAG)])
     await kill()
     assert control.exists(value), "precondition: the dead value is still stored"
-    assert await cache.peek(PAGE) is None
+    assert await cache.peek(PAGE, tags=demo_tags(PAGE)) is None
 
     evict([key])
     # recreated by the next reader ...
-    assert not isinstance(await cache.get_or_lease(PAGE), Hit)
-    assert await cache.peek(PAGE) is None
+    assert not isinstance(await cache.get_or_lease(PAGE, tags=demo_tags(PAGE)), Hit)
+    assert await cache.peek(PAGE, tags=demo_tags(PAGE)) is None
     # ... or by the next kill after another eviction
     evict([key])
     await kill()
-    assert not isinstance(await cache.get_or_lease(PAGE), Hit)
-    assert await cache.peek(PAGE) is None
+    assert not isinstance(await cache.get_or_lease(PAGE, tags=demo_tags(PAGE)), Hit)
+    assert await cache.peek(PAGE, tags=demo_tags(PAGE)) is None
 
 
 @pytest.mark.parametrize("guard", ["generation", "epoch"])
@@ -163,25 +174,31 @@ async def test_fill_is_refused_when_its_guard_key_was_evicted_during_the_load(
     key = guard_key(keyspace, guard)
     await cache.client.ping()
     control.delete(key)  # the lease is granted while the guard key is missing (recreated)
-    lease = await cache.get_or_lease(PAGE)
+    lease = await cache.get_or_lease(PAGE, tags=demo_tags(PAGE))
     assert isinstance(lease, Lease)
     await killer(cache, guard)()
     control.delete(key)
     assert (
         await cache.fill(
-            PAGE, lease.token, lease.stamp, b'{"count":"old"}', rows=(), since=lease.since
+            PAGE,
+            lease.token,
+            lease.stamp,
+            b'{"count":"old"}',
+            rows=(),
+            since=lease.since,
+            tags=demo_tags(PAGE),
         )
         != 1
     )
-    assert await cache.peek(PAGE) is None
-    assert not isinstance(await cache.get_or_lease(PAGE), Hit)
+    assert await cache.peek(PAGE, tags=demo_tags(PAGE)) is None
+    assert not isinstance(await cache.get_or_lease(PAGE, tags=demo_tags(PAGE)), Hit)
 
 
 async def test_fill_is_refused_when_its_lease_was_evicted(
     cache: RedisCache, keyspace: Keyspace, control: redis.Redis
 ) -> None:
     entry = product_entry(5)
-    lease = await cache.get_or_lease(entry)
+    lease = await cache.get_or_lease(entry, tags=demo_tags(entry))
     assert isinstance(lease, Lease)
     control.delete(keyspace.lease(entry))  # evicted mid-load ...
     await invalidate(
@@ -189,11 +206,17 @@ async def test_fill_is_refused_when_its_lease_was_evicted(
     )  # ... so this invalidation has no lease to delete
     assert (
         await cache.fill(
-            entry, lease.token, lease.stamp, b'{"version":1}', rows=(), since=lease.since
+            entry,
+            lease.token,
+            lease.stamp,
+            b'{"version":1}',
+            rows=(),
+            since=lease.since,
+            tags=demo_tags(entry),
         )
         == 0
     )
-    assert await cache.peek(entry) is None
+    assert await cache.peek(entry, tags=demo_tags(entry)) is None
 
 
 async def test_evicted_server_identity_costs_a_flush_not_a_stale_read(
@@ -209,7 +232,7 @@ async def test_evicted_server_identity_costs_a_flush_not_a_stale_read(
         assert check is not None and check.bumps == 1
     finally:
         await fresh.aclose()
-    assert await cache.peek(entry) is None
+    assert await cache.peek(entry, tags=demo_tags(entry)) is None
     assert control.get(keyspace.server_identity) is not None
 
 
@@ -224,7 +247,7 @@ async def test_recreated_guard_keys_never_repeat_a_value(
             control.delete(keyspace.epoch, gen)  # evicted
         if round_ % 2:
             await invalidate(cache, tags=frozenset({TAG}))  # recreates or bumps the generation
-        await cache.get_or_lease(PAGE)  # recreates what is missing
+        await cache.get_or_lease(PAGE, tags=demo_tags(PAGE))  # recreates what is missing
         if round_ % 5 == 4:
             await cache.bump_epoch("test", origin="test")
         for key, values in history.items():

@@ -23,13 +23,15 @@ import pytest
 import redis
 from redis.exceptions import OutOfMemoryError
 
+from api.keys import category_summary_entry, product_entry
 from db.seed import Counts
 from invalidator.app import Invalidator
 from invalidator.settings import Settings
-from pgbust.keys import Keyspace, category_summary_entry, product_entry
+from pgbust.keys import Keyspace
 from pgbust.protocol import Hit, Invalidation, Lease, Refused, Targets, decode_message
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import connect
+from tests.support.demo import demo_tags
 from tests.support.heartbeat import HeartbeatPlayer
 from tests.support.memory import fill_until_full, is_full, limit_memory, used_memory
 from tests.support.processes import ManagedProcess, ProcessManager
@@ -72,10 +74,19 @@ def make_full(control: redis.Redis) -> None:
 
 
 async def fill(cache: RedisCache, entry: str, payload: bytes) -> None:
-    lease = await cache.get_or_lease(entry)
+    lease = await cache.get_or_lease(entry, tags=demo_tags(entry))
     assert isinstance(lease, Lease), lease
     assert (
-        await cache.fill(entry, lease.token, lease.stamp, payload, rows=(), since=lease.since) == 1
+        await cache.fill(
+            entry,
+            lease.token,
+            lease.stamp,
+            payload,
+            rows=(),
+            since=lease.since,
+            tags=demo_tags(entry),
+        )
+        == 1
     )
 
 
@@ -98,13 +109,13 @@ async def test_invalidations_flushes_and_restart_checks_run_while_redis_is_full(
     # a tag alone: the generation bump is the script's first write
     targets = Targets(tags=frozenset({"category:4:summary"}))
     await cache.invalidate(targets, Invalidation.of(targets, origin="test"))
-    assert await cache.peek(other) is None
+    assert await cache.peek(other, tags=demo_tags(other)) is None
     # entries and tags
     targets = Targets(frozenset({PRODUCT}), frozenset({"category:3:summary"}))
     result = await cache.invalidate(targets, Invalidation.of(targets, origin="test"))
     assert result.receivers == 1
     assert not control.exists(keyspace.value(PRODUCT))
-    assert await cache.peek(SUMMARY) is None
+    assert await cache.peek(SUMMARY, tags=demo_tags(SUMMARY)) is None
     # a flush, and the restart check on a new connection to a server it has not seen
     before = await cache.current_epoch()
     assert await cache.bump_epoch("test", origin="test") > before
@@ -134,13 +145,19 @@ async def test_reads_of_a_full_redis_serve_hits_and_store_nothing(
     cache: RedisCache, keyspace: Keyspace, control: redis.Redis
 ) -> None:
     await fill(cache, PRODUCT, b'{"version":1}')
-    pending = await cache.get_or_lease(SUMMARY)  # a reader that is loading when Redis fills
+    pending = await cache.get_or_lease(
+        SUMMARY, tags=demo_tags(SUMMARY)
+    )  # a reader that is loading when Redis fills
     assert isinstance(pending, Lease)
     make_full(control)
     used = used_memory(control)
 
-    assert await cache.get_or_lease(PRODUCT) == Hit(b'{"version":1}')  # hits still served
-    refused = await cache.get_or_lease(product_entry(4))  # a miss gets no lease: no write
+    assert await cache.get_or_lease(PRODUCT, tags=demo_tags(PRODUCT)) == Hit(
+        b'{"version":1}'
+    )  # hits still served
+    refused = await cache.get_or_lease(
+        product_entry(4), tags=demo_tags(product_entry(4))
+    )  # a miss gets no lease: no write
     assert isinstance(refused, Refused) and refused.reason.startswith("OOM"), refused
     with pytest.raises(OutOfMemoryError):  # a fill would grow memory: refused
         await cache.fill(
@@ -150,9 +167,10 @@ async def test_reads_of_a_full_redis_serve_hits_and_store_nothing(
             b'{"count":1}' * 100,
             rows=(),
             since=pending.since,
+            tags=demo_tags(SUMMARY),
         )
     assert await cache.release_lease(SUMMARY, pending.token)  # giving it back frees memory
-    assert await cache.peek(SUMMARY) is None
+    assert await cache.peek(SUMMARY, tags=demo_tags(SUMMARY)) is None
     assert used_memory(control) <= used + 4096
 
 
@@ -194,12 +212,16 @@ async def test_a_redis_refusing_every_write_never_ends_the_term_and_takes_the_fl
             errors = "pgbust_invalidator_errors_total"
             await until(lambda: counted(errors, kind="redis_refused") >= 3)  # retried, not dropped
             assert (daemon.role, daemon.terms) == ("active", 1)
-            assert await cache.peek(PRODUCT) == b'{"version":1}'  # precondition: not applied
+            assert (
+                await cache.peek(PRODUCT, tags=demo_tags(PRODUCT)) == b'{"version":1}'
+            )  # precondition: not applied
         finally:
             control.execute_command("REPLICAOF", "NO", "ONE")  # type: ignore[no-untyped-call]
         await until(lambda: daemon.sink.redis_ok)
-        assert await cache.peek(PRODUCT) is None
-        assert await cache.peek(SUMMARY) is None  # widened to a flush: everything is dead
+        assert await cache.peek(PRODUCT, tags=demo_tags(PRODUCT)) is None
+        assert (
+            await cache.peek(SUMMARY, tags=demo_tags(SUMMARY)) is None
+        )  # widened to a flush: everything is dead
         assert (daemon.role, daemon.terms, daemon.sink.pending_events) == ("active", 1, 0)
     finally:
         daemon.stop()

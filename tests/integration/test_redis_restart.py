@@ -22,14 +22,16 @@ from fastapi import FastAPI
 from redis.exceptions import ConnectionError, RedisError, ResponseError
 
 from api.app import create_app
-from api.runtime import Runtime
+from api.keys import product_entry
 from api.settings import Settings
 from db.seed import Counts
-from pgbust.keys import Keyspace, product_entry
+from pgbust.cache import Cache as Runtime
+from pgbust.keys import Keyspace
 from pgbust.protocol import Hit, Invalidation, Lease, Targets
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import connect, identity_check, run_id_of
 from tests.conftest import API_TOKEN
+from tests.support.demo import demo_tags
 from tests.support.heartbeat import HeartbeatPlayer
 from tests.support.servers import RedisServer
 
@@ -67,10 +69,19 @@ async def first_answer(call: Callable[[], Awaitable[T]]) -> T:
 
 
 async def fill(cache: RedisCache, entry: str, payload: bytes) -> None:
-    lease = await cache.get_or_lease(entry)
+    lease = await cache.get_or_lease(entry, tags=demo_tags(entry))
     assert isinstance(lease, Lease)
     assert (
-        await cache.fill(entry, lease.token, lease.stamp, payload, rows=(), since=lease.since) == 1
+        await cache.fill(
+            entry,
+            lease.token,
+            lease.stamp,
+            payload,
+            rows=(),
+            since=lease.since,
+            tags=demo_tags(entry),
+        )
+        == 1
     )
 
 
@@ -144,23 +155,23 @@ async def test_first_read_after_restart_from_old_snapshot_is_not_resurrected(
         private_redis.snapshot()  # holds v1
         await invalidate(cache, entry)  # the write of v2
         await fill(cache, entry, b'{"version":2}')
-        assert await cache.peek(entry) == b'{"version":2}'
+        assert await cache.peek(entry, tags=demo_tags(entry)) == b'{"version":2}'
         before = await cache.current_epoch()
         restart_from_snapshot(private_redis)
 
         # precondition: the restarted server really serves v1 to a client without the check
-        resurrected = await unchecked.get_or_lease(entry)
+        resurrected = await unchecked.get_or_lease(entry, tags=demo_tags(entry))
         assert isinstance(resurrected, Hit) and resurrected.payload == b'{"version":1}'
         await unchecked.release_lease(entry, "nobody")
 
         # the very first read through a checked client: dead, a lease to reload from Postgres
-        first = await first_answer(lambda: cache.get_or_lease(entry))
+        first = await first_answer(lambda: cache.get_or_lease(entry, tags=demo_tags(entry)))
         assert isinstance(first, Lease), first
         assert await cache.current_epoch() > before
         check = identity_check(client)
         assert check is not None and check.bumps == 2  # first connect ever, and the restart
         # the unchecked client now sees the bump too: the epoch lives in Redis
-        assert not isinstance(await unchecked.get_or_lease(entry), Hit)
+        assert not isinstance(await unchecked.get_or_lease(entry, tags=demo_tags(entry)), Hit)
     finally:
         await client.aclose()
         await control.aclose()
@@ -175,18 +186,24 @@ async def test_fill_with_a_lease_from_the_snapshot_is_refused(
     client = connect(private_redis.url, keyspace, "api")
     cache = RedisCache(client, keyspace)
     try:
-        lease = await cache.get_or_lease(entry, lease_ms=60_000)
+        lease = await cache.get_or_lease(entry, lease_ms=60_000, tags=demo_tags(entry))
         assert isinstance(lease, Lease)
         private_redis.snapshot()  # holds the lease
         await invalidate(cache, entry)  # deletes the lease on the old server
         restart_from_snapshot(private_redis)  # ... and the snapshot brings it back
         stored = await first_answer(
             lambda: cache.fill(
-                entry, lease.token, lease.stamp, b'{"version":1}', rows=(), since=lease.since
+                entry,
+                lease.token,
+                lease.stamp,
+                b'{"version":1}',
+                rows=(),
+                since=lease.since,
+                tags=demo_tags(entry),
             )
         )
         assert stored == -1
-        assert await cache.peek(entry) is None
+        assert await cache.peek(entry, tags=demo_tags(entry)) is None
     finally:
         await client.aclose()
 
@@ -245,7 +262,7 @@ async def api_pair(
             await stack.enter_async_context(app.router.lifespan_context(app))
             client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://a")
             await stack.enter_async_context(client)
-            runtime: Runtime = app.state.runtime
+            runtime: Runtime = app.state.pgbust
             assert runtime.subscriber is not None
             await asyncio.wait_for(runtime.subscriber.caching.wait(), 5)
             pair.append((client, runtime))

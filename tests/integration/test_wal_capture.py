@@ -35,6 +35,7 @@ from pgbust.keys import Keyspace
 from pgbust.protocol import Lease
 from pgbust.redis_cache import RedisCache
 from pgbust.rules import Change, explain
+from tests.support.demo import demo_tags
 from tests.support.proxy import TcpProxy
 from tests.support.servers import PostgresCluster, RedisServer
 
@@ -511,17 +512,23 @@ async def test_the_daemon_in_wal_mode_catches_up_after_a_restart_without_an_epoc
     cache = RedisCache(client, Keyspace(settings.namespace))
 
     async def fill() -> None:
-        lease = await cache.get_or_lease("product:400")
+        lease = await cache.get_or_lease("product:400", tags=demo_tags("product:400"))
         assert isinstance(lease, Lease)
         assert (
             await cache.fill(
-                "product:400", lease.token, lease.stamp, b"{}", rows=(), since=lease.since
+                "product:400",
+                lease.token,
+                lease.stamp,
+                b"{}",
+                rows=(),
+                since=lease.since,
+                tags=demo_tags("product:400"),
             )
             == 1
         )
 
     async def gone() -> bool:
-        return await cache.peek("product:400") is None
+        return await cache.peek("product:400", tags=demo_tags("product:400")) is None
 
     async def wait_gone() -> None:
         deadline = time.monotonic() + 10
@@ -634,10 +641,16 @@ async def test_a_commit_in_the_wal_but_not_yet_visible_is_invalidated_once_reade
         while not daemon.capture_live:
             assert time.monotonic() < deadline, "capture never became live in wal mode"
             await asyncio.sleep(0.01)
-        lease = await cache.get_or_lease("product:500")
+        lease = await cache.get_or_lease("product:500", tags=demo_tags("product:500"))
         assert isinstance(lease, Lease)
         stored = await cache.fill(
-            "product:500", lease.token, lease.stamp, b'{"stock":1}', rows=(), since=lease.since
+            "product:500",
+            lease.token,
+            lease.stamp,
+            b'{"stock":1}',
+            rows=(),
+            since=lease.since,
+            tags=demo_tags("product:500"),
         )
         assert stored == 1
         received = daemon.metrics.wal_transactions._value.get()
@@ -671,7 +684,9 @@ async def test_a_commit_in_the_wal_but_not_yet_visible_is_invalidated_once_reade
         # decoded, not visible: for as long as readers see the old row, its entry stays
         watch_until = time.monotonic() + 1.0
         while time.monotonic() < watch_until:
-            assert await cache.peek("product:500") is not None, "invalidated before visible"
+            assert await cache.peek("product:500", tags=demo_tags("product:500")) is not None, (
+                "invalidated before visible"
+            )
             await asyncio.sleep(0.02)
         _execute(
             wal_url,
@@ -682,7 +697,7 @@ async def test_a_commit_in_the_wal_but_not_yet_visible_is_invalidated_once_reade
         writer.join(10)  # the standby is no longer waited for
         assert not writer.is_alive(), "the commit still waits"
         deadline = time.monotonic() + 10
-        while await cache.peek("product:500") is not None:
+        while await cache.peek("product:500", tags=demo_tags("product:500")) is not None:
             assert time.monotonic() < deadline, "not invalidated once visible"
             await asyncio.sleep(0.01)
     finally:

@@ -10,7 +10,8 @@ import psycopg
 import pytest
 import redis
 
-from pgbust.keys import Keyspace, product_entry
+from api.keys import product_entry
+from pgbust.keys import Keyspace
 from tests.integration.test_worker_helpers import (
     fill,
     load,

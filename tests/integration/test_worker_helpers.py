@@ -17,6 +17,7 @@ from pgbust.keys import Keyspace
 from pgbust.protocol import Lease
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import connect
+from tests.support.demo import demo_tags
 from tests.support.processes import ManagedProcess, ProcessManager
 from tests.support.servers import RedisServer
 from worker.client import TaskSender
@@ -81,11 +82,17 @@ def fill_many(redis_server: RedisServer, keyspace: Keyspace, payloads: dict[str,
 
     async def job(cache: RedisCache) -> None:
         for entry, payload in payloads.items():
-            lease = await cache.get_or_lease(entry)
+            lease = await cache.get_or_lease(entry, tags=demo_tags(entry))
             assert isinstance(lease, Lease), lease
             assert (
                 await cache.fill(
-                    entry, lease.token, lease.stamp, payload, rows=(), since=lease.since
+                    entry,
+                    lease.token,
+                    lease.stamp,
+                    payload,
+                    rows=(),
+                    since=lease.since,
+                    tags=demo_tags(entry),
                 )
                 == 1
             )
@@ -98,7 +105,7 @@ def fill(redis_server: RedisServer, keyspace: Keyspace, entry: str, payload: byt
 
 
 def peek(redis_server: RedisServer, keyspace: Keyspace, entry: str) -> bytes | None:
-    return run(redis_server, keyspace, lambda cache: cache.peek(entry))
+    return run(redis_server, keyspace, lambda cache: cache.peek(entry, tags=demo_tags(entry)))
 
 
 def value_keys(client: redis.Redis, keyspace: Keyspace) -> list[bytes]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from pgbust.keys import Keyspace, product_entry
+from api.keys import product_entry
+from pgbust.keys import Keyspace
 from pgbust.protocol import Invalidation, Targets
 from tests.integration.test_worker_helpers import (
     RABBITMQ_URL,

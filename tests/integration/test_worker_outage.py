@@ -12,7 +12,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from pgbust.keys import Keyspace, product_entry
+from api.keys import product_entry
+from pgbust.keys import Keyspace
 from pgbust.protocol import Targets
 from pgbust.redis_cache import RedisCache
 from tests.integration.test_worker_helpers import (

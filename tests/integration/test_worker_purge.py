@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import redis
 
+from api.keys import product_entry
 from invalidator.rules import Change, targets_for
-from pgbust.keys import Keyspace, product_entry
+from pgbust.keys import Keyspace
 from pgbust.protocol import Invalidation
 from tests.integration.test_worker_helpers import (
     fill_many,

@@ -17,8 +17,10 @@ import psycopg
 import pytest
 import redis
 
+from api.keys import category_page_entry, category_pages_tag, product_entry
 from pgbust.devservers import free_port
-from pgbust.keys import Keyspace, category_page_entry, category_pages_tag, product_entry
+from pgbust.entries import Entries
+from pgbust.keys import Keyspace
 from pgbust.protocol import Invalidation, Targets
 from pgbust.redis_cache import RedisCache
 from tests.integration.test_worker_helpers import (
@@ -31,6 +33,7 @@ from tests.integration.test_worker_helpers import (
     start_worker,
     value_keys,
 )
+from tests.support.demo import DEMO
 from tests.support.processes import ProcessManager
 from tests.support.servers import RedisServer, wait_until
 from worker import jobs
@@ -234,7 +237,9 @@ def test_warm_fills_what_exists_and_skips_the_rest(
 
     async def job(cache: RedisCache) -> jobs.WarmOutcome:
         async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-            return await jobs.warm(cache, conn, [cached, absent, unknown, fresh])
+            return await jobs.warm(
+                cache, conn, [cached, absent, unknown, fresh], served=Entries.of(DEMO)
+            )
 
     outcome = run(redis_server, keyspace, job)
 

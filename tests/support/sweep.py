@@ -20,9 +20,11 @@ import orjson
 import psycopg
 import redis.asyncio as aioredis
 
+from api.keys import category_page_entry, category_summary_entry, product_entry
 from api.loaders import load_entry
-from pgbust.keys import Keyspace, category_page_entry, category_summary_entry, product_entry
+from pgbust.keys import Keyspace
 from pgbust.redis_cache import RedisCache
+from tests.support.demo import demo_tags
 from tests.support.servers import wait_until
 
 
@@ -101,7 +103,7 @@ async def _redis_live(redis_url: str, namespace: str, entries: Sequence[Entry]) 
         cache = RedisCache(client, Keyspace(namespace))
         live: dict[str, Any] = {}
         for entry in entries:
-            raw = await cache.peek(entry.name)
+            raw = await cache.peek(entry.name, tags=demo_tags(entry.name))
             if raw is not None:
                 live[entry.name] = orjson.loads(raw)
         return live

@@ -6,10 +6,10 @@ from typing import Any, cast
 
 import pytest
 
-from api.l1 import L1Cache
-from api.metrics import Metrics
-from api.subscriber import ChannelSilent, Subscriber
+from pgbust.l1 import L1Cache
+from pgbust.metrics import Metrics
 from pgbust.protocol import Heartbeat, Invalidation, Targets, flush_message
+from pgbust.subscriber import ChannelSilent, Subscriber
 
 
 def _subscriber_with(*entries: str) -> tuple[Subscriber, L1Cache]:

@@ -13,6 +13,7 @@ from invalidator.tasks import Tasks, worker_sender
 from pgbust.keys import Keyspace
 from pgbust.protocol import Targets
 from pgbust.settings import load_settings
+from tests.support.demo import DEMO, demo_tags
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
@@ -82,8 +83,9 @@ def test_the_sender_is_made_from_the_daemons_settings_not_the_environment(
 
 
 def test_hot_entries_hit_by_keys_and_tags() -> None:
-    hot = HotEntries(client=None, keyspace=Keyspace("t"), top=10)  # type: ignore[arg-type]
-    hot.entries = frozenset({"product:1", "product:2", "category:3:summary", "category:4:summary"})
+    hot = HotEntries(client=None, keyspace=Keyspace("t"), top=10, declaration=DEMO)  # type: ignore[arg-type]
+    names = ["product:1", "product:2", "category:3:summary", "category:4:summary"]
+    hot.entries = {name: demo_tags(name) for name in names}
     targets = Targets(frozenset({"product:1"}), frozenset({"category:3:summary"}))
     assert hot.affected(targets) == ["category:3:summary", "product:1"]
     assert hot.affected(Targets(flush=True)) == sorted(hot.entries)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api.l1 import ENTRY_OVERHEAD, EVICTION_MEMORY, L1Cache
+from pgbust.l1 import ENTRY_OVERHEAD, EVICTION_MEMORY, L1Cache
 
 
 def _fill(l1: L1Cache, entry: str, payload: bytes) -> bool:

@@ -1,6 +1,6 @@
 import pytest
 
-from pgbust.keys import Keyspace, category_page_entry, category_summary_entry, product_entry, tag_of
+from pgbust.keys import Keyspace
 from pgbust.protocol import (
     NOT_LIVE,
     Busy,
@@ -14,12 +14,6 @@ from pgbust.protocol import (
     decode_message,
     parse_get_or_lease,
 )
-
-
-def test_category_entries_are_filed_under_their_category_tag() -> None:
-    assert tag_of(category_page_entry(7, 20, 40)) == "category:7:pages"
-    assert tag_of(category_summary_entry(7)) == "category:7:summary"
-    assert tag_of(product_entry(7)) is None
 
 
 def test_keyspace_prefixes_every_key_with_the_namespace() -> None:

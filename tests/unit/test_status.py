@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import pytest
 
-from api.subscriber import CLIENT_NAME
 from db import status as status_sql
 from invalidator.leader import APPLICATION_NAME
 from pgbust import status_probe
@@ -22,6 +21,7 @@ from pgbust.status import (
     assess,
     render,
 )
+from pgbust.subscriber import CLIENT_NAME
 
 INVALIDATORS = Invalidators(
     active_pid=101,
