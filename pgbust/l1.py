@@ -99,7 +99,7 @@ class L1Cache:
 
     # --- guarded fills --------------------------------------------------------------------
 
-    def ticket(self, entry: str, tags: tuple[str, ...] = ()) -> Ticket:
+    def ticket(self, entry: str, tags: tuple[str, ...]) -> Ticket:
         """Take before reading the lower tiers; a disabled L1 hands out void tickets.
 
         tags: the tags the entry is filed under (an eviction of one voids the ticket)."""

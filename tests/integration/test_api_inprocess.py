@@ -274,7 +274,7 @@ async def test_l2_hit_read_before_an_invalidation_is_not_kept_in_l1(
     b, runtime_b = await make_api()
     await a.get("/products/8")  # now in L2
     # B takes its L1 ticket, reads the old value from L2; the invalidation lands before B's put
-    ticket = runtime_b.l1.ticket("product:8")
+    ticket = runtime_b.l1.ticket("product:8", demo_tags("product:8"))
     old = await l2.peek("product:8", tags=demo_tags("product:8"))
     pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 8")
     await cdc_invalidate(l2, 8, 1 + 8 % 5)

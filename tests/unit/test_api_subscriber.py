@@ -10,12 +10,13 @@ from pgbust.l1 import L1Cache
 from pgbust.metrics import Metrics
 from pgbust.protocol import Heartbeat, Invalidation, Targets, flush_message
 from pgbust.subscriber import ChannelSilent, Subscriber
+from tests.support.demo import demo_tags
 
 
 def _subscriber_with(*entries: str) -> tuple[Subscriber, L1Cache]:
     l1 = L1Cache(max_entries=100, max_bytes=10**6)
     for entry in entries:
-        l1.put(l1.ticket(entry), b"x")
+        l1.put(l1.ticket(entry, demo_tags(entry)), b"x")
     return Subscriber(cast(Any, None), cast(Any, None), l1, Metrics(l1)), l1
 
 
@@ -43,7 +44,7 @@ def test_undecodable_message_flushes_l1() -> None:
 
 def test_message_voids_in_flight_fills_of_its_keys() -> None:
     sub, l1 = _subscriber_with()
-    ticket = l1.ticket("product:9")
+    ticket = l1.ticket("product:9", demo_tags("product:9"))
     sub.handle(Invalidation(keys=("product:9",)).encode())
     assert not l1.put(ticket, b"old")
 
@@ -68,7 +69,7 @@ def _subscribed(silence_s: float = 2.0) -> tuple[Subscriber, L1Cache, Clock]:
 
 
 def _fill(l1: L1Cache, entry: str) -> bool:
-    return l1.put(l1.ticket(entry), b"x")
+    return l1.put(l1.ticket(entry, demo_tags(entry)), b"x")
 
 
 BEAT = Heartbeat(every_ms=500, sender="inv").encode()
