@@ -30,11 +30,11 @@ from pgbust.entries import Entries
 from pgbust.keys import Keyspace
 from pgbust.protocol import Invalidation, Lease, Targets
 from pgbust.redis_cache import RedisCache
+from pgbust.task_sender import TaskSender
 from tests.support.heartbeat import HeartbeatPlayer
 from tests.support.processes import ProcessManager
 from tests.support.servers import RedisServer, wait_until
 from worker import audit as audit_job
-from worker.client import TaskSender
 from worker.settings import Settings
 from worker.stats import stats_key
 

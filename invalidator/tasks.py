@@ -1,9 +1,9 @@
 """Handing slow work to the Celery workers without ever blocking the fast path.
 
 The sender is made from the daemon's own settings (its broker and queue: a `--redis-url` or
-`--celery-broker-url` flag reaches it), by `worker_sender`; `worker/client.py` is imported once,
-when the daemon is built (see `preload`): the invalidator runs, and only logs, when it is absent
-or its broker is down. Each call runs in a thread.
+`--celery-broker-url` flag reaches it), by `worker_sender`; `pgbust/task_sender.py` is imported
+once, when the daemon is built (see `preload`): the invalidator runs, and only logs, when it is
+absent or its broker is down. Each call runs in a thread.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from pgbust.settings import TaskQueueSettings
 
 log = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 32
-SenderFactory = Callable[[], Any]  # an object with worker.client.TaskSender's methods
+SenderFactory = Callable[[], Any]  # an object with pgbust.task_sender.TaskSender's methods
 
 
 def worker_sender(settings: TaskQueueSettings) -> SenderFactory:
     """A factory of the TaskSender for these settings (built at the first task, in a thread)."""
 
     def make() -> Any:
-        from worker.client import TaskSender
+        from pgbust.task_sender import TaskSender
 
         return TaskSender(settings)
 

@@ -2,9 +2,9 @@
 
     cache = pgbust.Cache(pgbust.CacheSettings(), pgbust.load_declaration(), loaders)
     async with cache:
-        read = await cache.read("post:{slug}", slug="hello world")
+        read = await cache.read("order:{id}", id="A-17")
         ...
-        await cache.wrote("public.posts", "update", old={...}, new={...})
+        await cache.wrote("public.orders", "update", old={...}, new={...})
 
 It holds the L1 (in process), the Redis adapter (L2, leases, fill guards), the subscriber
 that evicts what other processes invalidated, the Postgres pool the loaders run on, and the
@@ -183,8 +183,8 @@ class Cache:
     async def read(self, entry: str, /, **values: Any) -> ReadResult:
         """Read through L1 -> Redis -> the entry's loader, with every fill guard.
 
-        `entry` is a rendered name ("post:hello") or, with values, a declared template
-        ("post:{slug}", slug="hello"). The payload is the loader's bytes (None: no such row)."""
+        `entry` is a rendered name ("order:hello") or, with values, a declared template
+        ("order:{id}", id="hello"). The payload is the loader's bytes (None: no such row)."""
         name = self.declaration.render(entry, values) if values else entry
         result = await self.tiers.read(name)
         self.sample_read(name)

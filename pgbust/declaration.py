@@ -2,26 +2,26 @@
 invalidate, and which entries an application reads (pure: parsing and validation, no I/O
 beyond reading the file).
 
-    [tables."public.products"]
+    [tables."public.orders"]
     key = ["id"]                       # the row's identity: any type, composite allowed
-    depends = ["category_id"]          # columns whose OLD and NEW values name dependencies
-    entries = ["product:{id}"]         # entries a change of the row invalidates
-    tags = ["category:{category_id}"]  # tags a change of the row bumps
+    depends = ["customer_id"]          # columns whose OLD and NEW values name dependencies
+    entries = ["order:{id}"]         # entries a change of the row invalidates
+    tags = ["customer:{customer_id}"]  # tags a change of the row bumps
 
 A rule may also be an inline table that says when it applies:
 
-    tags = [{ tag = "category:{category_id}:summary", columns = ["stock", "price_cents"] }]
+    tags = [{ tag = "customer:{customer_id}:summary", columns = ["status", "total_cents"] }]
 
 `when` (default: insert, update, delete) limits the operations; `columns` limits updates to
 those that change one of these columns. A row whose rendered name differs between OLD and NEW
-(it moved to another category) always invalidates both names, whatever `when` and `columns`.
+(it moved to another customer) always invalidates both names, whatever `when` and `columns`.
 
-    [entries."category:{id}:summary"]  # an entry the application reads ...
-    tags = ["category:{id}:summary"]   # ... filed under these tags
+    [entries."customer:{id}:summary"]  # an entry the application reads ...
+    tags = ["customer:{id}:summary"]   # ... filed under these tags
 
-    [entries."category:{id}:products:{limit}:{offset}"]
-    tags = ["category:{id}:pages"]
-    rows = ["row:products:{id}"]       # ... and under a tag per row its content lists
+    [entries."customer:{id}:orders:{limit}:{offset}"]
+    tags = ["customer:{id}:pages"]
+    rows = ["row:orders:{id}"]       # ... and under a tag per row its content lists
 
 `rows` are row tags: their placeholders name columns of the rows the loader returns
 (pgbust.Loaded(payload, rows=[...])), not of the entry's name, so they are known only after
@@ -441,7 +441,7 @@ def _dotted(where: Iterable[str | int]) -> str:
 class _Locator:
     """The line of a section or key in the TOML text (tomllib keeps no positions).
 
-    Looks for the section header ([tables."public.products"]) and then for the key inside
+    Looks for the section header ([tables."public.orders"]) and then for the key inside
     it; falls back to the header's line, then to line 1.
     """
 

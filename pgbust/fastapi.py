@@ -3,9 +3,9 @@
     cache = pgbust.Cache(settings, declaration, loaders)
     app = FastAPI(lifespan=cache_lifespan(cache))
 
-    @app.get("/posts/{slug}")
-    async def post(slug: str, cache: CacheDependency) -> Response:
-        return cached_response(await cache.read("post:{slug}", slug=slug))
+    @app.get("/orders/{id}")
+    async def order(id: str, cache: CacheDependency) -> Response:
+        return cached_response(await cache.read("order:{id}", id=id))
 
 The payload is served as the loader's bytes (no re-encoding); a missing entry is a 404;
 `X-Cache` says which tier answered (L1, L2, MISS).

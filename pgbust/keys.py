@@ -1,6 +1,6 @@
 """The Redis key and channel names of one namespace, in one place (pure, no I/O).
 
-An *entry* is a logical cache item ("product:42", named by the application's declaration);
+An *entry* is a logical cache item ("order:42", named by the application's declaration);
 the Redis key that holds it is "<ns>:v:<entry>". An entry may be filed under *tags*; a tag is
 invalidated in O(1) by bumping its generation, "<ns>:g:<tag>", which is part of every tagged
 entry's stamp (pgbust/lua.py). Which entries and tags exist is the declaration's business

@@ -2,8 +2,8 @@
 
     loaders = pgbust.Loaders()
 
-    @loaders.entry("post:{slug}")
-    async def load_post(conn: psycopg.AsyncConnection, slug: str) -> bytes | None:
+    @loaders.entry("order:{id}")
+    async def load_order(conn: psycopg.AsyncConnection, id: str) -> bytes | None:
         ...
 
 A loader gets a connection and the entry's values (their text form, unescaped) as keyword

@@ -3,17 +3,17 @@
 **Stamps.** A stored value is "<stamp>|<payload>". The stamp is the namespace epoch, followed
 by ".<generation>" for each tag the entry is filed under (today at most one):
 
-    product:42               "1764070000123456|{...}"
-    category:3:summary       "1764070000123456.1764070000234567|{...}"
+    order:42               "1764070000123456|{...}"
+    customer:3:summary       "1764070000123456.1764070000234567|{...}"
 
 A value whose stamp is not the current one is dead: bumping the epoch kills every entry at
 once, bumping a tag's generation every entry filed under it, both in O(1).
 
-**Row tags.** An entry may also hold rows (a page of products): it is then filed under each
-row's tag too ("row:products:42"), which only its content names, so they are known only after
+**Row tags.** An entry may also hold rows (a page of orders): it is then filed under each
+row's tag too ("row:orders:42"), which only its content names, so they are known only after
 the load. Such a value carries them after its stamp, with the time its lease was granted:
 
-    category:3:products:20:0 "<epoch>.<gen>\n<since>\n<ns>:g:row:products:7\n...|{...}"
+    customer:3:orders:20:0 "<epoch>.<gen>\n<since>\n<ns>:g:row:orders:7\n...|{...}"
 
 and is live only while every one of those generations is older than `since` (Redis TIME, µs,
 when the lease was granted). A row tag bumped after the lease (its generation is at least the

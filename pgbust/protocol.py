@@ -22,7 +22,7 @@ class MessageError(ValueError):
 class Targets:
     """What one change (or a batch of changes) invalidates.
 
-    keys: entry names ("product:42"); tags: tag names ("category:3"), each killing every entry
+    keys: entry names ("order:42"); tags: tag names ("customer:3"), each killing every entry
     filed under it; flush: everything in the namespace (epoch bump).
     """
 

@@ -25,7 +25,7 @@
                   tier (without the L2 guard an L1 copy could outlive an invalidation whose
                   message is still on its way)
       FILL refused for rows no generation tracked yet (-2: created by that FILL) -> one
-                  more lease, load and FILL: the first fill of a page whose products were
+                  more lease, load and FILL: the first fill of a page whose orders were
                   never written costs two loads, never a fill that could be stale
       FILL refused by a full Redis -> the lease is given back, the payload served, "MISS"
       Redis unreachable -> Postgres, no fill   -> payload, "MISS"

@@ -103,7 +103,7 @@ class RedisCache:
         tags: the entry's tags (as given to get_or_lease); rows: the row tags of what the
         payload holds (EntryType.row_tags), filed with it; since: the lease's grant time
         (Lease.since). All are required so that no fill path can forget them (a page filled
-        without its rows would outlive a change of a product it shows).
+        without its rows would outlive a change of a order it shows).
 
         Returns 1 when stored, 0 when the lease was lost, -1 when the epoch, the tag or a row
         tag changed, -2 when a row tag had no generation yet (created: the next lease fills).

@@ -1,4 +1,4 @@
-"""Key templates: "product:{id}" and how a row's values render into entry and tag names (pure).
+"""Key templates: "order:{id}" and how a row's values render into entry and tag names (pure).
 
 A template is ':'-separated segments; a segment is literal text or holds one placeholder
 ("{id}", optionally with literal text around it: "v{n}"). A rendered value is escaped so that

@@ -1,7 +1,7 @@
 """Celery app and tasks: the off-fast-path jobs of invalidation.
 
 `celery -A worker worker` and `celery -A worker beat` find the app here (`worker.app`, also
-`worker.celery`). It is built on first access, so importing worker.client or running
+`worker.celery`). It is built on first access, so importing pgbust.task_sender or running
 `python -m worker` never fails at import time on a bad setting: they report it their way.
 """
 

@@ -16,7 +16,7 @@ from celery import Celery
 from pgbust.cli import fail
 from pgbust.errors import ConfigError
 from pgbust.settings import load_settings
-from worker.client import sender_config
+from pgbust.task_sender import sender_config
 from worker.settings import Settings
 
 TASK_NAMES = (

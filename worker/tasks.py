@@ -24,10 +24,10 @@ from pgbust.errors import ConfigError, StartupError
 from pgbust.keys import Keyspace
 from pgbust.protocol import Targets
 from pgbust.redis_cache import RedisCache
+from pgbust.task_sender import TaskSender
 from worker import audit as audit_job
 from worker import jobs, stats
 from worker.app import app, settings
-from worker.client import TaskSender
 from worker.runtime import runtime
 
 log = logging.getLogger(__name__)

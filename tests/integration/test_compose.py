@@ -30,7 +30,7 @@ DOCKERFILE = (ROOT / "Dockerfile").read_text()
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 # The settings each service built from this repo reads (the invalidator also sends Celery
-# tasks through worker.client, which reads the worker's broker settings).
+# tasks through pgbust.task_sender, which reads the worker's broker settings).
 SETTINGS_OF = {
     "migrate": ["db.settings:DbSettings"],
     "api": ["api.settings:Settings"],

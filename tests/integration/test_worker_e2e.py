@@ -1,6 +1,6 @@
 """The whole chain with the real invalidator: a change typed into psql reaches the workers.
 
-psql -> trigger -> invalidator -> Redis (+ worker.client) -> Celery worker -> Redis.
+psql -> trigger -> invalidator -> Redis (+ pgbust.task_sender) -> Celery worker -> Redis.
 """
 
 from __future__ import annotations

@@ -17,10 +17,10 @@ from pgbust.keys import Keyspace
 from pgbust.protocol import Lease
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import connect
+from pgbust.task_sender import TaskSender
 from tests.support.demo import demo_tags
 from tests.support.processes import ManagedProcess, ProcessManager
 from tests.support.servers import RedisServer
-from worker.client import TaskSender
 from worker.settings import Settings
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"

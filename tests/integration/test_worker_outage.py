@@ -16,6 +16,7 @@ from api.keys import product_entry
 from pgbust.keys import Keyspace
 from pgbust.protocol import Targets
 from pgbust.redis_cache import RedisCache
+from pgbust.task_sender import now_ms
 from tests.integration.test_worker_helpers import (
     RABBITMQ_URL,
     delete_amqp_queue,
@@ -27,7 +28,6 @@ from tests.integration.test_worker_helpers import (
 from tests.support.processes import ProcessManager
 from tests.support.servers import RedisServer, wait_until
 from worker import jobs
-from worker.client import now_ms
 
 # the tests fill and invalidate as the invalidator would: they beat in its place too
 pytestmark = pytest.mark.usefixtures("live_capture")

@@ -1,6 +1,6 @@
 """The worker tasks run by a real Celery worker process, against a real Redis and Postgres.
 
-Tasks are enqueued the way the invalidator does it (worker.client), on a queue named after the
+Tasks are enqueued the way the invalidator does it (pgbust.task_sender), on a queue named after the
 test's namespace, so tests sharing a broker never take each other's tasks.
 """
 
@@ -23,6 +23,7 @@ from pgbust.entries import Entries
 from pgbust.keys import Keyspace
 from pgbust.protocol import Invalidation, Targets
 from pgbust.redis_cache import RedisCache
+from pgbust.task_sender import TaskSender
 from tests.integration.test_worker_helpers import (
     fill,
     fill_many,
@@ -37,7 +38,6 @@ from tests.support.demo import DEMO
 from tests.support.processes import ProcessManager
 from tests.support.servers import RedisServer, wait_until
 from worker import jobs
-from worker.client import TaskSender
 
 # the tests fill and invalidate as the invalidator would: they beat in its place too
 pytestmark = pytest.mark.usefixtures("live_capture")

@@ -21,7 +21,7 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
 
 
 class FakeSender:
-    """Stands in for worker.client.TaskSender: records warm, fails purge."""
+    """Stands in for pgbust.task_sender.TaskSender: records warm, fails purge."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []

@@ -1,4 +1,4 @@
-"""worker.client: tasks are sent by name to the namespace's queue; failures are EnqueueError."""
+"""pgbust.task_sender: tasks go by name to the namespace's queue; failures are EnqueueError."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from kombu.connection import Connection
 
-from worker.client import EnqueueError, TaskSender
+from pgbust.task_sender import EnqueueError, TaskSender
 from worker.settings import Settings
 
 
