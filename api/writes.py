@@ -10,6 +10,7 @@ TTL is the only bound, by design of that mode); in off mode there is no cache.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -25,11 +26,34 @@ from api.errors import RefusedByDatabase
 from api.models import ProductCreate, ProductPatch
 from api.runtime import Runtime
 from db.queries import query
-from invalidator.rules import product_write_targets
-from pgbust.protocol import Invalidation
+from pgbust import declaration
+from pgbust.protocol import Invalidation, Targets
+from pgbust.rules import targets_for, write_change
 
 log = logging.getLogger(__name__)
 ECHO_WAIT_S = 0.25
+TABLE = "public.products"
+
+
+@functools.cache
+def _declaration() -> declaration.Declaration:
+    """The declaration file (PGBUST_CONFIG), read once: the same rules as the capture's."""
+    return declaration.load()
+
+
+def product_write_targets(op: str, product_id: int, *category_ids: int) -> Targets:
+    """What an API write to one product touches (an update names its old and new category),
+    by the declaration's rules: the same as the change the capture will see. Which columns
+    the update changed is not known here: every column counts."""
+    first = {"id": product_id, "category_id": category_ids[0]}
+    last = {"id": product_id, "category_id": category_ids[-1]}
+    if op == "INSERT":
+        change = write_change(TABLE, "insert", new=first)
+    elif op == "DELETE":
+        change = write_change(TABLE, "delete", old=first)
+    else:
+        change = write_change(TABLE, "update", old=first, new=last)
+    return targets_for(_declaration(), change)
 
 
 async def _returning(runtime: Runtime, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
@@ -87,7 +111,7 @@ async def invalidate(runtime: Runtime, op: str, product_id: int, *category_ids: 
     """
     if runtime.settings.cache_mode != "cdc" or runtime.l2 is None:
         return
-    targets = product_write_targets(product_id, *category_ids, op=op)
+    targets = product_write_targets(op, product_id, *category_ids)
     reason = f"api write {uuid.uuid4().hex}"
     message = Invalidation.of(targets, origin="api", ts_us=time.time_ns() // 1000, reason=reason)
     subscriber = runtime.subscriber

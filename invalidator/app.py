@@ -28,6 +28,7 @@ from invalidator.sink import AppliedHook, Sink
 from invalidator.tasks import SenderFactory, Tasks, worker_sender
 from invalidator.wal_source import WalBatch, WalSource
 from pgbust import declaration, redis_policy
+from pgbust.declaration import Declaration
 from pgbust.errors import StartupError
 from pgbust.keys import Keyspace
 from pgbust.redis_cache import RedisCache
@@ -48,6 +49,7 @@ class Invalidator:
         on_applied: AppliedHook | None = None,
         serve_http: bool = True,
         make_sender: SenderFactory | None = None,
+        declared: Declaration | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -78,9 +80,10 @@ class Invalidator:
         self.sender = f"{socket.gethostname()}:{os.getpid()}"
         timeout_s = settings.effective_capture_timeout_s
         self.proof = CaptureProof(self.sender, timeout_s)
-        self.declaration = declaration.load() if settings.capture == "wal" else None
+        # both capture modes apply the declaration's rules; a bad file stops the start here
+        self.declaration = declared or declaration.load()
         self.listener: Listener | WalSource
-        if self.declaration is not None:
+        if settings.capture == "wal":
             # PGBUST_CAPTURE=wal: the slot instead of LISTEN; no flush at start when the slot
             # was there (it kept everything), confirmed only after Redis applied a batch; the
             # probes come through the slot as logical messages
@@ -346,14 +349,13 @@ class Invalidator:
         if item is _STOP:
             return False
         if isinstance(item, WalBatch):
-            assert self.declaration is not None
             batch.add_wal(item, self.declaration)
         elif isinstance(item, FlushRequest):
             batch.add_flush(item.kind, item.reason)
         elif isinstance(item, Probe):
             batch.add_probe(item)
         else:
-            batch.add(parse(item))
+            batch.add(parse(item), self.declaration)
         return True
 
     def _drain(self, batch: Batch, queue: asyncio.Queue[Item | WalBatch]) -> bool:

@@ -20,8 +20,8 @@ from fastapi import FastAPI
 from api.app import create_app
 from api.runtime import Runtime
 from api.settings import Settings
+from api.writes import product_write_targets
 from db.seed import Counts
-from invalidator.rules import product_write_targets
 from pgbust.keys import Keyspace
 from pgbust.protocol import Invalidation, Lease
 from pgbust.redis_cache import RedisCache
@@ -105,7 +105,7 @@ async def cdc_invalidate(
     l2: RedisCache, product_id: int, *categories: int, op: str = "UPDATE"
 ) -> None:
     """What the invalidator does for a committed product change."""
-    targets = product_write_targets(product_id, *categories, op=op)
+    targets = product_write_targets(op, product_id, *categories)
     await l2.invalidate(targets, Invalidation.of(targets, origin="cdc"))
 
 
