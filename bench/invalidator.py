@@ -259,7 +259,7 @@ async def end_to_end_throughput(url: str, redis_url: str, events: int) -> dict[s
         async with conn:
             await conn.execute(BURST_SQL, {"events": events})
         committed = time.perf_counter()
-        label = {"table": "products"}
+        label = {"table": "public.products"}
         while (registry.get_sample_value("pgbust_invalidator_events_total", label) or 0) < events:
             await asyncio.sleep(0.005)
             if time.perf_counter() - committed > 120:
