@@ -31,6 +31,7 @@ from invalidator.app import Invalidator
 from invalidator.batcher import Batch
 from invalidator.payload import parse
 from invalidator.settings import Settings
+from pgbust import declaration
 
 PRODUCTS = 100_000
 UPDATE_SCRIPT = (
@@ -92,9 +93,10 @@ def _payloads(n: int) -> list[str]:
     out = []
     for _ in range(n):
         rows = [
-            [rng.randint(1, PRODUCTS), rng.randint(1, 20)] for _ in range(rng.choice((1, 1, 1, 2)))
+            [str(rng.randint(1, PRODUCTS)), str(rng.randint(1, 20))]
+            for _ in range(rng.choice((1, 1, 1, 2)))
         ]
-        body = {"v": 1, "t": "products", "op": "U", "ts": time.time_ns() // 1000,
+        body = {"v": 2, "t": "public.products", "op": "U", "ts": time.time_ns() // 1000,
                 "c": ["id", "category_id"], "r": rows}  # fmt: skip
         out.append(orjson.dumps(body).decode())
     return out
@@ -102,11 +104,12 @@ def _payloads(n: int) -> list[str]:
 
 def throughput(events: int, batch_max: int = 2000) -> dict[str, Any]:
     payloads = _payloads(events)
+    declared = declaration.load()
     started = time.perf_counter()
     batches = 0
     batch = Batch()
     for raw in payloads:
-        batch.add(parse(raw))
+        batch.add(parse(raw), declared)
         if len(batch) >= batch_max:
             batch.targets()
             batches += 1
@@ -256,7 +259,7 @@ async def end_to_end_throughput(url: str, redis_url: str, events: int) -> dict[s
         async with conn:
             await conn.execute(BURST_SQL, {"events": events})
         committed = time.perf_counter()
-        label = {"table": "products"}
+        label = {"table": "public.products"}
         while (registry.get_sample_value("pgbust_invalidator_events_total", label) or 0) < events:
             await asyncio.sleep(0.005)
             if time.perf_counter() - committed > 120:

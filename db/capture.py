@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
-from db import migrate
+from db import declared, migrate
+from pgbust import declaration as declarations
+from pgbust.declaration import Declaration
 
 STATUS_QUERY = """
 SELECT relation, key_columns, max_rows, channel, triggers, active, members, captured,
-       problems, ddl_problem
+       problems, ddl_problem, depends_columns, watched_columns
 FROM pgbust.capture_status
 """
 
@@ -30,6 +32,8 @@ class CaptureStatus:
     captured: bool  # every committed change of the table is announced
     problems: list[str]  # why not, one line per member
     ddl_problem: str | None  # the DDL event triggers are not in place
+    depends_columns: list[str] = field(default_factory=list)
+    watched_columns: list[str] = field(default_factory=list)
 
     @property
     def installed(self) -> bool:
@@ -39,7 +43,10 @@ class CaptureStatus:
         """One line for `python -m db triggers status`."""
         tables = "1 table" if self.members == 1 else f"{self.members} tables (with partitions)"
         head = (
-            f"{self.relation}: keys {','.join(self.key_columns)}; max_rows {self.max_rows}; "
+            f"{self.relation}: keys {','.join(self.key_columns)}; "
+            + (f"depends {','.join(self.depends_columns)}; " if self.depends_columns else "")
+            + (f"watched {','.join(self.watched_columns)}; " if self.watched_columns else "")
+            + f"max_rows {self.max_rows}; "
             f"channel {self.channel}; {tables}; "
         )
         if self.captured:
@@ -47,9 +54,13 @@ class CaptureStatus:
         return head + "NOT captured: " + "; ".join(self.problems)
 
 
-def install(conn: psycopg.Connection[Any]) -> list[str]:
-    """(Re)apply every db/triggers/*.sql file: declarations and their triggers."""
-    return migrate.install_triggers(conn)
+def install(conn: psycopg.Connection[Any], declaration: Declaration | None = None) -> list[str]:
+    """(Re)apply every db/triggers/*.sql file, then capture every table the declaration file
+    declares (default PGBUST_CONFIG, ./pgbust.toml) and stop capturing the others."""
+    declaration = declaration or declarations.load()
+    files = migrate.install_triggers(conn)
+    declared.capture(conn, declaration)
+    return files
 
 
 def _has_catalogue(conn: psycopg.Connection[Any]) -> bool:
@@ -88,6 +99,8 @@ def status(conn: psycopg.Connection[Any]) -> list[CaptureStatus]:
             captured=r[7],
             problems=list(r[8]),
             ddl_problem=r[9],
+            depends_columns=list(r[10]),
+            watched_columns=list(r[11]),
         )
         for r in conn.execute(STATUS_QUERY).fetchall()
     ]

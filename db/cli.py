@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 import psycopg
 import typer
 
-from db import capture, migrate, seed, wal
+from db import capture, declared, migrate, seed, wal
 from db.settings import DbSettings
 from pgbust import declaration
 from pgbust.checks import require_postgres
 from pgbust.cli import run_guarded, setup_logging
+from pgbust.declaration import Declaration
 from pgbust.errors import StartupError
 from pgbust.settings import load_settings
 
@@ -25,6 +27,14 @@ app = typer.Typer(
 
 DatabaseUrl = Annotated[
     str | None, typer.Option("--database-url", help="overrides DATABASE_URL", show_default=False)
+]
+Config = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="the declaration file; overrides PGBUST_CONFIG (default ./pgbust.toml)",
+        show_default=False,
+    ),
 ]
 
 
@@ -58,32 +68,45 @@ def _warn_not_captured(database_url: str) -> None:
         typer.echo(f"warning: {problem}", err=True)
 
 
+def _echo_captured(captured: declared.Captured | None) -> None:
+    if captured is None:
+        return
+    typer.echo(f"capturing: {', '.join(captured.tables) or 'nothing'}")
+    if captured.forgotten:
+        typer.echo(f"no longer declared, capture removed: {', '.join(captured.forgotten)}")
+
+
 @app.command()
-def upgrade(database_url: DatabaseUrl = None) -> None:
-    """Create or update the schema and (re)install the change-capture triggers. Idempotent."""
+def upgrade(database_url: DatabaseUrl = None, config: Config = None) -> None:
+    """Apply the declaration's migrations and set up capture of its tables (NOTIFY triggers,
+    or the WAL publication). Idempotent."""
 
     def main() -> None:
         settings = _settings(database_url)
-        result = migrate.upgrade(settings.database_url)
+        declared_tables = declaration.load(config)
+        result = migrate.upgrade(
+            settings.database_url, declared_tables, capture=settings.capture == "notify"
+        )
         applied = ", ".join(result.applied) or "none pending"
         typer.echo(
             f"migrations applied: {applied}; trigger files installed: {len(result.triggers)}"
         )
-        _set_up_capture(settings)
+        _echo_captured(result.captured)
+        _set_up_capture(settings, declared_tables)
         if settings.capture == "notify":
             _warn_not_captured(settings.database_url)
 
     run_guarded("db upgrade", _database_errors_in_one_line(main))
 
 
-def _set_up_capture(settings: DbSettings) -> None:
+def _set_up_capture(settings: DbSettings, declared_tables: Declaration) -> None:
     """PGBUST_CAPTURE=wal: no trigger on the writers' path, a publication and a slot instead.
     notify: this namespace's slot and publication, if any, are dropped (a slot nobody reads
     would keep WAL until the disk is full)."""
     slot, publication = settings.slot_name, settings.publication_name
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         if settings.capture == "wal":
-            tables = list(declaration.load().tables)
+            tables = list(declared_tables.tables)
             setup = wal.ensure(conn, publication, slot, tables)  # the slot first: no gap
             removed = capture.remove(conn)
             typer.echo(
@@ -136,13 +159,15 @@ app.add_typer(triggers_app, name="triggers")
 
 
 @triggers_app.command("install")
-def triggers_install(database_url: DatabaseUrl = None) -> None:
-    """(Re)install the capture triggers of every table declared in db/triggers/."""
+def triggers_install(database_url: DatabaseUrl = None, config: Config = None) -> None:
+    """(Re)install the capture triggers of every table the declaration file declares, and
+    remove them from tables it no longer declares."""
 
     def main() -> None:
         settings = _settings(database_url)
+        declared_tables = declaration.load(config)
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
-            files = capture.install(conn)
+            files = capture.install(conn, declared_tables)
             tables = [s.relation for s in capture.status(conn) if s.captured]
         typer.echo(f"trigger files applied: {len(files)}; capturing: {', '.join(tables)}")
         _warn_not_captured(settings.database_url)

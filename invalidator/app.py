@@ -28,6 +28,7 @@ from invalidator.sink import AppliedHook, Sink
 from invalidator.tasks import SenderFactory, Tasks, worker_sender
 from invalidator.wal_source import WalBatch, WalSource
 from pgbust import declaration, redis_policy
+from pgbust.declaration import Declaration
 from pgbust.errors import StartupError
 from pgbust.keys import Keyspace
 from pgbust.redis_cache import RedisCache
@@ -48,6 +49,7 @@ class Invalidator:
         on_applied: AppliedHook | None = None,
         serve_http: bool = True,
         make_sender: SenderFactory | None = None,
+        declared: Declaration | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -67,7 +69,7 @@ class Invalidator:
         self.tasks.preload()  # before the event loop serves anything
         # the declaration file (PGBUST_CONFIG): the rules in both capture modes, and the
         # tags of the hot entries to warm again
-        self.declaration = declaration.load()
+        self.declaration = declared or declaration.load()
         self.hot = HotEntries(self.redis, self.keyspace, settings.warm_top, self.declaration)
         self.sink = Sink(
             self.cache,
@@ -348,14 +350,13 @@ class Invalidator:
         if item is _STOP:
             return False
         if isinstance(item, WalBatch):
-            assert self.declaration is not None
             batch.add_wal(item, self.declaration)
         elif isinstance(item, FlushRequest):
             batch.add_flush(item.kind, item.reason)
         elif isinstance(item, Probe):
             batch.add_probe(item)
         else:
-            batch.add(parse(item))
+            batch.add(parse(item), self.declaration)
         return True
 
     def _drain(self, batch: Batch, queue: asyncio.Queue[Item | WalBatch]) -> bool:

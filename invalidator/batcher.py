@@ -1,5 +1,7 @@
 """Merging many changes' targets into one batch (pure, no I/O).
 
+Both capture modes apply the same rules, the declaration file's (pgbust.rules.explain).
+
 The daemon drains every event already received, adds each one's targets here and sends the
 batch as one Redis call; pending batches (Redis unreachable) keep merging into one.
 """
@@ -12,10 +14,9 @@ from typing import TYPE_CHECKING
 
 from invalidator.liveness import Probe
 from invalidator.payload import Parsed
-from invalidator.rules import RULES, explain
 from pgbust.declaration import Declaration
 from pgbust.protocol import Targets
-from pgbust.rules import explain as declared_explain
+from pgbust.rules import Change, explain
 
 if TYPE_CHECKING:
     from invalidator.wal_source import WalBatch
@@ -47,34 +48,13 @@ class Batch:
     def __len__(self) -> int:
         return self.events
 
-    def add(self, parsed: Parsed) -> None:
-        """Add one parsed event: its targets by the rules, its timestamp, its problem label."""
-        change = parsed.change
+    def add(self, parsed: Parsed, declaration: Declaration) -> None:
+        """Add one parsed NOTIFY event: its targets by the declared rules, its timestamp, its
+        problem label."""
         self.events += 1
-        self.tables[change.table] += 1
-        if change.ts_us is not None:
-            self.timestamps.append(change.ts_us)
         if parsed.problem is not None:
             self.problems[parsed.problem] += 1
-        targets, unkeyable = explain(change)
-        if unkeyable is not None and parsed.problem is None:
-            self.problems[unkeyable] += 1  # well-formed JSON, but a row without a usable key
-        if targets.flush and not self.flush:
-            if parsed.problem is not None:
-                kind = "malformed"
-            elif change.table_wide:
-                kind = "table_wide"
-            elif change.table not in RULES:
-                kind = "unknown_table"
-            else:
-                kind = "unkeyable_row"
-            self.flush_kind = kind
-            why = change.extra.get("why")
-            self.reasons.append(
-                f"{parsed.problem or unkeyable or kind} change of {change.table}"
-                + (f" ({why})" if why else "")
-            )
-        self.add_targets(targets)
+        self._add_change(parsed.change, declaration, parsed.problem, parsed.why, "")
 
     def add_wal(self, item: WalBatch, declaration: Declaration) -> None:
         """Add one committed transaction from the WAL; its problems were counted by the
@@ -84,22 +64,37 @@ class Batch:
             self.wal_xids.add(item.xid)
         for change in item.changes:
             self.events += 1
-            self.tables[change.table] += 1
-            if change.ts_us is not None:
-                self.timestamps.append(change.ts_us)
-            targets, unkeyable = declared_explain(declaration, change)
-            if unkeyable is not None:
-                self.problems[unkeyable] += 1
-            if targets.flush and not self.flush:
-                if change.table_wide:
-                    kind = "table_wide"
-                elif declaration.table(change.table) is None:
-                    kind = "unknown_table"
-                else:
-                    kind = "unkeyable_row"
-                self.flush_kind = kind
-                self.reasons.append(f"{unkeyable or kind} change of {change.table} (wal)")
-            self.add_targets(targets)
+            self._add_change(change, declaration, None, None, " (wal)")
+
+    def _add_change(
+        self,
+        change: Change,
+        declaration: Declaration,
+        problem: str | None,
+        why: str | None,
+        source: str,
+    ) -> None:
+        self.tables[change.table] += 1
+        if change.ts_us is not None:
+            self.timestamps.append(change.ts_us)
+        targets, unkeyable = explain(declaration, change)
+        if unkeyable is not None and problem is None:
+            self.problems[unkeyable] += 1  # well-formed, but a row without a usable key
+        if targets.flush and not self.flush:
+            if problem is not None:
+                kind = "malformed"
+            elif change.table_wide:
+                kind = "table_wide"
+            elif declaration.table(change.table) is None:
+                kind = "unknown_table"
+            else:
+                kind = "unkeyable_row"
+            self.flush_kind = kind
+            self.reasons.append(
+                f"{problem or unkeyable or kind} change of {change.table}{source}"
+                + (f" ({why})" if why else "")
+            )
+        self.add_targets(targets)
 
     def add_targets(self, targets: Targets) -> None:
         if self.flush:

@@ -1,6 +1,6 @@
 -- Key rendering in SQL, the twin of pgbust/templates.py (a test checks that both agree on
 -- every value): pgbust.key_part escapes one value, pgbust.render_key fills a template such as
--- 'comment:{post_slug}:{number}' from a jsonb object of text values. For operators who want
+-- 'line:{order_id}:{number}' from a jsonb object of text values. For operators who want
 -- to see, in psql, which cache entry a row maps to; capture itself sends the raw values.
 
 -- '%', ':', '{', '}', the ASCII space and control characters become %XX (upper-case hex).

@@ -1,22 +1,34 @@
 -- Change capture: which tables are watched (pgbust.capture) and the functions that (re)create
 -- their triggers (what they must be: 12_capture_status.sql). Re-applied by every
 -- `python -m db upgrade`, so everything here is idempotent, and a re-run that finds every
--- trigger in place changes nothing (no lock taken on the tables, no flush).
+-- trigger in place changes nothing (no lock taken on the tables, no flush). Which tables are
+-- captured is said by the declaration file (pgbust.toml): `python -m db upgrade` and
+-- `python -m db triggers install` call capture_table for each declared table (db/declared.py).
 --
 -- One statement = one notification (or a few chunks), never one per row: each watched table
 -- gets STATEMENT-level AFTER INSERT/UPDATE/DELETE triggers with transition tables, plus a
--- TRUNCATE trigger. The payload is compact, versioned JSON sent with pg_notify on COMMIT:
+-- TRUNCATE trigger. The payload is compact, versioned JSON sent with pg_notify on COMMIT
+-- (payload v2, parsed by invalidator/payload.py):
 --
---   {"v":1,"t":"products","op":"U","ts":<µs>,"c":["id","category_id"],"r":[[1,2],[1,3]]}
---   {"v":1,"t":"products","op":"T","ts":<µs>,"all":true}           (TRUNCATE, or too many rows)
---   {"v":1,"t":"products","op":"U","ts":<µs>,"p":true,"c":[...],"r":[[1,2]]}  (in place: no
---                                   row's key columns changed, see the UPDATE branch)
+--   {"v":2,"t":"public.orders","op":"U","ts":<µs>,"c":["id","customer_id"],"r":[["1","2"],["1","3"]]}
+--   {"v":2,"t":"public.orders","op":"U","ts":<µs>,"p":true,"w":["status"],"c":[...],"r":[["1","2"]]}
+--   {"v":2,"t":"public.orders","op":"T","ts":<µs>,"all":true}  (TRUNCATE, or too many rows)
+--   {"v":2,"t":"public.orders","op":"S","ts":<µs>,"all":true,"why":"alter table"}  (DDL)
 --
--- "r" holds the DISTINCT key columns of OLD and NEW rows alike (a product that moved category
--- appears with both). Above max_rows rows, or when a chunk would not fit in NOTIFY's 8000-byte
--- limit, the trigger sends a table-wide event instead: it never raises. "ts" is
--- clock_timestamp() when the statement's trigger ran. "t" is the captured table's name, also
--- for a change made straight in one of its partitions or inheritance children.
+-- "t" is the declared table, schema-qualified (also for a change made straight in one of its
+-- partitions or inheritance children). "c" names the declared key columns, then the depends
+-- columns; "r" holds their DISTINCT values over OLD and NEW rows alike (a order that moved
+-- customer appears with both), each as TEXT (`col::text`, JSON null for NULL), so that a
+-- uuid, text or composite value arrives exactly as pgbust/templates.py renders it.
+-- "p" (UPDATE only, in place): the set of key + depends tuples is the same before and after,
+-- so every row kept its identity and its dependencies. With "p", "w" lists the declared
+-- watched columns (those a `columns = [...]` rule restricts updates to) that some row changed
+-- (OLD and NEW joined on the key, compared with IS DISTINCT FROM on their text); a table with
+-- no watched column sends no "w". Without "p" the rows are unpaired OLD/NEW tuples.
+-- Above max_rows rows, or when a chunk would not fit in NOTIFY's 8000-byte limit, the trigger
+-- sends a table-wide event instead: it never raises. "ts" is clock_timestamp() when the
+-- statement's trigger ran. Payload v1 (before pgbust.toml drove NOTIFY capture) had the bare
+-- table name and integer values; the invalidator treats it as a table-wide change.
 --
 -- What else makes sure no committed change goes unannounced (invariant 10):
 -- * Members: the triggers are on the table AND on every partition and inheritance child, at
@@ -37,11 +49,12 @@
 -- pgbust's own functions run with pgbust.internal = on, so the event triggers ignore them.
 
 CREATE TABLE IF NOT EXISTS pgbust.capture (
-    relation    text PRIMARY KEY,  -- schema-qualified, e.g. public.products
+    relation    text PRIMARY KEY,  -- schema-qualified, e.g. public.orders
     key_columns text[] NOT NULL CHECK (cardinality(key_columns) > 0),
     max_rows    integer NOT NULL DEFAULT 1000 CHECK (max_rows > 0),
     channel     text NOT NULL DEFAULT 'pgbust_changes'
 );
+-- key_columns: the declared key (before payload v2 it held the key and the depends columns).
 
 -- false after `python -m db triggers remove`: still declared, deliberately not captured (and
 -- reported so); `install` sets it back. Added without ALTER TABLE when it is already there.
@@ -51,6 +64,22 @@ BEGIN
                    WHERE attrelid = 'pgbust.capture'::regclass AND attname = 'active'
                      AND NOT attisdropped) THEN
         ALTER TABLE pgbust.capture ADD COLUMN active boolean NOT NULL DEFAULT true;
+    END IF;
+END
+$$;
+
+-- The declared depends and watched columns (payload v2). Added the same way.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                   WHERE attrelid = 'pgbust.capture'::regclass AND attname = 'depends_columns'
+                     AND NOT attisdropped) THEN
+        ALTER TABLE pgbust.capture ADD COLUMN depends_columns text[] NOT NULL DEFAULT '{}';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                   WHERE attrelid = 'pgbust.capture'::regclass AND attname = 'watched_columns'
+                     AND NOT attisdropped) THEN
+        ALTER TABLE pgbust.capture ADD COLUMN watched_columns text[] NOT NULL DEFAULT '{}';
     END IF;
 END
 $$;
@@ -91,6 +120,14 @@ LANGUAGE sql STABLE AS $$
     WHERE c.oid = target
 $$;
 
+-- The name payloads carry: schema.table, unquoted, as the declaration file spells it.
+CREATE OR REPLACE FUNCTION pgbust.capture_qualified_name(target regclass) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT n.nspname || '.' || c.relname
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = target
+$$;
+
 -- The table-wide event pgbust sends when rows may have changed without a row trigger (a DDL
 -- command, a capture (re)installed): the invalidator flushes. op "S" = schema.
 CREATE OR REPLACE FUNCTION pgbust.capture_notify_wide(relation text, why text) RETURNS void
@@ -103,10 +140,10 @@ BEGIN
     IF decl.relation IS NULL THEN
         RETURN;
     END IF;
-    tbl := coalesce((SELECT c.relname::text FROM pg_class c WHERE c.oid = to_regclass(relation)),
-                     (SELECT p[cardinality(p)] FROM parse_ident(relation) p));
+    tbl := coalesce(pgbust.capture_qualified_name(to_regclass(relation)),
+                    (SELECT array_to_string(p, '.') FROM parse_ident(relation) p));
     PERFORM pg_notify(decl.channel,
-                      '{"v":1,"t":' || to_json(tbl)::text || ',"op":"S","ts":'
+                      '{"v":2,"t":' || to_json(tbl)::text || ',"op":"S","ts":'
                       || (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
                       || ',"all":true,"why":' || to_json(left(why, 200))::text || '}');
 END
@@ -200,35 +237,46 @@ BEGIN
 END
 $$;
 
--- Declare a table (which columns its cache keys depend on) and (re)create its triggers, on it
--- and on every partition and inheritance child. Flushes (a table-wide event) when the table was
--- not fully captured before: changes made meanwhile may not have been announced.
+
+-- Declare a table (its key, depends and watched columns, as the declaration file says) and
+-- (re)create its triggers, on it and on every partition and inheritance child. Flushes (a
+-- table-wide event) when the table was not fully captured before: changes made meanwhile may
+-- not have been announced. The signature before payload v2 had no depends/watched columns.
+DROP FUNCTION IF EXISTS pgbust.capture_table(regclass, text[], integer, text);
+
 CREATE OR REPLACE FUNCTION pgbust.capture_table(
     target regclass,
     key_columns text[],
+    depends_columns text[] DEFAULT '{}',
+    watched_columns text[] DEFAULT '{}',
     max_rows integer DEFAULT 1000,
     channel text DEFAULT 'pgbust_changes'
 ) RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     outer_internal text := pgbust.internal_begin();
     rel text;
-    name text;
+    qualified text;   -- "t" of the payloads: public.orders
     fn text;
     row_fn text;
     missing text;
-    cols text;        -- "id", "category_id"
-    new_cols text;    -- NEW."id", NEW."category_id"
-    old_cols text;    -- OLD."id", OLD."category_id"
-    header_c text;    -- ,"c":["id","category_id"],"r":
-    chunk_rows integer;
+    captured_columns text[] := key_columns || coalesce(depends_columns, '{}');
+    sel text;         -- "id"::text AS pgbust_k1, "customer_id"::text AS pgbust_k2
+    ks text;          -- pgbust_k1, pgbust_k2
+    new_vals text;    -- NEW."id"::text, NEW."customer_id"::text
+    old_vals text;    -- OLD."id"::text, OLD."customer_id"::text
+    header_c text;    -- ,"c":["id","customer_id"],"r":
+    watched_sql text := '';   -- the statement trigger's "w" (nothing without watched columns)
+    replica_w text := '''''';  -- the row trigger's "w", an SQL expression
     counter text;     -- the replica trigger's per-transaction row counter (a custom setting)
     was_captured boolean;
 BEGIN
-    SELECT format('%s.%s', quote_ident(n.nspname), quote_ident(c.relname)), c.relname
-    INTO rel, name
+    SELECT format('%s.%s', quote_ident(n.nspname), quote_ident(c.relname))
+    INTO rel
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = target;
+    qualified := pgbust.capture_qualified_name(target);
 
-    SELECT string_agg(k, ', ') INTO missing FROM unnest(key_columns) AS k
+    SELECT string_agg(k, ', ') INTO missing
+    FROM unnest(captured_columns || coalesce(watched_columns, '{}')) AS k
     WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
                       WHERE a.attrelid = target AND a.attname = k
                         AND a.attnum > 0 AND NOT a.attisdropped);
@@ -241,64 +289,89 @@ BEGIN
                               AND c.channel = capture_table.channel)
                     AND cardinality(pgbust.capture_problems(rel)) = 0;
 
-    INSERT INTO pgbust.capture AS c (relation, key_columns, max_rows, channel, active)
-    VALUES (rel, capture_table.key_columns, capture_table.max_rows, capture_table.channel, true)
+    INSERT INTO pgbust.capture AS c
+        (relation, key_columns, depends_columns, watched_columns, max_rows, channel, active)
+    VALUES (rel, capture_table.key_columns, coalesce(capture_table.depends_columns, '{}'),
+            coalesce(capture_table.watched_columns, '{}'), capture_table.max_rows,
+            capture_table.channel, true)
     ON CONFLICT ON CONSTRAINT capture_pkey DO UPDATE
-        SET key_columns = EXCLUDED.key_columns, max_rows = EXCLUDED.max_rows,
+        SET key_columns = EXCLUDED.key_columns, depends_columns = EXCLUDED.depends_columns,
+            watched_columns = EXCLUDED.watched_columns, max_rows = EXCLUDED.max_rows,
             channel = EXCLUDED.channel, active = true;
 
     fn := pgbust.capture_function_name(target);
     row_fn := pgbust.replica_function_name(target);
-    SELECT string_agg(format('%I', k), ', ' ORDER BY o),
-           string_agg(format('NEW.%I', k), ', ' ORDER BY o),
-           string_agg(format('OLD.%I', k), ', ' ORDER BY o)
-    INTO cols, new_cols, old_cols
-    FROM unnest(key_columns) WITH ORDINALITY AS u(k, o);
-    header_c := ',"c":' || to_json(key_columns)::text || ',"r":';
-    -- Rows per notification so that even 20-digit values in every column stay under 8000 bytes.
-    chunk_rows := greatest(1, 7700 / (cardinality(key_columns) * 22 + 3));
+    SELECT string_agg(format('%I::text AS pgbust_k%s', k, o), ', ' ORDER BY o),
+           string_agg(format('pgbust_k%s', o), ', ' ORDER BY o),
+           string_agg(format('NEW.%I::text', k), ', ' ORDER BY o),
+           string_agg(format('OLD.%I::text', k), ', ' ORDER BY o)
+    INTO sel, ks, new_vals, old_vals
+    FROM unnest(captured_columns) WITH ORDINALITY AS u(k, o);
+    header_c := ',"c":' || to_json(captured_columns)::text || ',"r":';
+    IF cardinality(watched_columns) > 0 THEN
+        -- in place: OLD and NEW hold the same keys, so the join pairs every row with itself
+        SELECT format('head := head || coalesce((SELECT %s FROM pgbust_old pgbust_o '
+                      'JOIN pgbust_new pgbust_n ON %s), '''');',
+                      format('%L || to_json(array_remove(ARRAY[%s]::text[], NULL))::text',
+                             ',"w":',
+                             string_agg(format('CASE WHEN bool_or(pgbust_o.%1$I::text IS '
+                                               'DISTINCT FROM pgbust_n.%1$I::text) THEN %1$L END',
+                                               w), ', ' ORDER BY o)),
+                      (SELECT string_agg(format('pgbust_o.%1$I::text = pgbust_n.%1$I::text', k),
+                                         ' AND ')
+                       FROM unnest(key_columns) AS k)),
+               format('%L || to_json(array_remove(ARRAY[%s]::text[], NULL))::text', ',"w":',
+                      string_agg(format('CASE WHEN OLD.%1$I::text IS DISTINCT FROM '
+                                        'NEW.%1$I::text THEN %1$L END', w), ', ' ORDER BY o))
+        INTO watched_sql, replica_w
+        FROM unnest(watched_columns) WITH ORDINALITY AS u(w, o);
+    END IF;
     counter := 'pgbust.rows_' || left(md5(rel), 16);
 
     EXECUTE format($body$
 CREATE OR REPLACE FUNCTION %1$s() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
--- generated by pgbust.capture_table(); do not edit, re-run `python -m db upgrade`
+#variable_conflict use_column
+-- generated by pgbust.capture_table() from the declaration file; do not edit, re-run
+-- `python -m db upgrade`. Values are sent as text: identical for any key type.
 DECLARE
-    head text := '{"v":1,"t":' || %7$L || ',"op":"'
+    head text := '{"v":2,"t":' || %7$L || ',"op":"'
                  || left(TG_OP, 1) || '","ts":'
                  || (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
     n bigint;       -- rows the statement touched, counted up to max_rows + 1
-    keys text;      -- their distinct key columns as one JSON array
-    distinct_keys bigint;  -- UPDATE: distinct key tuples of OLD and NEW together
+    keys text;      -- their distinct key + depends tuples as one JSON array
+    distinct_keys bigint;  -- UPDATE: distinct tuples of OLD and NEW together
     chunk text;
+    room bigint;    -- bytes per chunk part (half of what a notification leaves for rows)
 BEGIN
-    -- One query in the common case: count (bounded) and the keys as JSON together.
+    -- One query in the common case: count (bounded) and the tuples as JSON together.
     IF TG_OP = 'TRUNCATE' THEN
         PERFORM pg_notify(%2$L, head || ',"all":true}');
         RETURN NULL;
     ELSIF TG_OP = 'INSERT' THEN
         SELECT (SELECT count(*) FROM (SELECT 1 FROM pgbust_new LIMIT %3$s + 1) c),
-               json_agg(json_build_array(%5$s))::text
+               json_agg(json_build_array(%6$s))::text
         INTO n, keys
-        FROM (SELECT DISTINCT %5$s FROM (SELECT %5$s FROM pgbust_new LIMIT %3$s + 1) l) d;
+        FROM (SELECT DISTINCT %6$s FROM (SELECT %5$s FROM pgbust_new LIMIT %3$s + 1) l) d;
     ELSIF TG_OP = 'UPDATE' THEN
         SELECT (SELECT count(*) FROM (SELECT 1 FROM pgbust_new LIMIT %3$s + 1) c),
-               json_agg(json_build_array(%5$s))::text, count(*)
+               json_agg(json_build_array(%6$s))::text, count(*)
         INTO n, keys, distinct_keys
         FROM ((SELECT %5$s FROM pgbust_old LIMIT %3$s + 1)
               UNION (SELECT %5$s FROM pgbust_new LIMIT %3$s + 1)) d;
-        -- "p" (in place): the rows' key columns are the same set before and after, so
-        -- whatever lists rows by them lists the same rows (n distinct OLD keys, and NEW adds
-        -- none to them)
+        -- "p" (in place): the rows' key + depends tuples are the same set before and after,
+        -- so whatever lists rows by them lists the same rows (n distinct OLD tuples, and NEW
+        -- adds none to them)
         IF n <= %3$s AND distinct_keys = n
            AND (SELECT count(*) FROM (SELECT DISTINCT %5$s FROM pgbust_old) o) = n THEN
             head := head || ',"p":true';
+            %8$s
         END IF;
     ELSE
         SELECT (SELECT count(*) FROM (SELECT 1 FROM pgbust_old LIMIT %3$s + 1) c),
-               json_agg(json_build_array(%5$s))::text
+               json_agg(json_build_array(%6$s))::text
         INTO n, keys
-        FROM (SELECT DISTINCT %5$s FROM (SELECT %5$s FROM pgbust_old LIMIT %3$s + 1) l) d;
+        FROM (SELECT DISTINCT %6$s FROM (SELECT %5$s FROM pgbust_old LIMIT %3$s + 1) l) d;
     END IF;
     IF n = 0 THEN
         RETURN NULL;  -- a statement that touched no row changes nothing
@@ -311,24 +384,28 @@ BEGIN
         PERFORM pg_notify(%2$L, chunk);
         RETURN NULL;
     END IF;
-    -- Too big for one notification: split the keys into chunks of %6$s rows.
+    -- Too big for one notification: parts of `room` bytes of rows each; a part holds less
+    -- than room + its first row, so with every row under room each chunk fits.
+    room := greatest(1, (7900 - octet_length(head) - octet_length(%4$L) - 3) / 2);
     FOR chunk IN
-        SELECT head || %4$L || json_agg(e)::text || '}'
-        FROM (SELECT e, (o - 1) / %6$s AS part
+        SELECT head || %4$L || '[' || string_agg(p.e, ',' ORDER BY p.o) || ']}'
+        FROM (SELECT a.e::text AS e, a.o,
+                     sum(octet_length(a.e::text) + 1) OVER (ORDER BY a.o) AS running
               FROM json_array_elements(keys::json) WITH ORDINALITY AS a(e, o)) p
-        GROUP BY part
+        GROUP BY (p.running - 1) / room
+        ORDER BY (p.running - 1) / room
     LOOP
         EXIT WHEN octet_length(chunk) > 7900;
         PERFORM pg_notify(%2$L, chunk);
     END LOOP;
     IF octet_length(chunk) > 7900 THEN
-        -- keys too long for a notification: degrade to a table-wide event, never raise
+        -- a row too long for a notification: degrade to a table-wide event, never raise
         PERFORM pg_notify(%2$L, head || ',"all":true,"n":' || n || '}');
     END IF;
     RETURN NULL;
 END
 $fn$;
-$body$, fn, channel, max_rows, header_c, cols, chunk_rows, to_json(name)::text);
+$body$, fn, channel, max_rows, header_c, sel, ks, to_json(qualified)::text, watched_sql);
 
     -- Only fires with session_replication_role = replica, where no statement trigger does in
     -- an apply worker; so it must work with an empty search_path and never raise (an error
@@ -336,7 +413,9 @@ $body$, fn, channel, max_rows, header_c, cols, chunk_rows, to_json(name)::text);
     EXECUTE format($body$
 CREATE OR REPLACE FUNCTION %1$s() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
--- generated by pgbust.capture_table(); do not edit, re-run `python -m db upgrade`
+#variable_conflict use_column
+-- generated by pgbust.capture_table() from the declaration file; do not edit, re-run
+-- `python -m db upgrade`
 DECLARE
     n integer := coalesce(nullif(current_setting(%4$L, true), ''), '0')::integer + 1;
     head text;
@@ -346,7 +425,7 @@ BEGIN
     IF n > %3$s + 1 THEN
         RETURN NULL;  -- the table-wide event is already on its way
     END IF;
-    head := '{"v":1,"t":' || %8$L || ',"op":"' || left(TG_OP, 1) || '","ts":'
+    head := '{"v":2,"t":' || %8$L || ',"op":"' || left(TG_OP, 1) || '","ts":'
             || (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
     IF n > %3$s THEN
         PERFORM pg_notify(%2$L, head || ',"all":true,"n":' || n || '}');
@@ -354,8 +433,11 @@ BEGIN
     END IF;
     IF TG_OP = 'INSERT' THEN
         chunk := '[' || json_build_array(%6$s)::text || ']';
-    ELSIF TG_OP = 'DELETE' OR ROW(%7$s) IS NOT DISTINCT FROM ROW(%6$s) THEN
+    ELSIF TG_OP = 'DELETE' THEN
         chunk := '[' || json_build_array(%7$s)::text || ']';
+    ELSIF ROW(%7$s) IS NOT DISTINCT FROM ROW(%6$s) THEN
+        head := head || ',"p":true' || %9$s;  -- in place, with the watched columns it changed
+        chunk := '[' || json_build_array(%6$s)::text || ']';
     ELSE
         chunk := '[' || json_build_array(%7$s)::text || ',' || json_build_array(%6$s)::text || ']';
     END IF;
@@ -367,7 +449,8 @@ BEGIN
     RETURN NULL;
 END
 $fn$;
-$body$, row_fn, channel, max_rows, counter, header_c, new_cols, old_cols, to_json(name)::text);
+$body$, row_fn, channel, max_rows, counter, header_c, new_vals, old_vals,
+        to_json(qualified)::text, replica_w);
 
     PERFORM pgbust.capture_sync(target, true);
     IF NOT was_captured THEN

@@ -153,10 +153,12 @@ $$;
 -- Every declared table and whether every committed change of it is announced: captured, and
 -- if not, why (problems); ddl_problem when the DDL event triggers are not in place (then only
 -- the invalidator's periodic check, through fingerprint, sees rewrites and partition changes).
--- The first five columns are the view's original ones.
+-- The first five columns are the view's original ones; new ones go at the end (CREATE OR
+-- REPLACE VIEW can only add columns there).
 CREATE OR REPLACE VIEW pgbust.capture_status AS
 SELECT c.relation, c.key_columns, c.max_rows, c.channel, r.triggers, c.active, r.members,
-       cardinality(r.problems) = 0 AS captured, r.problems, d.ddl_problem, r.fingerprint
+       cardinality(r.problems) = 0 AS captured, r.problems, d.ddl_problem, r.fingerprint,
+       c.depends_columns, c.watched_columns
 FROM pgbust.capture c
 CROSS JOIN LATERAL pgbust.capture_report(c.relation) r
 CROSS JOIN (SELECT pgbust.capture_ddl_problem() AS ddl_problem) d

@@ -269,7 +269,7 @@ def test_killed_pubsub_connections_flush_l1_and_resubscribe(
 # --- 6. SIGKILL a Celery worker during a fan-out task ---
 
 
-TABLE_WIDE = '{"v":1,"t":"products","op":"U","ts":%d,"all":true,"n":5000}'
+TABLE_WIDE = '{"v":2,"t":"public.products","op":"U","ts":%d,"all":true,"n":5000}'
 
 
 def _kill_worker_mid_task(stack: ChaosStack, load: LoadDriver, plan: Plan) -> int:

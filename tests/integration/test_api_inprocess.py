@@ -20,13 +20,13 @@ from fastapi import FastAPI
 from api.app import create_app
 from api.settings import Settings
 from db.seed import Counts
-from invalidator.rules import product_write_targets
 from pgbust.cache import Cache as Runtime
 from pgbust.keys import Keyspace
 from pgbust.protocol import Invalidation, Lease
 from pgbust.redis_cache import RedisCache
+from pgbust.rules import targets_for, write_change
 from tests.conftest import API_TOKEN
-from tests.support.demo import demo_tags
+from tests.support.demo import DEMO, demo_tags
 from tests.support.heartbeat import HeartbeatPlayer
 from tests.support.processes import ProcessManager
 from tests.support.servers import RedisServer
@@ -105,8 +105,16 @@ class Pause:
 async def cdc_invalidate(
     l2: RedisCache, product_id: int, *categories: int, op: str = "UPDATE"
 ) -> None:
-    """What the invalidator does for a committed product change."""
-    targets = product_write_targets(product_id, *categories, op=op)
+    """What the invalidator does for a committed product change (the demo's rules)."""
+    first = {"id": product_id, "category_id": categories[0]}
+    last = {"id": product_id, "category_id": categories[-1]}
+    if op == "INSERT":
+        change = write_change("public.products", "insert", new=first)
+    elif op == "DELETE":
+        change = write_change("public.products", "delete", old=first)
+    else:
+        change = write_change("public.products", "update", old=first, new=last)
+    targets = targets_for(DEMO, change)
     await l2.invalidate(targets, Invalidation.of(targets, origin="cdc"))
 
 

@@ -28,7 +28,11 @@ from tests.support.processes import ManagedProcess, ProcessManager
 from tests.support.servers import RedisServer, wait_until
 
 CHANNEL = "pgbust_changes"
-GOOD = '{"v":1,"t":"products","op":"U","ts":1700000000000000,"c":["id","category_id"],"r":[[3,4]]}'
+GOOD = (
+    '{"v":2,"t":"public.products","op":"U","ts":1700000000000000,"c":["id","category_id"],'
+    '"r":[["3","4"]]}'
+)
+ROWS = '"r":[["3","4"]]'
 
 MALFORMED: dict[str, str] = {
     "empty": "",
@@ -37,42 +41,44 @@ MALFORMED: dict[str, str] = {
     "json_number": "42",
     "json_array": "[1,2,3]",
     "json_string": '"products"',
-    "no_table": '{"v":1,"op":"U","ts":1,"c":["id","category_id"],"r":[[1,2]]}',
-    "empty_table": '{"v":1,"t":"","op":"U","ts":1,"c":["id","category_id"],"r":[[1,2]]}',
-    "table_not_string": '{"v":1,"t":7,"op":"U","ts":1,"c":["id","category_id"],"r":[[1,2]]}',
-    "unknown_version_2": GOOD.replace('"v":1', '"v":2'),
-    "version_as_string": GOOD.replace('"v":1', '"v":"1"'),
-    "version_missing": GOOD.replace('"v":1,', ""),
+    "no_table": GOOD.replace('"t":"public.products",', ""),
+    "empty_table": GOOD.replace('"t":"public.products"', '"t":""'),
+    "table_not_string": GOOD.replace('"t":"public.products"', '"t":7'),
+    "old_version_1": '{"v":1,"t":"products","op":"U","ts":1,"c":["id","category_id"],"r":[[3,4]]}',
+    "unknown_version_3": GOOD.replace('"v":2', '"v":3'),
+    "version_as_string": GOOD.replace('"v":2', '"v":"2"'),
+    "version_missing": GOOD.replace('"v":2,', ""),
     "bad_op": GOOD.replace('"op":"U"', '"op":"X"'),
     "op_not_string": GOOD.replace('"op":"U"', '"op":1'),
-    "rows_not_list": GOOD.replace('"r":[[3,4]]', '"r":"3,4"'),
-    "rows_empty": GOOD.replace('"r":[[3,4]]', '"r":[]'),
-    "row_too_short": GOOD.replace('"r":[[3,4]]', '"r":[[3]]'),
-    "row_too_long": GOOD.replace('"r":[[3,4]]', '"r":[[3,4,5]]'),
-    "row_not_list": GOOD.replace('"r":[[3,4]]', '"r":[3]'),
+    "truncate_with_rows": GOOD.replace('"op":"U"', '"op":"T"'),
+    "rows_not_list": GOOD.replace(ROWS, '"r":"3,4"'),
+    "rows_empty": GOOD.replace(ROWS, '"r":[]'),
+    "row_too_short": GOOD.replace(ROWS, '"r":[["3"]]'),
+    "row_too_long": GOOD.replace(ROWS, '"r":[["3","4","5"]]'),
+    "row_not_list": GOOD.replace(ROWS, '"r":["3"]'),
     "columns_missing": GOOD.replace('"c":["id","category_id"],', ""),
     "columns_not_strings": GOOD.replace('"c":["id","category_id"]', '"c":[1,2]'),
-    "ids_as_strings": GOOD.replace('"r":[[3,4]]', '"r":[["3","4"]]'),
-    "ids_as_floats": GOOD.replace('"r":[[3,4]]', '"r":[[3.5,4]]'),
-    "ids_null": GOOD.replace('"r":[[3,4]]', '"r":[[null,null]]'),
-    "id_over_64_bits": GOOD.replace('"r":[[3,4]]', '"r":[[123456789012345678901234567890,4]]'),
+    "columns_twice": GOOD.replace('"c":["id","category_id"]', '"c":["id","id"]'),
+    "ids_as_integers": GOOD.replace(ROWS, '"r":[[3,4]]'),
+    "ids_as_floats": GOOD.replace(ROWS, '"r":[[3.5,"4"]]'),
+    "ids_as_objects": GOOD.replace(ROWS, '"r":[[{"a":1},"4"]]'),
+    "ids_null": GOOD.replace(ROWS, '"r":[[null,null]]'),
     "missing_key_column": GOOD.replace('"c":["id","category_id"]', '"c":["id","sku"]'),
-    "deep_nesting": '{"v":1,"t":"products","op":"U","r":' + "[" * 3000 + "]" * 3000 + "}",
+    "deep_nesting": '{"v":2,"t":"public.products","op":"U","r":' + "[" * 3000 + "]" * 3000 + "}",
     "oversized_junk": "x" * 7990,
-    "oversized_rows": '{"v":1,"t":"products","op":"U","ts":1,"c":["id","category_id"],"r":['
-    + ",".join(["[1,1]"] * 1300)
-    + ",[1]]}",
-    "unicode_junk": '{"v":1,"t":"pr\u00f6ducts\u202e","op":"U","r":[["\u2603",1]]}',
-    "unknown_table": GOOD.replace('"t":"products"', '"t":"no_such_table"'),
-    "unknown_table_all": '{"v":1,"t":"orders","op":"T","ts":1,"all":true}',
+    "oversized_rows": '{"v":2,"t":"public.products","op":"U","ts":1,"c":["id","category_id"],'
+    '"r":[' + ",".join(['["1","1"]'] * 700) + ',["1"]]}',
+    "unicode_junk": '{"v":2,"t":"pr\u00f6ducts\u202e","op":"U","r":[["\u2603",1]]}',
+    "unknown_table": GOOD.replace('"t":"public.products"', '"t":"public.no_such_table"'),
+    "unknown_table_all": '{"v":2,"t":"public.orders","op":"T","ts":1,"all":true}',
 }
 # well-formed payloads whose rows cannot be keyed, or of a table without rules: they flush
 # through the rules (counted in epoch_bumps), they are not "malformed payloads"
 WELL_FORMED = {
-    "ids_as_strings",
+    "ids_as_integers",
     "ids_as_floats",
+    "ids_as_objects",
     "ids_null",
-    "id_over_64_bits",
     "missing_key_column",
     "unknown_table",
     "unknown_table_all",
@@ -207,11 +213,14 @@ _payload_dicts = st.fixed_dictionaries(
     {},
     optional={
         "v": st.sampled_from([1, 2, 0, "1", None, True]),
-        "t": st.sampled_from(["products", "categories", "", "zzz", 1]),
+        "t": st.sampled_from(["public.products", "public.categories", "products", "", "zzz", 1]),
         "op": st.sampled_from(["I", "U", "D", "T", "?", 0]),
         "ts": st.integers() | st.text(max_size=3),
         "c": st.lists(st.sampled_from(["id", "category_id", "x", 1]), max_size=3) | _json,
-        "r": st.lists(st.lists(st.integers(-5, 10**12) | _json, max_size=3), max_size=4) | _json,
+        "r": st.lists(st.lists(st.integers(-5, 10**12).map(str) | _json, max_size=3), max_size=4)
+        | _json,
+        "p": st.booleans() | _json,
+        "w": st.lists(st.sampled_from(["stock", "price_cents", "x"]), max_size=2) | _json,
         "all": st.booleans() | _json,
     },
 )

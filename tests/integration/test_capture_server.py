@@ -149,9 +149,10 @@ def test_install_without_a_superuser_captures_rows_and_reports_ddl_not_captured(
     assert "warning: DDL not captured: event trigger pgbust_capture_ddl missing" in upgrade.stderr
     status = db("triggers", "status")
     assert status.returncode == 1
-    assert "public.products: keys id,category_id; max_rows 1000; channel pgbust_changes; " in (
-        status.stdout
-    )
+    assert (
+        "public.products: keys id; depends category_id; watched price_cents,stock; "
+        "max_rows 1000; channel pgbust_changes; "
+    ) in status.stdout
     assert "1 table; captured" in status.stdout
     assert "creating event triggers needs a superuser" in status.stdout
     with psycopg.connect(url, autocommit=True) as conn:
@@ -163,4 +164,4 @@ def test_install_without_a_superuser_captures_rows_and_reports_ddl_not_captured(
         with psycopg.connect(url, autocommit=True) as writer:
             writer.execute("UPDATE products SET stock = 1 WHERE id = 2")
         [update] = [orjson.loads(n.payload) for n in conn.notifies(timeout=2, stop_after=1)]
-        assert (update["t"], update["op"], update["r"]) == ("products", "U", [[2, 1]])
+        assert (update["t"], update["op"], update["r"]) == ("public.products", "U", [["2", "1"]])

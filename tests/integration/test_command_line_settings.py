@@ -25,7 +25,7 @@ from tests.support.processes import ManagedProcess, ProcessManager
 from tests.support.servers import RedisServer, wait_until
 
 # what a TRUNCATE or a 1,000+ row statement sends: an epoch bump, then a purge task
-TABLE_WIDE = '{"v":1,"t":"products","op":"T","ts":%d,"all":true}'
+TABLE_WIDE = '{"v":2,"t":"public.products","op":"T","ts":%d,"all":true}'
 
 
 @pytest.fixture

@@ -232,11 +232,11 @@ async def test_truncate_invalidates_everything_with_one_event(
     seeded: Counts, daemon: Invalidator, cache: RedisCache, pg: Conn
 ) -> None:
     await fill(cache, *ALL)
-    events = sample(daemon.metrics, "pgbust_invalidator_events_total", table="products")
+    events = sample(daemon.metrics, "pgbust_invalidator_events_total", table="public.products")
     pg.execute("TRUNCATE products")
     assert await eventually(lambda: gone(cache, *ALL))
     assert sample(daemon.metrics, "pgbust_invalidator_epoch_bumps_total", why="table_wide") == 1
-    assert sample(daemon.metrics, "pgbust_invalidator_events_total", table="products") == (
+    assert sample(daemon.metrics, "pgbust_invalidator_events_total", table="public.products") == (
         events + 1
     )
 
@@ -252,12 +252,12 @@ async def test_100k_row_update_invalidates_the_table_with_a_bounded_number_of_ev
     await fill(cache, *ALL)
     # (other batches may run meanwhile: the capture check flushes once for the seed's
     # TRUNCATE, probes ride the queue; what is counted here is this UPDATE's own event)
-    events = sample(daemon.metrics, "pgbust_invalidator_events_total", table="products")
+    events = sample(daemon.metrics, "pgbust_invalidator_events_total", table="public.products")
     wide = sample(daemon.metrics, "pgbust_invalidator_epoch_bumps_total", why="table_wide")
     await asyncio.to_thread(pg.execute, "UPDATE products SET stock = stock + 1")
     assert await eventually(lambda: gone(cache, *ALL))
     # one event for 100k rows, and it was one table-wide flush
-    assert sample(daemon.metrics, "pgbust_invalidator_events_total", table="products") == (
+    assert sample(daemon.metrics, "pgbust_invalidator_events_total", table="public.products") == (
         events + 1
     )
     assert sample(daemon.metrics, "pgbust_invalidator_epoch_bumps_total", why="table_wide") == (
@@ -270,7 +270,7 @@ async def test_malformed_payload_flushes_and_is_counted(
     seeded: Counts, daemon: Invalidator, cache: RedisCache, pg: Conn
 ) -> None:
     await fill(cache, *ALL)
-    pg.execute('SELECT pg_notify(\'pgbust_changes\', \'{"v":1,"t":"products","r":\')')
+    pg.execute('SELECT pg_notify(\'pgbust_changes\', \'{"v":2,"t":"public.products","r":\')')
     assert await eventually(lambda: gone(cache, *ALL))
     assert sample(daemon.metrics, "pgbust_invalidator_malformed_payloads_total", reason="not_json")
     assert sample(daemon.metrics, "pgbust_invalidator_epoch_bumps_total", why="malformed") == 1
@@ -280,12 +280,12 @@ async def test_well_formed_payload_with_an_unkeyable_row_flushes_and_is_counted(
     seeded: Counts, daemon: Invalidator, cache: RedisCache, pg: Conn
 ) -> None:
     await fill(cache, *ALL)
-    payload = '{"v":1,"t":"products","op":"U","ts":1,"c":["id","category_id"],"r":[["3",4]]}'
+    payload = '{"v":2,"t":"public.products","op":"U","ts":1,"c":["id","category_id"],"r":[[3,"4"]]}'
     pg.execute("SELECT pg_notify('pgbust_changes', %s)", (payload,))
     assert await eventually(lambda: gone(cache, *ALL))
     m = daemon.metrics
     name = "pgbust_invalidator_malformed_payloads_total"
-    assert sample(m, name, reason="unkeyable_not_integer") == 1
+    assert sample(m, name, reason="unkeyable_not_text") == 1
     assert sample(m, "pgbust_invalidator_epoch_bumps_total", why="unkeyable_row") == 1
 
 
@@ -356,7 +356,7 @@ async def test_redis_outage_keeps_pending_changes_and_bumps_the_epoch_when_back(
             lambda: _true(sample(m, "pgbust_invalidator_epoch_bumps_total", why="redis_back") == 1)
         )
         assert inv.sink.redis_ok
-        assert sample(m, "pgbust_invalidator_events_total", table="products") == 2
+        assert sample(m, "pgbust_invalidator_events_total", table="public.products") == 2
     finally:
         inv.stop()
         await asyncio.wait_for(task, 15)
@@ -409,7 +409,7 @@ async def test_medium_statement_arrives_in_chunks_and_deletes_every_key_without_
     assert await eventually(lambda: gone(cache, P1, P2, P3, C2, C3, C4))
     assert await cached(cache, C5)
     assert await cache.current_epoch() == epoch  # precise, not a flush
-    assert sample(daemon.metrics, "pgbust_invalidator_events_total", table="products") >= 3
+    assert sample(daemon.metrics, "pgbust_invalidator_events_total", table="public.products") >= 3
 
 
 async def test_hot_entries_are_handed_to_the_warm_task(

@@ -29,14 +29,19 @@ def received(conn: Conn, timeout: float = 0.5) -> list[dict[str, Any]]:
     return [orjson.loads(n.payload) for n in conn.notifies(timeout=timeout)]
 
 
+def rows(event: dict[str, Any]) -> list[tuple[str | None, ...]]:
+    return sorted(map(tuple, event["r"]))
+
+
 def test_single_row_update_sends_one_compact_payload(
     seeded: Counts, pg: Conn, listener: Conn
 ) -> None:
     pg.execute("UPDATE products SET stock = stock + 1 WHERE id = 7")
     [event] = received(listener)
-    assert event["v"] == 1 and event["t"] == "products" and event["op"] == "U"
-    assert event["c"] == ["id", "category_id"]
-    assert event["r"] == [[7, 1 + 7 % 5]]
+    assert event["v"] == 2 and event["t"] == "public.products" and event["op"] == "U"
+    assert event["c"] == ["id", "category_id"]  # the declared key, then depends
+    assert event["r"] == [["7", str(1 + 7 % 5)]]  # values as text, whatever their type
+    assert event["p"] is True and event["w"] == ["stock"]
     assert isinstance(event["ts"], int) and event["ts"] > 1_600_000_000_000_000
 
 
@@ -45,8 +50,8 @@ def test_category_move_carries_old_and_new_category(
 ) -> None:
     pg.execute("UPDATE products SET category_id = 5 WHERE id = 1")  # was category 2
     [event] = received(listener)
-    assert sorted(map(tuple, event["r"])) == [(1, 2), (1, 5)]
-    assert "p" not in event  # a key column changed: not in place
+    assert rows(event) == [("1", "2"), ("1", "5")]
+    assert "p" not in event and "w" not in event  # a depends column changed: not in place
 
 
 def test_update_that_changes_no_key_column_is_flagged_in_place(
@@ -54,7 +59,24 @@ def test_update_that_changes_no_key_column_is_flagged_in_place(
 ) -> None:
     pg.execute("UPDATE products SET stock = stock + 1, name = 'x' WHERE id IN (7, 8)")
     [event] = received(listener)
-    assert event["p"] is True and sorted(map(tuple, event["r"])) == [(7, 3), (8, 4)]
+    assert event["p"] is True and rows(event) == [("7", "3"), ("8", "4")]
+
+
+@pytest.mark.parametrize(
+    ("assignment", "watched"),
+    [
+        ("name = name || 'x'", []),  # not a watched column: the summary stays
+        ("price_cents = price_cents + 1", ["price_cents"]),
+        ("stock = stock + 1, price_cents = price_cents + 1", ["price_cents", "stock"]),
+        ("stock = stock", []),  # assigned, but no value changed
+    ],
+)
+def test_update_in_place_lists_the_watched_columns_some_row_changed(
+    seeded: Counts, pg: Conn, listener: Conn, assignment: str, watched: list[str]
+) -> None:
+    pg.execute(f"UPDATE products SET {assignment} WHERE id IN (7, 8)")
+    [event] = received(listener)
+    assert event["p"] is True and sorted(event["w"]) == watched
 
 
 def test_update_that_changes_a_key_is_not_in_place_even_when_the_key_set_is_kept(
@@ -63,7 +85,7 @@ def test_update_that_changes_a_key_is_not_in_place_even_when_the_key_set_is_kept
     # a new id: the old row is gone from its pages, another one appears
     pg.execute("UPDATE products SET id = 1000000 WHERE id = 7")
     [moved] = received(listener)
-    assert "p" not in moved and sorted(map(tuple, moved["r"])) == [(7, 3), (1000000, 3)]
+    assert "p" not in moved and rows(moved) == [("1000000", "3"), ("7", "3")]
     # two rows swapping categories keep the set of (id, category) tuples? no: each id's tuple
     # changes, so the union has more tuples than rows
     pg.execute("UPDATE products SET category_id = 5 - category_id + 1 WHERE id IN (1, 2)")
@@ -79,8 +101,8 @@ def test_insert_and_delete_carry_the_rows(seeded: Counts, pg: Conn, listener: Co
     assert row is not None
     pg.execute("DELETE FROM products WHERE id = %s", (row[0],))
     inserted, deleted = received(listener)
-    assert (inserted["op"], inserted["r"]) == ("I", [[row[0], 3]])
-    assert (deleted["op"], deleted["r"]) == ("D", [[row[0], 3]])
+    assert (inserted["op"], inserted["r"]) == ("I", [[str(row[0]), "3"]])
+    assert (deleted["op"], deleted["r"]) == ("D", [[str(row[0]), "3"]])
 
 
 def test_statement_touching_no_row_sends_nothing(seeded: Counts, pg: Conn, listener: Conn) -> None:
@@ -126,7 +148,7 @@ def test_bulk_update_of_100k_rows_sends_one_table_wide_event(
 def test_truncate_sends_a_table_wide_event(seeded: Counts, pg: Conn, listener: Conn) -> None:
     pg.execute("TRUNCATE products")
     [event] = received(listener)
-    assert event["op"] == "T" and event["all"] is True and event["t"] == "products"
+    assert event["op"] == "T" and event["all"] is True and event["t"] == "public.products"
 
 
 def test_keys_too_long_for_notify_degrade_to_table_wide_without_error(
@@ -136,10 +158,22 @@ def test_keys_too_long_for_notify_degrade_to_table_wide_without_error(
     pg.execute("SELECT pgbust.capture_table('wide_keys', ARRAY['k'])")
     try:
         [installed] = received(listener)  # a new capture flushes: nothing was announced before
-        assert (installed["t"], installed["op"], installed["all"]) == ("wide_keys", "S", True)
+        assert (installed["t"], installed["op"], installed["all"]) == (
+            "public.wide_keys",
+            "S",
+            True,
+        )
         pg.execute("INSERT INTO wide_keys VALUES (repeat('x', 9000))")  # must not raise
         [event] = received(listener)
-        assert event["t"] == "wide_keys" and event["all"] is True
+        assert event["t"] == "public.wide_keys" and event["all"] is True
+        # long text keys that fit one by one are chunked by size, not widened
+        pg.execute(
+            "INSERT INTO wide_keys SELECT i || repeat('y', 1500) FROM generate_series(1, 20) i"
+        )
+        events = received(listener)
+        assert len(events) > 1 and not any(e.get("all") for e in events)
+        assert all(len(orjson.dumps(e)) < 8000 for e in events)
+        assert sum(len(e["r"]) for e in events) == 20
     finally:
         pg.execute("SELECT pgbust.uncapture_table('wide_keys', forget => true)")
         pg.execute("DROP TABLE wide_keys")
@@ -147,7 +181,11 @@ def test_keys_too_long_for_notify_degrade_to_table_wide_without_error(
 
 def test_declaring_an_unknown_column_is_refused(pg: Conn) -> None:
     with pytest.raises(psycopg.errors.RaiseException, match="no such column"):
-        pg.execute("SELECT pgbust.capture_table('products', ARRAY['id', 'nope'])")
+        pg.execute("SELECT pgbust.capture_table('products', ARRAY['id'], ARRAY['nope'])")
+    with pytest.raises(psycopg.errors.RaiseException, match="no such column"):
+        pg.execute(
+            "SELECT pgbust.capture_table('products', ARRAY['id'], watched_columns => ARRAY['x'])"
+        )
 
 
 def test_cli_remove_status_install_round_trip(database_url: str, pg: Conn) -> None:
@@ -184,7 +222,7 @@ def test_copy_from_is_captured_like_an_insert(seeded: Counts, pg: Conn, listener
         copy.write_row((3, "copied", 1, 1))
         copy.write_row((4, "copied", 1, 1))
     [event] = received(listener)
-    assert event["op"] == "I" and sorted(c for _, c in event["r"]) == [3, 4]
+    assert event["op"] == "I" and sorted(c for _, c in event["r"]) == ["3", "4"]
 
 
 def test_replica_role_writes_are_announced_row_by_row_up_to_max_rows(
@@ -195,13 +233,22 @@ def test_replica_role_writes_are_announced_row_by_row_up_to_max_rows(
         conn.execute("SET session_replication_role = replica")
         conn.execute("UPDATE products SET category_id = 5 WHERE id = 1")  # was category 2
         conn.execute("DELETE FROM products WHERE id = 2")
+        conn.execute("UPDATE products SET name = 'x' WHERE id = 3")
+        conn.execute("UPDATE products SET stock = stock + 1 WHERE id = 3")
         conn.commit()
-    moved, deleted = received(listener)
-    assert (moved["op"], moved["r"]) == ("U", [[1, 2], [1, 5]])
-    assert (deleted["op"], deleted["r"]) == ("D", [[2, 3]])
+    moved, deleted, named, stocked = received(listener)
+    assert (moved["v"], moved["t"]) == (2, "public.products")
+    assert (moved["op"], moved["r"]) == ("U", [["1", "2"], ["1", "5"]]) and "p" not in moved
+    assert (deleted["op"], deleted["r"]) == ("D", [["2", "3"]])
+    # in place: one tuple, and which watched columns the row changed
+    assert (named["r"], named["p"], named["w"]) == ([["3", "4"]], True, [])
+    assert (stocked["p"], stocked["w"]) == (True, ["stock"])
     with psycopg.connect(database_url) as conn:  # over max_rows in one transaction
         conn.execute("SET session_replication_role = replica")
-        conn.execute("SELECT pgbust.capture_table('products', ARRAY['id', 'category_id'], 10)")
+        conn.execute(
+            "SELECT pgbust.capture_table('products', ARRAY['id'], ARRAY['category_id'],"
+            " max_rows => 10)"
+        )
         received(listener)
         conn.execute("UPDATE products SET stock = stock + 1 WHERE id <= 30")
         conn.commit()
@@ -210,9 +257,8 @@ def test_replica_role_writes_are_announced_row_by_row_up_to_max_rows(
         assert len(events) == 11 and all("r" in e for e in events[:10])
         assert events[10]["all"] is True and events[10]["n"] == 11
     finally:
-        pg_default = "SELECT pgbust.capture_table('products', ARRAY['id', 'category_id'])"
         with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(pg_default)
+            capture.install(conn)  # the declaration's own
 
 
 def test_upgrade_again_touches_no_trigger_and_announces_nothing(
@@ -261,3 +307,22 @@ def test_status_says_which_member_lacks_what(pg: Conn) -> None:
         pg.execute("ALTER EVENT TRIGGER pgbust_capture_ddl ENABLE ALWAYS")
         capture.install(pg)
     assert all(s.captured and s.ddl_problem is None for s in capture.status(pg))
+
+
+def test_columns_named_like_the_triggers_own_variables_are_captured(
+    pg: Conn, listener: Conn
+) -> None:
+    pg.execute("CREATE TABLE odd_names (n int, head text, keys int, chunk int, PRIMARY KEY (n))")
+    pg.execute(
+        "SELECT pgbust.capture_table('odd_names', ARRAY['n'], ARRAY['head'], ARRAY['chunk'])"
+    )
+    try:
+        received(listener)
+        pg.execute("INSERT INTO odd_names VALUES (1, 'h', 2, 3)")
+        pg.execute("UPDATE odd_names SET chunk = 4")
+        inserted, updated = received(listener)
+        assert (inserted["c"], inserted["r"]) == (["n", "head"], [["1", "h"]])
+        assert (updated["r"], updated["p"], updated["w"]) == ([["1", "h"]], True, ["chunk"])
+    finally:
+        pg.execute("SELECT pgbust.uncapture_table('odd_names', forget => true)")
+        pg.execute("DROP TABLE odd_names")

@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from api.keys import product_entry
-from invalidator.rules import Change, targets_for
 from pgbust.keys import Keyspace
 from pgbust.protocol import Invalidation
+from pgbust.rules import EVERYTHING
 from tests.integration.test_worker_helpers import (
     fill_many,
     peek,
@@ -54,7 +54,7 @@ def test_truncate_of_100k_cached_entries_is_purged_with_no_command_over_50ms(
 ) -> None:
     cache_entries(slowlog, keyspace, ENTRIES)
     assert len(value_keys(slowlog, keyspace)) == ENTRIES
-    targets = targets_for(Change(table="products", op="TRUNCATE", table_wide=True))
+    targets = EVERYTHING  # what a TRUNCATE invalidates
     assert targets.flush
     run(
         redis_server,
