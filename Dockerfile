@@ -23,6 +23,9 @@ COPY api ./api
 COPY invalidator ./invalidator
 COPY worker ./worker
 COPY loadtest ./loadtest
+# the declaration every component reads (what is captured, what a change invalidates)
+COPY pgbust.toml ./
+ENV PGBUST_CONFIG=/app/pgbust.toml
 RUN pip install --no-deps . \
     && useradd --create-home --uid 10001 pgbust
 

@@ -215,5 +215,13 @@ def test_image_contains_every_package_and_runs_as_non_root() -> None:
     assert users and users[-1] not in {"root", "0"}
 
 
+def test_image_carries_the_declaration_and_every_component_finds_it() -> None:
+    # every component refuses to start without it (pgbust.declaration.load)
+    assert "COPY pgbust.toml ./" in DOCKERFILE
+    workdir = re.findall(r"^WORKDIR (\S+)", DOCKERFILE, flags=re.MULTILINE)[-1]
+    assert f"ENV PGBUST_CONFIG={workdir}/pgbust.toml" in DOCKERFILE
+    assert (ROOT / "pgbust.toml").is_file()
+
+
 def test_image_bakes_in_no_credentials_or_server_addresses() -> None:
     assert not re.search(r"DATABASE_URL|REDIS_URL|BROKER_URL|API_TOKEN|PASSWORD", DOCKERFILE)
