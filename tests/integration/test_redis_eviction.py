@@ -27,7 +27,7 @@ from pgbust.keys import Keyspace
 from pgbust.protocol import Hit, Invalidation, Lease, Targets
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import connect, identity_check
-from tests.support.demo import demo_tags
+from tests.support.demo import demo_tags, fill
 from tests.support.heartbeat import HeartbeatPlayer
 from tests.support.memory import evict_by_pressure, limit_memory
 from tests.support.processes import ManagedProcess, ProcessManager
@@ -80,23 +80,6 @@ def evict(request: pytest.FixtureRequest, control: redis.Redis, keyspace: Keyspa
         evict_under_pressure(control, keyspace, victims)
 
     return delete if request.param == "deleted" else pressure
-
-
-async def fill(cache: RedisCache, entry: str, payload: bytes) -> None:
-    lease = await cache.get_or_lease(entry, tags=demo_tags(entry))
-    assert isinstance(lease, Lease), lease
-    assert (
-        await cache.fill(
-            entry,
-            lease.token,
-            lease.stamp,
-            payload,
-            rows=(),
-            since=lease.since,
-            tags=demo_tags(entry),
-        )
-        == 1
-    )
 
 
 async def invalidate(

@@ -31,7 +31,7 @@ from pgbust.keys import Keyspace
 from pgbust.protocol import Hit, Invalidation, Lease, Refused, Targets, decode_message
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import connect
-from tests.support.demo import demo_tags
+from tests.support.demo import demo_tags, fill
 from tests.support.heartbeat import HeartbeatPlayer
 from tests.support.memory import fill_until_full, is_full, limit_memory, used_memory
 from tests.support.processes import ManagedProcess, ProcessManager
@@ -71,23 +71,6 @@ def make_full(control: redis.Redis) -> None:
     limit_memory(control, "noeviction", 1 << 20)
     fill_until_full(control)
     assert is_full(control), "precondition: Redis refuses writes"
-
-
-async def fill(cache: RedisCache, entry: str, payload: bytes) -> None:
-    lease = await cache.get_or_lease(entry, tags=demo_tags(entry))
-    assert isinstance(lease, Lease), lease
-    assert (
-        await cache.fill(
-            entry,
-            lease.token,
-            lease.stamp,
-            payload,
-            rows=(),
-            since=lease.since,
-            tags=demo_tags(entry),
-        )
-        == 1
-    )
 
 
 # --- the protocol ----------------------------------------------------------------------------

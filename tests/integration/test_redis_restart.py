@@ -31,7 +31,7 @@ from pgbust.protocol import Hit, Invalidation, Lease, Targets
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import connect, identity_check, run_id_of
 from tests.conftest import API_TOKEN
-from tests.support.demo import demo_tags
+from tests.support.demo import demo_tags, fill
 from tests.support.heartbeat import HeartbeatPlayer
 from tests.support.servers import RedisServer
 
@@ -66,23 +66,6 @@ async def first_answer(call: Callable[[], Awaitable[T]]) -> T:
         except ConnectionError:
             continue
     return await call()
-
-
-async def fill(cache: RedisCache, entry: str, payload: bytes) -> None:
-    lease = await cache.get_or_lease(entry, tags=demo_tags(entry))
-    assert isinstance(lease, Lease)
-    assert (
-        await cache.fill(
-            entry,
-            lease.token,
-            lease.stamp,
-            payload,
-            rows=(),
-            since=lease.since,
-            tags=demo_tags(entry),
-        )
-        == 1
-    )
 
 
 async def invalidate(cache: RedisCache, entry: str) -> None:
