@@ -5,7 +5,7 @@ active process dies its session ends, the lock is free and a standby takes it wi
 
 A process that is paused (SIGSTOP) or hung keeps its session and so its lock. Therefore the
 active one beats every `heartbeat_s` from its lock connection (pgbust.invalidator_heartbeat,
-db/migrations/0003); a standby that finds the lock holder silent for longer than
+db/triggers/01); a standby that finds the lock holder silent for longer than
 `takeover_after_s` terminates the holder's backends (lock and LISTEN connection) and takes the
 lock. The silenced process, once it runs again, finds its lock connection gone and stops
 serving: it goes back to standby.

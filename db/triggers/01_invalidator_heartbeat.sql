@@ -1,3 +1,5 @@
+-- pgbust's own table, not a schema of the application's: created by every `python -m db upgrade`
+-- whatever the declaration's migrations are (a trigger file, re-run safely).
 -- The active invalidator's heartbeat: it upserts its row every PGBUST_HEARTBEAT_S from the
 -- connection that holds its advisory lock. A standby that sees the holder silent for longer
 -- than PGBUST_TAKEOVER_AFTER_S (a paused or hung process keeps its session, and so its lock)
