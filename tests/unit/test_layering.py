@@ -44,6 +44,16 @@ def test_the_library_imports_no_service() -> None:
     assert offences == []
 
 
+def test_the_example_app_is_built_on_the_library_alone() -> None:
+    """examples/blog uses pgbust (and db's query-file format), never a demo service."""
+    offences = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sorted((ROOT / "examples").rglob("*.py"))
+        for name in sorted(_imported_packages(path) & {*SERVICES, "loadtest", "tests"})
+    ]
+    assert offences == []
+
+
 def test_no_table_of_either_app_is_named_in_the_library() -> None:
     offences = []
     # pgbust/ and the capture's SQL (db/triggers: what `python -m db` installs for any app)
