@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import os
 import random
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -25,6 +28,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
@@ -92,7 +96,8 @@ class Replicated:
 def replicated() -> Iterator[Replicated]:
     # not under pytest's basetemp: the postgres user must reach it (see test_wal_capture.py)
     folder = Path(tempfile.mkdtemp(prefix="pgbust-replica-pg-"))
-    primary = PostgresCluster(folder / "primary", {"wal_level": "replica"})
+    # logical: the WAL-capture stack runs on it too (the replica streams every database)
+    primary = PostgresCluster(folder / "primary", {"wal_level": "logical"})
     replica = StreamingReplica(folder / "replica", primary)
     try:
         primary.init()
@@ -291,16 +296,65 @@ async def test_a_write_through_the_api_raises_the_marker_past_its_commit(
 # --- real processes: the invalidator keeps the marker ------------------------------------------
 
 
-@pytest.fixture
-def stack(resumed: Replicated, redis_server: RedisServer, tmp_path: Path) -> Iterator[Stack]:
-    stack = start_stack(
-        resumed.primary_url,
-        redis_server,
-        tmp_path,
-        env={"PGBUST_READ_DATABASE_URL": resumed.replica_url, "PGBUST_HOT_SAMPLE_RATE": "0"},
+WAL_NAME = "pgbust_replica_test"
+
+
+@pytest.fixture(scope="module")
+def wal_database(replicated: Replicated) -> Replicated:
+    """A database of its own captured from the WAL (`python -m db upgrade` with
+    PGBUST_CAPTURE=wal drops the NOTIFY triggers, which the other tests' database keeps)."""
+    with psycopg.connect(replicated.primary.admin_url, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE shop_wal")
+    url = f"postgresql://postgres@127.0.0.1:{replicated.primary.port}/shop_wal"
+    migrate.upgrade(url)
+    seed.seed(url, products=PRODUCTS, categories=4)
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "PGBUST_CAPTURE": "wal",
+        "PGBUST_WAL_SLOT": WAL_NAME,
+        "PGBUST_WAL_PUBLICATION": WAL_NAME,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "db", "upgrade"],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],  # where pgbust.toml is
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
+    assert done.returncode == 0, f"db upgrade (wal) failed:\n{done.stdout}{done.stderr}"
+    assert wait_until(replicated.replica.caught_up, 30)
+    return dataclasses.replace(
+        replicated, primary_url=url, replica_url=replicated.replica.url("shop_wal")
+    )
+
+
+@dataclass
+class Running:
+    stack: Stack
+    db: Replicated  # its database on the primary and on the replica
+
+
+@pytest.fixture(params=["notify", "wal"])
+def running(
+    request: pytest.FixtureRequest, resumed: Replicated, redis_server: RedisServer, tmp_path: Path
+) -> Iterator[Running]:
+    """An invalidator and two API instances reading the replica, capturing as the param says."""
+    db = resumed
+    env = {"PGBUST_READ_DATABASE_URL": resumed.replica_url, "PGBUST_HOT_SAMPLE_RATE": "0"}
+    if request.param == "wal":
+        db = request.getfixturevalue("wal_database")
+        env.update(
+            PGBUST_READ_DATABASE_URL=db.replica_url,
+            PGBUST_CAPTURE="wal",
+            PGBUST_WAL_SLOT=WAL_NAME,
+            PGBUST_WAL_PUBLICATION=WAL_NAME,
+        )
+    stack = start_stack(db.primary_url, redis_server, tmp_path, env=env)
     try:
-        yield stack
+        yield Running(stack, db)
     finally:
         stack.processes.stop_all()
 
@@ -316,8 +370,9 @@ def http_version(base_url: str, product_id: int) -> int:
 
 
 def test_stack_with_replay_paused_serves_an_out_of_band_update_from_the_primary_then_the_replica(
-    stack: Stack, resumed: Replicated
+    running: Running,
 ) -> None:
+    stack, resumed = running.stack, running.db
     stack.prime()
     assert api_metric(stack, "pgbust_api_db_loads_by_server_total", 'server="replica"') > 0
     product = 5
@@ -345,6 +400,17 @@ def test_stack_with_replay_paused_serves_an_out_of_band_update_from_the_primary_
 
     assert wait_until(a_replica_load_after_a_change, 15, interval=0.1)
     stack.assert_every_tier_fresh()
+    # evicted (or flushed): with nothing written, the invalidator writes it again at its next
+    # capture probe, within a few heartbeats
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        marker = Keyspace(stack.namespace).lsn_marker
+        assert client.delete(marker) == 1
+        assert wait_until(lambda: client.exists(marker) == 1, 10)
+    finally:
+        client.close()
+    # and it always knew an LSN to raise it to (never had to drop it)
+    assert metric(stack.invalidator, "pgbust_invalidator_errors_total", 'kind="lsn_marker"') == 0
 
 
 @dataclass
@@ -355,8 +421,9 @@ class Observed:
 
 
 def test_chaos_replay_paused_while_out_of_band_writes_and_readers_go_on_then_resumed(
-    stack: Stack, resumed: Replicated
+    running: Running,
 ) -> None:
+    stack, resumed = running.stack, running.db
     stack.prime()
     stop = threading.Event()
     acked: dict[int, list[tuple[float, int]]] = {}  # product -> (ack time, version)
