@@ -260,10 +260,12 @@ return epoch
 """
 )
 
-# KEYS: server_identity, epoch   ARGV: run_id, channel, message
+# KEYS: server_identity, epoch[, lsn marker]   ARGV: run_id, channel, message
 # Redis restarted (new run_id, or the identity key was lost): whatever it holds may predate
-# writes it never saw deleted, so the first component to notice bumps the epoch. Returns the
-# new epoch, or false.
+# writes it never saw deleted, so the first component to notice bumps the epoch, and deletes
+# the read replicas' LSN marker (restored from an old snapshot it would be behind the
+# invalidations the restart lost; readers use the primary until the invalidator raises it
+# again). Returns the new epoch, or false.
 ENSURE_SERVER = (
     _RUNS_WHEN_FULL
     + _CLOCK
@@ -272,6 +274,7 @@ ENSURE_SERVER = (
 if redis.call('GET', KEYS[1]) == ARGV[1] then return false end
 redis.call('SET', KEYS[1], ARGV[1])
 local epoch = bump(KEYS[2])
+if KEYS[3] then redis.call('DEL', KEYS[3]) end
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return epoch
 """

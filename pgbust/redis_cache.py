@@ -225,7 +225,7 @@ class RedisCache:
         run_id = str(info["run_id"])
         message = flush_message("redis server restarted", origin).encode()
         reply = await self._ensure_server(
-            keys=[self.keyspace.server_identity, self.keyspace.epoch],
+            keys=[self.keyspace.server_identity, self.keyspace.epoch, self.keyspace.lsn_marker],
             args=[run_id, self.keyspace.channel, message],
         )
         return int(reply) if reply else None

@@ -12,6 +12,7 @@ from api.keys import product_entry
 from pgbust.keys import Keyspace
 from pgbust.protocol import Busy, Invalidation, Lease, Targets
 from pgbust.redis_cache import RedisCache
+from pgbust.redis_connect import connect
 from pgbust.replica import UNKNOWN_LSN, parse_lsn
 from tests.support.demo import demo_tags
 from tests.support.servers import RedisServer
@@ -103,3 +104,34 @@ async def test_the_raising_invalidation_still_deletes_the_entry_and_its_lease(
         == 0
     )
     assert (await _lease(reader, 6)).marker == parse_lsn("7/0")
+
+
+async def test_a_restarted_redis_loses_the_marker_with_the_epoch_bump(
+    writer: RedisCache, reader: RedisCache, client: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    # restored from an old snapshot, the marker would be behind invalidations the restart
+    # lost: the check that bumps the epoch for a new server deletes it (readers: the primary)
+    await writer.raise_lsn(parse_lsn("8/0"))
+    await client.set(keyspace.server_identity, "a server from before the restart")
+    assert await writer.ensure_server_identity(origin="test") is not None
+    assert await client.exists(keyspace.lsn_marker) == 0
+    assert (await _lease(reader, 9)).marker is None
+    # the same server again: nothing bumped, nothing deleted
+    await writer.raise_lsn(parse_lsn("9/0"))
+    assert await writer.ensure_server_identity(origin="test") is None
+    assert await client.get(keyspace.lsn_marker) == b"0000000900000000"
+
+
+async def test_a_new_connection_to_a_new_server_deletes_the_marker_before_it_is_used(
+    redis_server: RedisServer, keyspace: Keyspace, client: aioredis.Redis
+) -> None:
+    await client.set(keyspace.lsn_marker, "000000000A000000")
+    await client.set(keyspace.server_identity, "a server from before the restart")
+    checked = connect(redis_server.url, keyspace, "test")
+    try:
+        lease = await RedisCache(checked, keyspace, lsn_marker=True).get_or_lease(
+            product_entry(10), tags=demo_tags(product_entry(10))
+        )
+    finally:
+        await checked.aclose()
+    assert isinstance(lease, Lease) and lease.marker is None
