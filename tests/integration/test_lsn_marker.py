@@ -16,6 +16,7 @@ from pgbust.redis_connect import connect
 from pgbust.replica import UNKNOWN_LSN, parse_lsn
 from tests.support.demo import demo_tags
 from tests.support.servers import RedisServer
+from worker.jobs import retry_invalidation
 
 
 @pytest.fixture
@@ -135,3 +136,13 @@ async def test_a_new_connection_to_a_new_server_deletes_the_marker_before_it_is_
     finally:
         await checked.aclose()
     assert isinstance(lease, Lease) and lease.marker is None
+
+
+async def test_a_workers_retried_invalidation_deletes_the_marker_it_cannot_raise(
+    writer: RedisCache, client: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    # the batch it retries was committed long before: it knows no LSN past those commits
+    await writer.raise_lsn(parse_lsn("B/0"))
+    targets, _ = _product(12)
+    await retry_invalidation(writer, targets, "redis was unreachable", enqueued_ms=0)
+    assert await client.exists(keyspace.lsn_marker) == 0
