@@ -97,11 +97,9 @@ class Cache:
             replica = make_pool(
                 settings.read_database_url, settings.db_pool_size, f"{self._pool_name}-replica"
             )
-            try:
-                await replica.open(wait=True, timeout=10.0)
-            except BaseException:
-                await pool.close()
-                raise
+            # not waited for: an unreachable replica must not keep the API from starting
+            # (its misses read the primary meanwhile, pgbust_api_replica_fallbacks_total)
+            await replica.open(wait=False)
         self._db = Database(pool, self.loaders, replica=replica, metrics=self.metrics)
         if settings.cache_mode != "off":
             self.redis = connect(
@@ -321,6 +319,17 @@ class Cache:
         except Exception as exc:
             ok = False
             checks["database"] = f"error: {type(exc).__name__}"
+        if self.db.replica is not None:
+            # informative only: reads fall back to the primary while the replica is away
+            try:
+                replayed = await asyncio.wait_for(self.db.replay_lsn(), timeout=2.0)
+                checks["replica"] = (
+                    {"state": "ok", "replay_lsn": replayed}
+                    if replayed
+                    else {"state": "not replaying (not a standby): loads read the primary"}
+                )
+            except Exception as exc:
+                checks["replica"] = {"state": f"error: {type(exc).__name__}"}
         if self.redis_memory is not None:
             checks["redis_memory"] = {
                 "policy": self.redis_memory.policy,

@@ -6,6 +6,7 @@ replayed up to the lease's LSN marker (pgbust/replica.py); everything else reads
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import psycopg
@@ -22,6 +23,11 @@ log = logging.getLogger(__name__)
 # forward, so the loader's own statements see at least what this one reports as replayed.
 # NULL on a server that is not in recovery (a promoted replica): the primary is used.
 REPLAY_LSN = "SELECT pg_last_wal_replay_lsn()::text"
+# A replica that failed (unreachable, refused, a load that errored) is left alone this long:
+# misses read the primary at once instead of each waiting for the replica to fail again.
+REPLICA_RETRY_S = 1.0
+# How long a miss waits for a replica connection before reading the primary instead.
+REPLICA_CONNECT_WAIT_S = 0.5
 
 
 def make_pool(
@@ -51,6 +57,7 @@ class Database:
         self.replica = replica
         self.loaders = loaders
         self.metrics = metrics
+        self._replica_down_until = 0.0  # monotonic time before which the replica is skipped
 
     async def load(self, entry: str) -> Loaded | None:
         """The entry as its loader computes it on the primary, or None when it does not exist."""
@@ -65,9 +72,11 @@ class Database:
         if self.replica is None:
             return await self.load(entry)
         choice = replica.NO_MARKER
-        if marker is not None:
+        if marker is not None and time.monotonic() < self._replica_down_until:
+            choice = replica.REPLICA_ERROR
+        elif marker is not None:
             try:
-                async with self.replica.connection() as conn:
+                async with self.replica.connection(timeout=REPLICA_CONNECT_WAIT_S) as conn:
                     cur = await conn.execute(REPLAY_LSN)
                     row = await cur.fetchone()
                     replayed = replica.parse_lsn(row[0]) if row and row[0] else None
@@ -77,7 +86,14 @@ class Database:
                         self._counted("replica")
                         return loaded
             except (psycopg.Error, PoolTimeout) as exc:
-                log.debug("replica load of %s failed (%s): reading the primary", entry, exc)
+                log.warning(
+                    "replica load of %s failed (%s): reading the primary, replica skipped for"
+                    " %.1f s",
+                    entry,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                    REPLICA_RETRY_S,
+                )
+                self._replica_down_until = time.monotonic() + REPLICA_RETRY_S
                 choice = replica.REPLICA_ERROR
         if self.metrics is not None:
             self.metrics.replica_fallbacks.labels(choice.reason).inc()
@@ -90,6 +106,14 @@ class Database:
     async def ping(self) -> None:
         async with self.pool.connection(timeout=2.0) as conn:
             await conn.execute("SELECT 1")
+
+    async def replay_lsn(self) -> str | None:
+        """The replica's replay position (health): None when it is not replaying."""
+        assert self.replica is not None
+        async with self.replica.connection(timeout=2.0) as conn:
+            cur = await conn.execute(REPLAY_LSN)
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else str(row[0])
 
     async def current_lsn(self) -> int:
         """The primary's WAL insert position: at or past the commit of every transaction that

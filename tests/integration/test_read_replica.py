@@ -36,6 +36,7 @@ from api.app import create_app
 from api.settings import Settings
 from db import migrate, seed
 from pgbust.cache import Cache as Runtime
+from pgbust.devservers import free_port
 from pgbust.keys import Keyspace
 from pgbust.protocol import Invalidation
 from pgbust.redis_cache import RedisCache
@@ -48,7 +49,7 @@ from tests.support.heartbeat import HeartbeatPlayer
 from tests.support.servers import PostgresCluster, RedisServer, StreamingReplica, wait_until
 
 PRODUCTS = 60
-MakeApi = Callable[[], Awaitable[tuple[httpx.AsyncClient, Runtime]]]
+MakeApi = Callable[..., Awaitable[tuple[httpx.AsyncClient, Runtime]]]
 
 
 @dataclass
@@ -161,10 +162,10 @@ async def make_api(
 ) -> AsyncIterator[MakeApi]:
     async with AsyncExitStack() as stack:
 
-        async def make() -> tuple[httpx.AsyncClient, Runtime]:
+        async def make(replica_url: str | None = None) -> tuple[httpx.AsyncClient, Runtime]:
             settings = Settings(
                 database_url=resumed.primary_url,
-                read_database_url=resumed.replica_url,
+                read_database_url=replica_url or resumed.replica_url,
                 redis_url=redis_server.url,
                 namespace=namespace,
                 api_token=API_TOKEN,
@@ -220,6 +221,8 @@ async def test_a_leased_load_reads_the_replica_once_it_replayed_up_to_the_marker
     assert replica_loads(runtime) == 1
     assert primary_loads(runtime) == 0
     assert await read_version(client, 7) == (1, "L1")
+    health = (await client.get("/healthz")).json()
+    assert health["replica"]["state"] == "ok" and "/" in health["replica"]["replay_lsn"]
 
 
 async def test_with_replay_paused_an_out_of_band_update_is_loaded_from_the_primary_not_refilled_old(
@@ -291,6 +294,22 @@ async def test_a_write_through_the_api_raises_the_marker_past_its_commit(
     version, source = await read_version(client, product)
     assert (version, source) == (2, "MISS")
     assert fallbacks(runtime, "behind") == 1
+
+
+async def test_an_unreachable_replica_costs_one_bounded_wait_then_misses_read_the_primary(
+    make_api: MakeApi, resumed: Replicated, l2: RedisCache
+) -> None:
+    # nothing listens there: the API still starts, and serves every read from the primary
+    client, runtime = await make_api(f"postgresql://postgres@127.0.0.1:{free_port()}/shop")
+    await l2.raise_lsn(resumed.current_lsn())
+    started = time.monotonic()
+    assert await read_version(client, 41) == (1, "MISS")
+    assert await read_version(client, 42) == (1, "MISS")  # skipped: no second wait
+    assert time.monotonic() - started < 3.0
+    assert fallbacks(runtime, "replica_error") == 2 and primary_loads(runtime) == 2
+    health = await client.get("/healthz")
+    assert health.status_code == 200, health.text
+    assert health.json()["replica"]["state"].startswith("error")
 
 
 # --- real processes: the invalidator keeps the marker ------------------------------------------
