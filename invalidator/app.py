@@ -45,6 +45,16 @@ _LSN_TIMEOUT_S = 0.5
 _STOP = FlushRequest("stop", "")  # sentinel: everything queued before it is still applied
 
 
+def known_lsn(batch: Batch) -> int | None:
+    """The LSN marker a batch carries by itself, or None: read the primary's WAL position.
+
+    Only WAL capture knows its commits' LSNs, and only for what the batch's transactions
+    changed: a flush covers everything, so anything committed up to now."""
+    if batch.wal_lsn is not None and not batch.flush:
+        return batch.wal_lsn
+    return None
+
+
 class Invalidator:
     def __init__(
         self,
@@ -362,8 +372,9 @@ class Invalidator:
         transactions, and NOTIFY capture carries no LSN: then the primary's WAL insert position,
         read now, after everything in the batch was received, so past each of its commits.
         UNKNOWN_LSN (the marker is deleted, readers use the primary) when it cannot be read."""
-        if batch.wal_lsn is not None and not batch.flush:
-            return batch.wal_lsn
+        known = known_lsn(batch)
+        if known is not None:
+            return known
         try:
             conn = self._lsn_conn
             if conn is None or conn.closed:

@@ -510,5 +510,7 @@ def test_chaos_replay_paused_while_out_of_band_writes_and_readers_go_on_then_res
     assert len(reads) > 200
     behind = api_metric(stack, "pgbust_api_replica_fallbacks_total", 'reason="behind"')
     replica = api_metric(stack, "pgbust_api_db_loads_by_server_total", 'server="replica"')
+    primary = api_metric(stack, "pgbust_api_db_loads_by_server_total", 'server="primary"')
+    print(f"reads {len(reads)}; loads: replica {replica}, primary {primary} (behind {behind})")
     assert behind > 0 and replica > 0
     stack.assert_every_tier_fresh()

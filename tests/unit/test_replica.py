@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from invalidator.app import known_lsn
+from invalidator.batcher import Batch
+from invalidator.wal_source import WalBatch
 from pgbust import replica
 from pgbust.protocol import Lease, parse_get_or_lease
+from tests.support.demo import DEMO
 
 
 def test_lsn_text_round_trips_and_orders_like_postgres() -> None:
@@ -55,3 +59,14 @@ def test_a_granted_lease_carries_the_marker_read_with_it() -> None:
     )
     assert parse_get_or_lease([2, b"1|", b"7", b""], "tok").marker is None  # type: ignore[union-attr]
     assert parse_get_or_lease([2, b"1|", b"7"], "tok").marker is None  # type: ignore[union-attr]
+
+
+def test_the_invalidator_marks_a_wal_batch_with_its_newest_commit_end_and_reads_the_rest() -> None:
+    wal = Batch()
+    wal.add_wal(WalBatch((), end_lsn=300, commit_ts_us=0), DEMO)
+    wal.add_wal(WalBatch((), end_lsn=200, commit_ts_us=0), DEMO)
+    assert known_lsn(wal) == 300
+    # a flush covers more than the batch's transactions; NOTIFY events carry no LSN
+    wal.add_flush("test", "a flush")
+    assert known_lsn(wal) is None
+    assert known_lsn(Batch()) is None
