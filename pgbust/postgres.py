@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 
 # The first statement on the replica connection the loader then runs on: replay only moves
 # forward, so the loader's own statements see at least what this one reports as replayed.
-# NULL on a server that is not in recovery (a promoted replica): the primary is used.
-REPLAY_LSN = "SELECT pg_last_wal_replay_lsn()::text"
+# NULL on a server that is not in recovery (a promoted replica keeps its last replay LSN, but
+# takes writes the primary never sees, or the other way round): the primary is used.
+REPLAY_LSN = "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() END::text"
 # A replica that failed (unreachable, refused, a load that errored) is left alone this long:
 # misses read the primary at once instead of each waiting for the replica to fail again.
 REPLICA_RETRY_S = 1.0

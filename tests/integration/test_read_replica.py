@@ -312,6 +312,18 @@ async def test_an_unreachable_replica_costs_one_bounded_wait_then_misses_read_th
     assert health.json()["replica"]["state"].startswith("error")
 
 
+async def test_a_server_that_is_not_a_standby_is_never_read_as_a_replica(
+    make_api: MakeApi, resumed: Replicated, l2: RedisCache
+) -> None:
+    # the primary itself as the "replica" (a promoted one looks the same): not in recovery
+    client, runtime = await make_api(resumed.primary_url)
+    await l2.raise_lsn(resumed.current_lsn())
+    assert await read_version(client, 45) == (1, "MISS")
+    assert fallbacks(runtime, "not_replaying") == 1 and replica_loads(runtime) == 0
+    health = (await client.get("/healthz")).json()
+    assert health["replica"]["state"].startswith("not replaying")
+
+
 # --- real processes: the invalidator keeps the marker ------------------------------------------
 
 
