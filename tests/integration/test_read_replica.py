@@ -444,6 +444,24 @@ def test_stack_with_replay_paused_serves_an_out_of_band_update_from_the_primary_
     assert metric(stack.invalidator, "pgbust_invalidator_errors_total", 'kind="lsn_marker"') == 0
 
 
+def test_an_invalidator_without_the_setting_keeps_no_marker_so_replica_readers_use_the_primary(
+    resumed: Replicated, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # a deployment that set PGBUST_READ_DATABASE_URL for the API only: safe, and visible
+    stack = start_stack(resumed.primary_url, redis_server, tmp_path)
+    try:
+        api = stack.processes.api(
+            "api-replica", env={"PGBUST_READ_DATABASE_URL": resumed.replica_url}
+        )
+        stack.drain()
+        for pid in range(50, 56):
+            assert http_version(api.base_url, pid) >= 1
+        assert metric(api, "pgbust_api_replica_fallbacks_total", 'reason="no_marker"') >= 6
+        assert metric(api, "pgbust_api_db_loads_by_server_total", 'server="replica"') == 0
+    finally:
+        stack.processes.stop_all()
+
+
 @dataclass
 class Observed:
     sent: float
