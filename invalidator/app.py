@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 from redis.exceptions import RedisError
 
+from invalidator import pg
 from invalidator.batcher import Batch
 from invalidator.capture import CaptureWatch
 from invalidator.heartbeat import TermBeat
@@ -33,11 +34,25 @@ from pgbust.errors import StartupError
 from pgbust.keys import Keyspace
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import connect
+from pgbust.replica import UNKNOWN_LSN, parse_lsn
 
 log = logging.getLogger(__name__)
 _REAP_TIMEOUT_S = 5.0
 CLIENT_NAME = "pgbust-invalidator"
+# The LSN marker's read of the primary's WAL position (its own session): past this the
+# marker is dropped instead (readers use the primary) rather than holding the batch up.
+_LSN_TIMEOUT_S = 0.5
 _STOP = FlushRequest("stop", "")  # sentinel: everything queued before it is still applied
+
+
+def known_lsn(batch: Batch) -> int | None:
+    """The LSN marker a batch carries by itself, or None: read the primary's WAL position.
+
+    Only WAL capture knows its commits' LSNs, and only for what the batch's transactions
+    changed: a flush covers everything, so anything committed up to now."""
+    if batch.wal_lsn is not None and not batch.flush:
+        return batch.wal_lsn
+    return None
 
 
 class Invalidator:
@@ -78,6 +93,7 @@ class Invalidator:
             self.hot,
             retry_max_s=settings.redis_retry_max_s,
             on_applied=on_applied,
+            marker=self._marker_lsn if settings.read_database_url else None,
         )
         self.queue: asyncio.Queue[Item | WalBatch] = asyncio.Queue()
         self.sender = f"{socket.gethostname()}:{os.getpid()}"
@@ -140,6 +156,7 @@ class Invalidator:
         self.terms = 0  # how many times this process became the active one
         self.redis_memory: dict[str, str] = {}
         self._started_at = time.monotonic()
+        self._lsn_conn: pg.Connection | None = None  # the LSN marker's session (read replicas)
 
     # --- health ---------------------------------------------------------------------------
 
@@ -224,6 +241,8 @@ class Invalidator:
             self.role = "stopping"
             await self.leadership.release()
             await self.tasks.drain()
+            if self._lsn_conn is not None:
+                await self._lsn_conn.close()
             if self.server is not None:
                 await self.server.close()
             await self.redis.aclose()
@@ -343,6 +362,38 @@ class Invalidator:
                 "task %s did not stop within %.0f s: %s", task.get_name(), _REAP_TIMEOUT_S, frames
             )
 
+    # --- the LSN marker of read replicas (pgbust/replica.py) -------------------------------
+
+    async def _marker_lsn(self, batch: Batch) -> int:
+        """An LSN at or past the commit of every change in `batch`, which has been received.
+
+        WAL capture: the batch's newest transaction end (pgoutput's end_lsn: the end of its
+        commit record, what a replica must have replayed). A flush covers more than the batch's
+        transactions, and NOTIFY capture carries no LSN: then the primary's WAL insert position,
+        read now, after everything in the batch was received, so past each of its commits.
+        UNKNOWN_LSN (the marker is deleted, readers use the primary) when it cannot be read."""
+        known = known_lsn(batch)
+        if known is not None:
+            return known
+        try:
+            conn = self._lsn_conn
+            if conn is None or conn.closed:
+                conn = self._lsn_conn = await asyncio.wait_for(
+                    pg.connect(self.settings.database_url, f"{CLIENT_NAME}-lsn"), _LSN_TIMEOUT_S
+                )
+            cur = await pg.within(
+                conn,
+                conn.execute("SELECT pg_current_wal_insert_lsn()::text"),
+                _LSN_TIMEOUT_S,
+                "LSN marker",
+            )
+            row = await cur.fetchone()
+            return parse_lsn(str(row[0])) if row else UNKNOWN_LSN
+        except (psycopg.Error, TimeoutError, ValueError) as exc:
+            self.metrics.errors.labels("lsn_marker").inc()
+            log.warning("cannot read the WAL position (%s): LSN marker dropped", exc)
+            return UNKNOWN_LSN
+
     # --- batching -------------------------------------------------------------------------
 
     def _add(self, batch: Batch, item: Item | WalBatch) -> bool:
@@ -412,6 +463,8 @@ class Invalidator:
                 await self.listener.confirm(batch.wal_lsn)  # only now may the slot forget
             if applied and batch.probe is not None:
                 self.proof.applied(batch.probe)  # capture proven up to the probe's sending
+                if not batch:
+                    await self.sink.refresh_marker()  # a quiet moment: keep the marker present
 
     def _absorb(self, batch: Batch, queue: asyncio.Queue[Item | WalBatch]) -> None:
         """While Redis is unreachable, keep merging new events into the pending batch."""

@@ -6,7 +6,7 @@ import hashlib
 
 from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 
-from pgbust.settings import CaptureSettings, TaskQueueSettings
+from pgbust.settings import CaptureSettings, ReadReplicaSettings, TaskQueueSettings
 
 
 def default_lock_id(namespace: str) -> int:
@@ -16,7 +16,7 @@ def default_lock_id(namespace: str) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
-class Settings(TaskQueueSettings, CaptureSettings):
+class Settings(TaskQueueSettings, CaptureSettings, ReadReplicaSettings):
     """PGBUST_* environment variables (and CELERY_BROKER_URL / PGBUST_QUEUE, where the worker
     tasks go); the command's flags override them."""
 

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -43,6 +43,9 @@ _RETRIED = (RedisError, OSError)
 _LOG_EVERY_S = 10.0
 # Called after each applied batch with the time (µs) Redis confirmed it (benchmarks use it).
 AppliedHook = Callable[[Batch, int], None]
+# Read replicas: an LSN at or past the commit of every change in the batch, learnt after the
+# batch was received (invalidator/app.py); UNKNOWN_LSN when it cannot be learnt.
+MarkerSource = Callable[[Batch], Awaitable[int]]
 
 
 def now_us() -> int:
@@ -59,6 +62,7 @@ class Sink:
         *,
         retry_max_s: float = 0.25,
         on_applied: AppliedHook | None = None,
+        marker: MarkerSource | None = None,
     ) -> None:
         self.cache = cache
         self.metrics = metrics
@@ -66,6 +70,8 @@ class Sink:
         self.hot = hot
         self.retry_max_s = retry_max_s
         self.on_applied = on_applied
+        # set (PGBUST_READ_DATABASE_URL): every invalidation raises the LSN marker with it
+        self.marker = marker
         self.redis_ok = True
         self.redis_error = ""  # why the pending batch is not applied yet ("" when it was)
         self.pending_events = 0  # events of that batch
@@ -179,9 +185,11 @@ class Sink:
 
     async def _send(self, batch: Batch) -> None:
         targets = batch.targets()
+        # learnt at each attempt: events absorbed while Redis was away are covered too
+        lsn = await self.marker(batch) if self.marker is not None else None
         if targets.flush:
             reason = batch.reason or "flush"
-            epoch = await self.cache.bump_epoch(reason, origin=ORIGIN)
+            epoch = await self.cache.bump_epoch(reason, origin=ORIGIN, lsn=lsn)
             self.metrics.epoch_bumps.labels(batch.flush_kind or "flush").inc()
             log.warning("epoch bumped to %s: %s", epoch, reason)
             self.tasks.send("enqueue_purge", reason)
@@ -189,7 +197,7 @@ class Sink:
             message = Invalidation.of(
                 targets, origin=ORIGIN, ts_us=batch.earliest_ts_us, reason=batch.reason
             )
-            result = await self.cache.invalidate(targets, message)
+            result = await self.cache.invalidate(targets, message, lsn=lsn)
             if result.garbage:
                 self.tasks.send("enqueue_garbage", result.garbage)
         done = now_us()
@@ -199,6 +207,17 @@ class Sink:
             self.tasks.send("enqueue_warm", hot)
         if self.on_applied is not None:
             self.on_applied(batch, done)
+
+    async def refresh_marker(self) -> None:
+        """Between invalidations (at each capture probe): write the LSN marker again, so one
+        that was evicted or lost with a Redis flush sends readers to the primary only briefly.
+        Best effort; never raises."""
+        if self.marker is None:
+            return
+        try:
+            await self.cache.raise_lsn(await self.marker(Batch()))
+        except (RedisError, OSError) as exc:
+            log.debug("could not refresh the LSN marker: %s", exc)
 
     def _record(self, batch: Batch, done_us: int) -> None:
         m = self.metrics

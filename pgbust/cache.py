@@ -24,7 +24,9 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Literal
 
+import psycopg
 import redis.asyncio as aioredis
+from psycopg_pool import PoolTimeout
 from redis.exceptions import RedisError
 
 from pgbust import redis_policy
@@ -39,6 +41,7 @@ from pgbust.read_path import AfterLoadHook, ReadResult, TieredCache
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import connect
 from pgbust.redis_policy import RedisMemory
+from pgbust.replica import UNKNOWN_LSN
 from pgbust.rules import targets_for, write_change
 from pgbust.settings import CacheSettings
 from pgbust.subscriber import Subscriber, pubsub_client
@@ -89,7 +92,15 @@ class Cache:
         settings = self.settings
         pool = make_pool(settings.database_url, settings.db_pool_size, self._pool_name)
         await pool.open(wait=True, timeout=10.0)
-        self._db = Database(pool, self.loaders)
+        replica = None
+        if settings.read_database_url:  # leased loads may read it (pgbust/replica.py)
+            replica = make_pool(
+                settings.read_database_url, settings.db_pool_size, f"{self._pool_name}-replica"
+            )
+            # not waited for: an unreachable replica must not keep the API from starting
+            # (its misses read the primary meanwhile, pgbust_api_replica_fallbacks_total)
+            await replica.open(wait=False)
+        self._db = Database(pool, self.loaders, replica=replica, metrics=self.metrics)
         if settings.cache_mode != "off":
             self.redis = connect(
                 settings.redis_url,
@@ -100,7 +111,10 @@ class Cache:
             )
             # only a cache invalidated by events may require (and trust) live capture
             self.l2 = RedisCache(
-                self.redis, self.keyspace, require_live_capture=settings.subscribes
+                self.redis,
+                self.keyspace,
+                require_live_capture=settings.subscribes,
+                lsn_marker=replica is not None,
             )
         self._tiers = TieredCache(
             declaration=self.declaration,
@@ -143,6 +157,8 @@ class Cache:
                     await client.aclose()
         if self._db is not None:
             await self._db.pool.close()
+            if self._db.replica is not None:
+                await self._db.replica.close()
 
     async def __aenter__(self) -> Cache:
         await self.start()
@@ -245,7 +261,10 @@ class Cache:
         subscriber = self.subscriber
         echo = subscriber.expect_echo(reason) if subscriber and subscriber.healthy else None
         try:
-            await self.l2.invalidate(targets, message)
+            # with a read replica the write's commit must not be readable from a replica that
+            # has not replayed it once its entries are gone: raise the LSN marker past it
+            lsn = await self._written_lsn() if self.db.replica is not None else None
+            await self.l2.invalidate(targets, message, lsn=lsn)
             self.metrics.invalidations_sent.labels("ok").inc()
         except RedisError as exc:
             # committed already: the CDC path (and the worker's retries) will invalidate L2
@@ -263,6 +282,16 @@ class Cache:
                 self.metrics.invalidations_sent.labels("echo_timeout").inc()
             finally:
                 subscriber.forget_echo(reason)
+
+    async def _written_lsn(self) -> int:
+        """An LSN past every commit so far (the caller's write included), or UNKNOWN_LSN
+        (the marker is then deleted: readers use the primary until the invalidator's next
+        batch writes it again)."""
+        try:
+            return await self.db.current_lsn()
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("cannot read the primary's WAL position (%s): LSN marker dropped", exc)
+            return UNKNOWN_LSN
 
     # --- hot-key sampling (refresh-ahead input for the invalidator) ---------------------------
 
@@ -290,6 +319,17 @@ class Cache:
         except Exception as exc:
             ok = False
             checks["database"] = f"error: {type(exc).__name__}"
+        if self.db.replica is not None:
+            # informative only: reads fall back to the primary while the replica is away
+            try:
+                replayed = await asyncio.wait_for(self.db.replay_lsn(), timeout=2.0)
+                checks["replica"] = (
+                    {"state": "ok", "replay_lsn": replayed}
+                    if replayed
+                    else {"state": "not replaying (not a standby): loads read the primary"}
+                )
+            except Exception as exc:
+                checks["replica"] = {"state": f"error: {type(exc).__name__}"}
         if self.redis_memory is not None:
             checks["redis_memory"] = {
                 "policy": self.redis_memory.policy,

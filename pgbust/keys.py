@@ -37,6 +37,12 @@ class Keyspace:
         return f"{self.namespace}:capture:alive"
 
     @property
+    def lsn_marker(self) -> str:
+        """An LSN at or past every commit whose invalidation was applied: loads read a replica
+        only once it has replayed that far (pgbust/replica.py)."""
+        return f"{self.namespace}:lsn"
+
+    @property
     def worker_stats(self) -> str:
         """Hash of the workers' task counters (worker/stats.py)."""
         return f"{self.namespace}:worker:stats"

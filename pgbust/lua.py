@@ -260,10 +260,12 @@ return epoch
 """
 )
 
-# KEYS: server_identity, epoch   ARGV: run_id, channel, message
+# KEYS: server_identity, epoch[, lsn marker]   ARGV: run_id, channel, message
 # Redis restarted (new run_id, or the identity key was lost): whatever it holds may predate
-# writes it never saw deleted, so the first component to notice bumps the epoch. Returns the
-# new epoch, or false.
+# writes it never saw deleted, so the first component to notice bumps the epoch, and deletes
+# the read replicas' LSN marker (restored from an old snapshot it would be behind the
+# invalidations the restart lost; readers use the primary until the invalidator raises it
+# again). Returns the new epoch, or false.
 ENSURE_SERVER = (
     _RUNS_WHEN_FULL
     + _CLOCK
@@ -272,6 +274,7 @@ ENSURE_SERVER = (
 if redis.call('GET', KEYS[1]) == ARGV[1] then return false end
 redis.call('SET', KEYS[1], ARGV[1])
 local epoch = bump(KEYS[2])
+if KEYS[3] then redis.call('DEL', KEYS[3]) end
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return epoch
 """
@@ -338,3 +341,71 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return redis.call('PUBLISH', ARGV[3], ARGV[4])
 """
 )
+
+
+# --- the LSN marker of read replicas (pgbust/replica.py) --------------------------------------
+# <ns>:lsn holds an LSN (16 hex digits) at or past the commit of every change whose
+# invalidation has been applied; a reader loads from a replica only once it has replayed that
+# far. Raised set-if-greater in the same script as the invalidation it covers, so it is never
+# behind one; "" deletes it (the invalidator could not learn an LSN: readers use the primary
+# until a later invalidation writes it again). Compared in two 32-bit halves (exact in Lua).
+_RAISE_LSN = """
+local function raise_lsn(key, lsn)
+  if lsn == '' then
+    redis.call('DEL', key)
+    return
+  end
+  local old = redis.call('GET', key)
+  if old and #old == 16 and #lsn == 16 then
+    local oh = tonumber(string.sub(old, 1, 8), 16)
+    local ol = tonumber(string.sub(old, 9, 16), 16)
+    local nh = tonumber(string.sub(lsn, 1, 8), 16)
+    local nl = tonumber(string.sub(lsn, 9, 16), 16)
+    if oh and ol and (oh > nh or (oh == nh and ol >= nl)) then return end
+  end
+  redis.call('SET', key, lsn)
+end
+"""
+
+
+def raising_lsn(script: str) -> str:
+    """`script`, first raising the LSN marker: the wrapped script takes the marker key as its
+    last KEY and the LSN (16 hex digits, or "" to delete the marker) as its last ARGV, then
+    exactly the keys and arguments of `script`, which runs unchanged (its shebang kept)."""
+    shebang = ""
+    if script.startswith("#!"):
+        first, _, script = script.partition("\n")
+        shebang = first + "\n"
+    return (
+        shebang
+        + _RAISE_LSN
+        + "raise_lsn(KEYS[#KEYS], ARGV[#ARGV])\n"
+        + "local function raised(KEYS, ARGV)\n"
+        + f"{script}\n"
+        + "end\n"
+        + "return raised({unpack(KEYS, 1, #KEYS - 1)}, {unpack(ARGV, 1, #ARGV - 1)})\n"
+    )
+
+
+def with_lsn_marker(script: str) -> str:
+    """A GET_OR_LEASE variant whose granted lease ({2, stamp, since}) also carries the LSN
+    marker ({2, stamp, since, marker}, "" when the key is missing), read atomically with the
+    grant; the marker key is the last KEY, the others are exactly `script`'s."""
+    return (
+        "local function leased(KEYS, ARGV)\n"
+        f"{script}\n"
+        "end\n"
+        "local reply = leased({unpack(KEYS, 1, #KEYS - 1)}, ARGV)\n"
+        "if reply[1] == 2 then reply[#reply + 1] = redis.call('GET', KEYS[#KEYS]) or '' end\n"
+        "return reply\n"
+    )
+
+
+# KEYS: lsn marker   ARGV: lsn (16 hex digits, or "" to delete)   -> 1
+# The invalidator keeps the marker present between invalidations (at each capture probe), so
+# an evicted marker sends readers to the primary for at most a heartbeat of a quiet system.
+RAISE_LSN = _RUNS_WHEN_FULL + _RAISE_LSN + "raise_lsn(KEYS[1], ARGV[1])\nreturn 1\n"
+GET_OR_LEASE_WITH_LSN = with_lsn_marker(GET_OR_LEASE)
+GET_OR_LEASE_IF_LIVE_WITH_LSN = with_lsn_marker(GET_OR_LEASE_IF_LIVE)
+INVALIDATE_RAISING_LSN = raising_lsn(INVALIDATE)
+BUMP_EPOCH_RAISING_LSN = raising_lsn(BUMP_EPOCH)

@@ -54,6 +54,21 @@ class Metrics:
         self.db_loads = Counter(
             "pgbust_api_db_loads", "Entries loaded from Postgres by the read path", registry=r
         )
+        # read replicas (PGBUST_READ_DATABASE_URL, pgbust/replica.py)
+        self.loads_by_server = Counter(
+            "pgbust_api_db_loads_by_server",
+            "Entries loaded by the read path, by the server that answered (replica, primary)",
+            ["server"],
+            registry=r,
+        )
+        self.replica_fallbacks = Counter(
+            "pgbust_api_replica_fallbacks",
+            "Leased loads sent to the primary instead of the replica: behind (not yet replayed"
+            " up to the LSN marker), no_marker (marker missing: evicted, Redis flushed, or no"
+            " invalidator keeps it), not_replaying (not a standby), replica_error",
+            ["reason"],
+            registry=r,
+        )
         self.fills = Counter("pgbust_api_fills", "Fills stored", ["tier"], registry=r)
         self.fills_refused = Counter(
             "pgbust_api_fills_refused",

@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from pgbust.replica import parse_marker
+
 MESSAGE_VERSION = 1
 
 
@@ -189,6 +191,8 @@ class Lease:
     token: str
     stamp: str
     since: int = 0  # when the lease was granted (µs, Redis clock): row tags must be older
+    # the LSN marker read with the grant (pgbust/replica.py); None: missing, or not asked for
+    marker: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +240,9 @@ def parse_get_or_lease(reply: list[Any], token: str) -> LeaseResult:
         # "<stamp>\n<since>\n<row generation key>...|": the keys, for the caller to name
         return Hit(payload, tuple(stamp[:-1].split("\n")[2:]))
     if status == 2:
-        return Lease(token=token, stamp=stamp, since=int(reply[2]) if len(reply) > 2 else 0)
+        since = int(reply[2]) if len(reply) > 2 else 0
+        marker = parse_marker(reply[3]) if len(reply) > 3 else None
+        return Lease(token=token, stamp=stamp, since=since, marker=marker)
     return Busy(stamp=stamp)
 
 

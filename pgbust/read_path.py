@@ -71,6 +71,9 @@ RESOLVED_NAMES = 10_000
 class Loader(Protocol):
     async def load(self, entry: str) -> Loaded | None: ...
 
+    # a load a lease may fill: may read a replica that replayed up to marker (pgbust/replica.py)
+    async def load_leased(self, entry: str, marker: int | None) -> Loaded | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class ReadResult:
@@ -231,7 +234,7 @@ class TieredCache:
         self, entry: str, l2: RedisCache, lease: Lease, ticket: Ticket, first_try: bool = True
     ) -> ReadResult:
         try:
-            loaded = await self._load(entry)
+            loaded = await self._load(entry, lease)
         except BaseException:
             await self._release(entry, l2, lease)
             raise
@@ -291,8 +294,10 @@ class TieredCache:
         except RedisError:
             self.metrics.redis_errors.labels("release_lease").inc()
 
-    async def _load(self, entry: str) -> Loaded | None:
+    async def _load(self, entry: str, lease: Lease | None = None) -> Loaded | None:
         self.metrics.db_loads.inc()
+        if lease is not None:  # only a leased load may read a replica (pgbust/replica.py)
+            return await self.db.load_leased(entry, lease.marker)
         return await self.db.load(entry)
 
     def _put_l1(

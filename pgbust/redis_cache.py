@@ -22,6 +22,7 @@ from pgbust.protocol import (
     parse_get_or_lease,
     strip_stamp,
 )
+from pgbust.replica import UNKNOWN_LSN, marker_text
 
 DEFAULT_LEASE_MS = 2_000
 # Tag members freed inside the invalidation script; the rest is handed to a worker so no
@@ -38,17 +39,32 @@ class InvalidateResult:
 class RedisCache:
     """require_live_capture: reads and leases only while an active invalidator proves its
     capture channel alive (keyspace.capture_alive), else NotLive. Only a cache that nobody
-    invalidates by events (the API's ttl mode) turns it off."""
+    invalidates by events (the API's ttl mode) turns it off.
+
+    lsn_marker: leases carry the read replicas' LSN marker (Lease.marker, pgbust/replica.py),
+    read in the same script as the grant; only a cache that reads a replica asks for it."""
 
     def __init__(
-        self, client: aioredis.Redis, keyspace: Keyspace, *, require_live_capture: bool = True
+        self,
+        client: aioredis.Redis,
+        keyspace: Keyspace,
+        *,
+        require_live_capture: bool = True,
+        lsn_marker: bool = False,
     ) -> None:
         self.client = client
         self.keyspace = keyspace
         self.require_live_capture = require_live_capture
-        self._get_or_lease: AsyncScript = client.register_script(
-            lua.GET_OR_LEASE_IF_LIVE if require_live_capture else lua.GET_OR_LEASE
-        )
+        self.lsn_marker = lsn_marker
+        if lsn_marker:
+            get_or_lease = (
+                lua.GET_OR_LEASE_IF_LIVE_WITH_LSN
+                if require_live_capture
+                else lua.GET_OR_LEASE_WITH_LSN
+            )
+        else:
+            get_or_lease = lua.GET_OR_LEASE_IF_LIVE if require_live_capture else lua.GET_OR_LEASE
+        self._get_or_lease: AsyncScript = client.register_script(get_or_lease)
         self._heartbeat: AsyncScript = client.register_script(lua.HEARTBEAT)
         self._fill: AsyncScript = client.register_script(lua.FILL)
         self._invalidate: AsyncScript = client.register_script(lua.INVALIDATE)
@@ -56,6 +72,10 @@ class RedisCache:
         self._ensure_server: AsyncScript = client.register_script(lua.ENSURE_SERVER)
         self._peek: AsyncScript = client.register_script(lua.PEEK)
         self._release_lease: AsyncScript = client.register_script(lua.RELEASE_LEASE)
+        # read replicas: the same scripts, raising the LSN marker first (pgbust/replica.py)
+        self._invalidate_raising: AsyncScript = client.register_script(lua.INVALIDATE_RAISING_LSN)
+        self._bump_epoch_raising: AsyncScript = client.register_script(lua.BUMP_EPOCH_RAISING_LSN)
+        self._raise_lsn: AsyncScript = client.register_script(lua.RAISE_LSN)
 
     # --- reads and fills ------------------------------------------------------------------
 
@@ -79,6 +99,8 @@ class RedisCache:
         keys = self._entry_keys(entry, tags)
         if self.require_live_capture:
             keys.insert(0, self.keyspace.capture_alive)
+        if self.lsn_marker:
+            keys.append(self.keyspace.lsn_marker)
         reply = await self._get_or_lease(keys=keys, args=[token, lease_ms])
         result = parse_get_or_lease(reply, token)
         if isinstance(result, Hit) and result.rows:
@@ -137,10 +159,15 @@ class RedisCache:
 
     # --- invalidation ---------------------------------------------------------------------
 
-    async def invalidate(self, targets: Targets, message: Invalidation) -> InvalidateResult:
-        """Delete the targets from Redis and publish one message, atomically, in one call."""
+    async def invalidate(
+        self, targets: Targets, message: Invalidation, *, lsn: int | None = None
+    ) -> InvalidateResult:
+        """Delete the targets from Redis and publish one message, atomically, in one call.
+
+        lsn: also raise the read replicas' LSN marker to it in that call (at or past the commit
+        of every change the targets cover; UNKNOWN_LSN deletes the marker); None: leave it."""
         if targets.flush:
-            await self.bump_epoch(message.reason or "flush", origin=message.origin)
+            await self.bump_epoch(message.reason or "flush", origin=message.origin, lsn=lsn)
             return InvalidateResult(receivers=0, garbage=[])
         ks = self.keyspace
         keys_sorted = sorted(targets.keys)
@@ -160,19 +187,34 @@ class RedisCache:
             message.encode(),
             INLINE_MEMBER_LIMIT,
         ]
-        receivers, garbage = await self._invalidate(keys=script_keys, args=args)
+        if lsn is None:
+            receivers, garbage = await self._invalidate(keys=script_keys, args=args)
+        else:
+            receivers, garbage = await self._invalidate_raising(
+                keys=[*script_keys, ks.lsn_marker], args=[*args, _marker_arg(lsn)]
+            )
         return InvalidateResult(
             receivers=int(receivers),
             garbage=[g.decode() if isinstance(g, bytes) else str(g) for g in garbage],
         )
 
-    async def bump_epoch(self, reason: str, origin: str) -> int:
-        """Kill every entry of the namespace at once and tell every API instance to flush."""
+    async def bump_epoch(self, reason: str, origin: str, *, lsn: int | None = None) -> int:
+        """Kill every entry of the namespace at once and tell every API instance to flush
+        (lsn: raise the LSN marker in the same call, as in `invalidate`)."""
         message = flush_message(reason, origin).encode()
-        reply = await self._bump_epoch(
-            keys=[self.keyspace.epoch], args=[self.keyspace.channel, message]
-        )
+        keys = [self.keyspace.epoch]
+        args: list[Any] = [self.keyspace.channel, message]
+        if lsn is None:
+            reply = await self._bump_epoch(keys=keys, args=args)
+        else:
+            reply = await self._bump_epoch_raising(
+                keys=[*keys, self.keyspace.lsn_marker], args=[*args, _marker_arg(lsn)]
+            )
         return int(reply)
+
+    async def raise_lsn(self, lsn: int) -> None:
+        """Raise the LSN marker to lsn (never lowers it; UNKNOWN_LSN deletes it)."""
+        await self._raise_lsn(keys=[self.keyspace.lsn_marker], args=[_marker_arg(lsn)])
 
     async def ensure_server_identity(self, origin: str) -> int | None:
         """Bump the epoch if Redis restarted since the namespace last saw it (new run_id).
@@ -183,7 +225,7 @@ class RedisCache:
         run_id = str(info["run_id"])
         message = flush_message("redis server restarted", origin).encode()
         reply = await self._ensure_server(
-            keys=[self.keyspace.server_identity, self.keyspace.epoch],
+            keys=[self.keyspace.server_identity, self.keyspace.epoch, self.keyspace.lsn_marker],
             args=[run_id, self.keyspace.channel, message],
         )
         return int(reply) if reply else None
@@ -205,3 +247,8 @@ class RedisCache:
         eviction does not take it (its loss costs a flush at the next new connection)."""
         epoch, _ = await self.client.mget(self.keyspace.epoch, self.keyspace.server_identity)
         return int(epoch) if epoch else 0
+
+
+def _marker_arg(lsn: int) -> str:
+    """The LSN as the marker scripts take it: 16 hex digits, "" for UNKNOWN_LSN (delete)."""
+    return "" if lsn == UNKNOWN_LSN else marker_text(lsn)

@@ -60,9 +60,10 @@ class ServerIdentityCheck:
         await connection.send_command(
             "EVAL",
             lua.ENSURE_SERVER,
-            2,
+            3,
             ks.server_identity,
             ks.epoch,
+            ks.lsn_marker,
             run_id,
             ks.channel,
             message,

@@ -90,7 +90,20 @@ CacheMode = Literal["cdc", "ttl", "off"]
 DEFAULT_TTL_MODE_S = 30.0
 
 
-class CacheSettings(CommonSettings):
+class ReadReplicaSettings(CommonSettings):
+    """PGBUST_READ_DATABASE_URL: loaders read this streaming replica of DATABASE_URL, never a
+    change behind an applied invalidation (pgbust/replica.py); unset, everything reads the
+    primary. The invalidator reads it too: set, it keeps the LSN marker readers check."""
+
+    read_database_url: str | None = None
+
+    @field_validator("read_database_url")
+    @classmethod
+    def _check_read_database_url(cls, value: str | None) -> str | None:
+        return normalize_postgres_url(value) if value else None
+
+
+class CacheSettings(ReadReplicaSettings):
     """What an application's cache (pgbust.Cache) needs: the mode, L1's bounds, leases, the
     pool, the subscriber's silence bound; each read as PGBUST_<NAME>."""
 

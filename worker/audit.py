@@ -19,6 +19,7 @@ from psycopg import AsyncConnection
 from pgbust.entries import Entries, UndeclaredEntry, UnknownEntry
 from pgbust.protocol import Invalidation, Targets
 from pgbust.redis_cache import RedisCache
+from pgbust.replica import UNKNOWN_LSN
 from worker import stats
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,9 @@ async def audit(
     if deleted:
         targets = Targets(keys=frozenset(deleted))
         message = Invalidation.of(targets, origin="worker", reason="audit: stale entries")
-        await cache.invalidate(targets, message)
+        # the primary differed: a lagging replica could hand the same old row back, so the
+        # LSN marker goes too (readers use the primary until the invalidator raises it again)
+        await cache.invalidate(targets, message, lsn=UNKNOWN_LSN)
     return AuditReport(
         sampled=len(value_keys),
         checked=len(value_keys) - counts["dead"] - counts["unknown"],

@@ -18,6 +18,7 @@ from redis.exceptions import ExecAbortError, OutOfMemoryError
 from pgbust.entries import Entries, UndeclaredEntry, UnknownEntry
 from pgbust.protocol import Busy, Hit, Invalidation, NotLive, Refused, Targets
 from pgbust.redis_cache import RedisCache
+from pgbust.replica import UNKNOWN_LSN
 from worker import lua
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,14 @@ async def retry_invalidation(
     enqueued (the epoch is a microsecond timestamp on the Redis clock, compared with the
     enqueuer's clock): one outage costs one flush, not one per pending task. A restarted
     server is noticed by ensure_server_identity the same way.
+    The read replicas' LSN marker is deleted with the invalidation: the worker knows no LSN
+    for changes committed long ago, so readers use the primary until the invalidator raises
+    the marker again (pgbust/replica.py); without a replica nobody reads it.
     Raises redis errors while Redis is still down (the task retries with backoff).
     """
     restarted = await cache.ensure_server_identity(origin="worker")
     message = Invalidation.of(targets, origin="worker", reason=f"retry: {reason}")
-    result = await cache.invalidate(targets, message)
+    result = await cache.invalidate(targets, message, lsn=UNKNOWN_LSN)
     bumped = targets.flush or restarted is not None
     if await cache.current_epoch() < enqueued_ms * 1000:
         await cache.bump_epoch(f"redis came back: {reason}", origin="worker")

@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psycopg
 import redis
 
 from pgbust.devservers import free_port, postgres_bindir, redis_server_binary
@@ -152,3 +153,64 @@ class PostgresCluster:
 
     def restart(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-w", "-m", "fast", "restart")
+
+
+class StreamingReplica(PostgresCluster):
+    """A hot standby of a private `primary`: `pg_basebackup -R` (streaming, standby.signal),
+    its own port; replay paused and resumed on demand."""
+
+    def __init__(self, folder: Path, primary: PostgresCluster) -> None:
+        super().__init__(folder, primary.settings)
+        self.primary = primary
+
+    def init(self) -> None:
+        """Copy the running primary (it needs a replication connection: initdb's default
+        pg_hba trusts them from 127.0.0.1, and max_wal_senders defaults to 10)."""
+        self._run(
+            "pg_basebackup",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.primary.port),
+            "-U",
+            "postgres",
+            "-D",
+            str(self.data),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+        )
+
+    def url(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _query(self, query: str) -> object:
+        with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute(query).fetchone()
+        return None if row is None else row[0]
+
+    def replay_lsn(self) -> str | None:
+        value = self._query("SELECT pg_last_wal_replay_lsn()::text")
+        return None if value is None else str(value)
+
+    def caught_up(self) -> bool:
+        """Replayed everything the primary has inserted into its WAL so far."""
+        with psycopg.connect(self.primary.admin_url, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+        assert row is not None
+        target = str(row[0])
+        return bool(self._query(f"SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"))
+
+    def pause_replay(self) -> None:
+        """Stop replaying (WAL is still received); returns once replay is paused."""
+        self._query("SELECT pg_wal_replay_pause()")
+        assert wait_until(
+            lambda: self._query("SELECT pg_get_wal_replay_pause_state()") == "paused", 10
+        ), "replay did not pause"
+
+    def resume_replay(self, *, wait_caught_up: bool = True) -> None:
+        self._query("SELECT pg_wal_replay_resume()")
+        if wait_caught_up:
+            assert wait_until(self.caught_up, 20), "the replica did not catch up"
