@@ -100,7 +100,10 @@ class Cache:
             )
             # only a cache invalidated by events may require (and trust) live capture
             self.l2 = RedisCache(
-                self.redis, self.keyspace, require_live_capture=settings.subscribes
+                self.redis,
+                self.keyspace,
+                require_live_capture=settings.subscribes,
+                pipelined=True,  # the read path's scripts: pgbust.redis_lane
             )
         self._tiers = TieredCache(
             declaration=self.declaration,
@@ -137,6 +140,8 @@ class Cache:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.l2 is not None:
+            self.l2.close()
         for client in (self._pubsub_redis, self.redis):
             if client is not None:
                 with contextlib.suppress(RedisError, OSError):

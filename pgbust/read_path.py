@@ -106,6 +106,10 @@ class TieredCache:
         # bound once: a label lookup per request is measurable on the L1-hit path
         self._l1_hit = metrics.hits.labels("l1")
         self._l1_miss = metrics.misses.labels("l1")
+        self._l2_hit = metrics.hits.labels("l2")
+        self._l2_miss = metrics.misses.labels("l2")
+        self._l2_fill = metrics.fills.labels("l2")
+        self._l1_fill = metrics.fills.labels("l1")
 
     def l1_hit(self, entry: str) -> bytes | None:
         """The L1 payload of an entry, counting only hits (for the pre-routing fast path)."""
@@ -183,9 +187,9 @@ class TieredCache:
             self._refused("get_or_lease", result.out_of_memory)
             return await self._unfilled(entry)
         if isinstance(result, Lease):
-            self.metrics.misses.labels("l2").inc()
+            self._l2_miss.inc()
             return await self._load_and_fill(entry, l2, result, ticket)
-        self.metrics.hits.labels("l2").inc()
+        self._l2_hit.inc()
         await self._put_l1_copy_of_l2(entry, l2, ticket, result.payload, result.rows)
         return ReadResult(result.payload, "L2")
 
@@ -261,7 +265,7 @@ class TieredCache:
             self.metrics.redis_errors.labels("fill").inc()
             return ReadResult(payload, "MISS")
         if stored == 1:
-            self.metrics.fills.labels("l2").inc()
+            self._l2_fill.inc()
             self._put_l1(ticket, payload, rows=rows)
             return ReadResult(payload, "MISS")
         reason = {0: "lease_lost", -2: "untracked_rows"}.get(stored, "invalidated")
@@ -303,6 +307,6 @@ class TieredCache:
         rows: tuple[str, ...] = (),
     ) -> None:
         if self.l1.put(ticket, payload, ttl_s, rows):
-            self.metrics.fills.labels("l1").inc()
+            self._l1_fill.inc()
         elif not ticket.valid:
             self.metrics.fills_refused.labels("l1", "invalidated").inc()
