@@ -3,6 +3,7 @@ invalidation + publish, epoch bumps. API, invalidator and worker all go through 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
 import uuid
@@ -84,6 +85,13 @@ class RedisCache:
         if self._lane is not None:
             return await self._lane.evalsha(script.sha, script.script, keys, args)
         return await script(keys=keys, args=args)
+
+    def count_hot_nowait(self, entry: str) -> asyncio.Future[Any] | None:
+        """ZINCRBY the hot set over the lane without waiting (the future has the reply);
+        None when there is no open lane (send it with the client instead)."""
+        if self._lane is None:
+            return None
+        return self._lane.send_nowait("ZINCRBY", self.keyspace.hot, 1, entry)
 
     # --- reads and fills ------------------------------------------------------------------
 

@@ -132,6 +132,14 @@ class Lane:
             packed = hiredis.pack_command(("EVAL", script, len(keys), *keys, *args))
             return await (await self._lane()).send(packed)
 
+    def send_nowait(self, *command: Any) -> asyncio.Future[Any] | None:
+        """Send a command on the open connection without waiting for its reply (its future
+        has it); None when no connection of this event loop is open (nothing sent)."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed or protocol.loop is not asyncio.get_running_loop():
+            return None
+        return protocol.send(hiredis.pack_command(command))
+
     async def _lane(self) -> _Protocol:
         protocol = self._protocol
         loop = asyncio.get_running_loop()
