@@ -81,6 +81,21 @@ class ReadResult:
     source: Source
 
 
+class _Flight:
+    """A load in flight in this process: the ticket it took, and the future of the readers
+    that joined it (made when the first one does)."""
+
+    __slots__ = ("joined", "ticket")
+
+    def __init__(self, ticket: Ticket) -> None:
+        self.ticket = ticket
+        self.joined: asyncio.Future[ReadResult] | None = None
+
+
+class _LoaderGone(Exception):
+    """The reader whose load others joined was cancelled: they read for themselves."""
+
+
 class TieredCache:
     def __init__(
         self,
@@ -105,10 +120,14 @@ class TieredCache:
         # Test hook: runs between the Postgres read and the fill (forces stale-fill races).
         self.after_load = after_load
         self.busy_wait_budget_s = BUSY_WAIT_BUDGET_S
-        self._inflight: dict[str, tuple[asyncio.Task[ReadResult], Ticket]] = {}
+        self._inflight: dict[str, _Flight] = {}
         # bound once: a label lookup per request is measurable on the L1-hit path
         self._l1_hit = metrics.hits.labels("l1")
         self._l1_miss = metrics.misses.labels("l1")
+        self._l2_hit = metrics.hits.labels("l2")
+        self._l2_miss = metrics.misses.labels("l2")
+        self._l2_fill = metrics.fills.labels("l2")
+        self._l1_fill = metrics.fills.labels("l1")
 
     def l1_hit(self, entry: str) -> bytes | None:
         """The L1 payload of an entry, counting only hits (for the pre-routing fast path)."""
@@ -136,23 +155,35 @@ class TieredCache:
             return ReadResult(payload, "L1")
         self._l1_miss.inc()
         flight = self._inflight.get(entry)
-        if flight is not None and flight[1].valid:
+        if flight is not None and flight.ticket.valid:
             self.metrics.single_flight_joins.inc()
-            task = flight[0]
+            if flight.joined is None:
+                flight.joined = asyncio.get_running_loop().create_future()
+            try:
+                # shield: a joiner that goes away must not cancel what the others wait for
+                return await asyncio.shield(flight.joined)
+            except _LoaderGone:
+                return await self.read(entry)  # its loader was cancelled: load anew
+        # no load in flight, or one that started before an invalidation of the entry (joining
+        # it could return the pre-write value after the write's response). The load runs in
+        # this request's task (a task per miss costs more than the rest of the read path);
+        # readers that join it wait on a future made for them.
+        ticket = self.l1.ticket(entry, self.resolve(entry)[1])
+        flight = self._inflight[entry] = _Flight(ticket)
+        try:
+            result = await self._read_lower(entry, self.l2, ticket)
+        except BaseException as exc:
+            if flight.joined is not None:
+                cancelled = isinstance(exc, asyncio.CancelledError)
+                flight.joined.set_exception(_LoaderGone() if cancelled else exc)
+            raise
         else:
-            # no load in flight, or one that started before an invalidation of the entry
-            # (joining it could return the pre-write value after the write's response)
-            ticket = self.l1.ticket(entry, self.resolve(entry)[1])
-            task = asyncio.create_task(self._read_lower(entry, self.l2, ticket))
-            self._inflight[entry] = (task, ticket)
-            task.add_done_callback(lambda done: self._landed(entry, done))
-        # shield: a client that goes away must not cancel the load others are waiting for
-        return await asyncio.shield(task)
-
-    def _landed(self, entry: str, task: asyncio.Task[ReadResult]) -> None:
-        flight = self._inflight.get(entry)
-        if flight is not None and flight[0] is task:
-            del self._inflight[entry]
+            if flight.joined is not None:
+                flight.joined.set_result(result)
+            return result
+        finally:
+            if self._inflight.get(entry) is flight:
+                del self._inflight[entry]
 
     # --- below L1 -------------------------------------------------------------------------
 
@@ -186,9 +217,9 @@ class TieredCache:
             self._refused("get_or_lease", result.out_of_memory)
             return await self._unfilled(entry)
         if isinstance(result, Lease):
-            self.metrics.misses.labels("l2").inc()
+            self._l2_miss.inc()
             return await self._load_and_fill(entry, l2, result, ticket)
-        self.metrics.hits.labels("l2").inc()
+        self._l2_hit.inc()
         await self._put_l1_copy_of_l2(entry, l2, ticket, result.payload, result.rows)
         return ReadResult(result.payload, "L2")
 
@@ -233,13 +264,15 @@ class TieredCache:
     async def _load_and_fill(
         self, entry: str, l2: RedisCache, lease: Lease, ticket: Ticket, first_try: bool = True
     ) -> ReadResult:
+        # a load that fails or is cancelled (its reader's task: see read) gives its lease back,
+        # so that nobody sits out the lease time behind it
         try:
             loaded = await self._load(entry, lease)
+            if self.after_load is not None:
+                await self.after_load(entry, None if loaded is None else loaded.payload)
         except BaseException:
             await self._release(entry, l2, lease)
             raise
-        if self.after_load is not None:
-            await self.after_load(entry, None if loaded is None else loaded.payload)
         if loaded is None:
             await self._release(entry, l2, lease)
             return ReadResult(None, "MISS")
@@ -260,11 +293,14 @@ class TieredCache:
             self._refused("fill", out_of_memory=True)
             await self._release(entry, l2, lease)  # waiters need not sit out the lease
             return ReadResult(payload, "MISS")
+        except asyncio.CancelledError:
+            await self._release(entry, l2, lease)  # a no-op if the fill landed
+            raise
         except RedisError:
             self.metrics.redis_errors.labels("fill").inc()
             return ReadResult(payload, "MISS")
         if stored == 1:
-            self.metrics.fills.labels("l2").inc()
+            self._l2_fill.inc()
             self._put_l1(ticket, payload, rows=rows)
             return ReadResult(payload, "MISS")
         reason = {0: "lease_lost", -2: "untracked_rows"}.get(stored, "invalidated")
@@ -308,6 +344,6 @@ class TieredCache:
         rows: tuple[str, ...] = (),
     ) -> None:
         if self.l1.put(ticket, payload, ttl_s, rows):
-            self.metrics.fills.labels("l1").inc()
+            self._l1_fill.inc()
         elif not ticket.valid:
             self.metrics.fills_refused.labels("l1", "invalidated").inc()

@@ -149,6 +149,27 @@ async def test_concurrent_misses_for_one_key_load_postgres_once_per_instance(
     assert metric(runtime, "pgbust_api_db_loads_total") == 1
 
 
+async def test_readers_that_joined_a_cancelled_load_load_for_themselves(
+    make_api: MakeApi, l2: RedisCache
+) -> None:
+    """The load runs in its first reader's task: when that one is cancelled, the readers that
+    joined it are not failed with it, they read again (and the lease was given back)."""
+    _, runtime = await make_api()
+    pause = Pause("product:21")
+    runtime.tiers.after_load = pause
+    first = asyncio.create_task(runtime.tiers.read("product:21"))
+    await asyncio.wait_for(pause.loaded.wait(), 5)
+    joiners = [asyncio.create_task(runtime.tiers.read("product:21")) for _ in range(3)]
+    await eventually(lambda: metric(runtime, "pgbust_api_single_flight_joins_total") == 3)
+    first.cancel()
+    results = await asyncio.gather(*joiners)
+    assert first.cancelled()
+    assert all(r.payload is not None and b'"id":21' in r.payload for r in results)
+    assert {r.source for r in results} <= {"MISS", "L1", "L2"}
+    assert await l2.peek("product:21", tags=demo_tags("product:21")) is not None  # filled
+    assert metric(runtime, "pgbust_api_db_loads_total") == 2  # the cancelled one, one more
+
+
 async def test_reader_waits_for_the_lease_holder_of_another_instance(make_api: MakeApi) -> None:
     a, runtime_a = await make_api()
     b, runtime_b = await make_api()

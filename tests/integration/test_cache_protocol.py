@@ -28,13 +28,18 @@ from tests.support.demo import demo_tags
 from tests.support.servers import RedisServer
 
 
-@pytest.fixture
-async def cache(redis_server: RedisServer, keyspace: Keyspace) -> AsyncIterator[RedisCache]:
+@pytest.fixture(params=[False, True], ids=["redis-py", "pipelined"])
+async def cache(
+    redis_server: RedisServer, keyspace: Keyspace, request: pytest.FixtureRequest
+) -> AsyncIterator[RedisCache]:
     """The protocol with capture live (the liveness key set for good): these tests are the
-    invalidator; the gate itself is tested below."""
+    invalidator; the gate itself is tested below. Every test runs with the read path's
+    scripts sent by redis-py and over the pipelined lane (pgbust.redis_lane)."""
     client = aioredis.Redis.from_url(redis_server.url)
     await client.set(keyspace.capture_alive, "test")
-    yield RedisCache(client, keyspace)
+    cache = RedisCache(client, keyspace, pipelined=request.param)
+    yield cache
+    cache.close()
     await client.aclose()
 
 

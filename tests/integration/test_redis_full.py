@@ -57,12 +57,20 @@ def control(full_redis: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
-@pytest.fixture
-async def cache(full_redis: RedisServer, keyspace: Keyspace) -> AsyncIterator[RedisCache]:
+@pytest.fixture(params=[False, True], ids=["redis-py", "pipelined"])
+async def cache(
+    full_redis: RedisServer, keyspace: Keyspace, request: pytest.FixtureRequest
+) -> AsyncIterator[RedisCache]:
     client = connect(full_redis.url, keyspace, "api")
     # the tests are the invalidator: they beat, so that reads are served (capture live)
     player = HeartbeatPlayer(full_redis.url, keyspace).start()
-    yield RedisCache(client, keyspace)
+    cache = RedisCache(client, keyspace, pipelined=request.param)
+    # pipelined, the read path's scripts go over a connection of their own: open the client's
+    # pool too (as an API's epoch check does every second), since the tests measure memory
+    # and make the server a replica, which refuses the identity check of a new connection
+    await client.ping()
+    yield cache
+    cache.close()
     player.stop()
     await client.aclose()
 
