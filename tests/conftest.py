@@ -21,6 +21,7 @@ from pgbust.keys import Keyspace
 from tests.support.design import SLOW_US
 from tests.support.heartbeat import HeartbeatPlayer
 from tests.support.processes import ProcessManager
+from tests.support.redis_cluster import RedisClusterServers
 from tests.support.servers import RedisServer
 
 API_TOKEN = "test-token-0123456789"
@@ -57,6 +58,18 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop(keep_snapshot=False)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A private Redis Cluster for the session (3 masters, 1 replica each). Tests that break a
+    node start their own RedisClusterServers instead."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -45,7 +45,8 @@ class RedisServer:
     def client(self, db: int = 0) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, db=db)
 
-    def start(self, *, save_snapshot: bool = False) -> None:
+    def start(self, *, save_snapshot: bool = False, extra: tuple[str, ...] = ()) -> None:
+        """`extra`: more redis-server arguments (e.g. ("--cluster-enabled", "yes"))."""
         args = [
             redis_server_binary(),
             "--port",
@@ -62,6 +63,7 @@ class RedisServer:
             "" if not save_snapshot else "3600 1",
             "--logfile",
             str(self.folder / "redis.log"),
+            *extra,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if not wait_until(self.ping, timeout=10):
