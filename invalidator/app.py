@@ -73,6 +73,7 @@ class Invalidator:
             settings.redis_url,
             self.keyspace,
             "cdc",
+            cluster=settings.redis_cluster,
             socket_connect_timeout=2,
             socket_timeout=5,
             client_name=f"{CLIENT_NAME}-{os.getpid()}",  # which process, in CLIENT LIST

@@ -106,6 +106,7 @@ class Cache:
                 settings.redis_url,
                 self.keyspace,
                 "api",
+                cluster=settings.redis_cluster,
                 socket_connect_timeout=2.0,
                 socket_timeout=5.0,
             )

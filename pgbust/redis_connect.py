@@ -11,6 +11,12 @@ through a new, checked connection. If the check fails the connection is dropped 
 command fails (callers fall back to Postgres): never served unchecked. The check runs on a
 full Redis (ENSURE_SERVER is flagged allow-oom); a read-only replica refuses it, so nothing
 is read from one.
+
+With PGBUST_REDIS_CLUSTER=true (`cluster=True`) the client is redis-py's asyncio
+RedisCluster: REDIS_URL names any node, the client discovers the others and follows MOVED /
+ASK. redis-py's cluster client has no per-connection hook, so the restart check above is not
+run there; on a cluster a node restarted empty has lost its slots' guard keys too, which
+makes every stamp of those slots dead (pgbust/lua.py, "Guard keys may vanish").
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import logging
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
@@ -81,19 +88,39 @@ class ServerIdentityCheck:
             )
 
 
-def connect(url: str, keyspace: Keyspace, origin: str, **kwargs: Any) -> aioredis.Redis:
+def connect(
+    url: str, keyspace: Keyspace, origin: str, *, cluster: bool = False, **kwargs: Any
+) -> aioredis.Redis:
     """A redis.asyncio client whose every new connection is checked for a restarted server.
 
     origin ("api", "cdc", "worker") goes into the flush message of a bump; kwargs go to
-    `Redis.from_url` (timeouts, retry, ...).
+    `Redis.from_url` (timeouts, retry, ...). cluster: a RedisCluster client instead (see the
+    module doc).
     """
+    if cluster:
+        return cluster_client(url, **kwargs)
     check = ServerIdentityCheck(keyspace, origin)
     # a bound async method: redis-py awaits it (it tests asyncio.iscoroutinefunction)
     return aioredis.Redis.from_url(url, redis_connect_func=check.on_connect, **kwargs)
 
 
+def cluster_client(url: str, **kwargs: Any) -> aioredis.Redis:
+    """redis-py's asyncio RedisCluster for a URL naming any node.
+
+    Typed as `Redis`: it offers the commands, scripts and pipelines pgbust uses with the same
+    signatures, and keeps every caller one type."""
+    client = RedisCluster.from_url(url, **kwargs)
+    return client  # type: ignore[return-value]
+
+
+def is_cluster(client: object) -> bool:
+    return isinstance(client, RedisCluster)
+
+
 def identity_check(client: aioredis.Redis) -> ServerIdentityCheck | None:
     """The check a client made by `connect` runs on each new connection (None otherwise)."""
+    if is_cluster(client):
+        return None
     hook = client.connection_pool.connection_kwargs.get("redis_connect_func")
     owner = getattr(hook, "__self__", None)
     return owner if isinstance(owner, ServerIdentityCheck) else None

@@ -67,6 +67,8 @@ class CommonSettings(BaseSettings):
         validation_alias=AliasChoices("REDIS_URL", "redis_url"),
     )
     namespace: str = Field(default="pgbust", pattern=_NAMESPACE_RE)
+    # true: REDIS_URL names any node of a Redis Cluster (the client discovers the others)
+    redis_cluster: bool = False
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     @field_validator("database_url")
@@ -154,6 +156,23 @@ def broker_from_redis_url(redis_url: str, db: int = 1) -> str:
     return urlunsplit(parts._replace(path=f"/{db}"))
 
 
+def _check_broker_beside_a_cluster(broker_url: str, redis_url: str) -> None:
+    """Celery has no Redis Cluster transport (celery#2852): with PGBUST_REDIS_CLUSTER the
+    broker must be named, and must not be the cluster itself."""
+    if not broker_url:
+        raise ValueError(
+            "must be set when PGBUST_REDIS_CLUSTER=true: Celery cannot use a Redis Cluster as "
+            "its broker; use RabbitMQ (amqp://...) or a standalone Redis (redis://...)"
+        )
+    broker, cache = urlsplit(broker_url), urlsplit(redis_url)
+    same_server = (broker.hostname, broker.port or 6379) == (cache.hostname, cache.port or 6379)
+    if broker.scheme.startswith("redis") and same_server:
+        raise ValueError(
+            "names the Redis Cluster node of REDIS_URL: Celery cannot use a Redis Cluster as "
+            "its broker; use RabbitMQ (amqp://...) or a standalone Redis"
+        )
+
+
 class TaskQueueSettings(CommonSettings):
     """Where the Celery tasks go: what the workers and every process that sends them share.
 
@@ -164,6 +183,7 @@ class TaskQueueSettings(CommonSettings):
         default="",
         validation_alias=AliasChoices("CELERY_BROKER_URL", "celery_broker_url"),
         description="Celery broker; empty = REDIS_URL's server, database 1",
+        validate_default=True,  # the Redis Cluster check below must see the default too
     )
     queue: str = Field(
         default="",
@@ -173,7 +193,9 @@ class TaskQueueSettings(CommonSettings):
 
     @field_validator("celery_broker_url")
     @classmethod
-    def _check_broker_url(cls, value: str) -> str:
+    def _check_broker_url(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("redis_cluster"):
+            _check_broker_beside_a_cluster(value, str(info.data.get("redis_url", "")))
         if value and not re.match(_BROKER_SCHEMES, value):
             raise ValueError(
                 "must start with redis://, rediss://, redis+socket://, amqp:// or pyamqp://"

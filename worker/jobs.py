@@ -18,6 +18,7 @@ from redis.exceptions import ExecAbortError, OutOfMemoryError
 from pgbust.entries import Entries, UndeclaredEntry, UnknownEntry
 from pgbust.protocol import Busy, Hit, Invalidation, NotLive, Refused, Targets
 from pgbust.redis_cache import RedisCache
+from pgbust.redis_connect import is_cluster
 from pgbust.replica import UNKNOWN_LSN
 from worker import lua
 
@@ -247,6 +248,8 @@ async def decay_hot(cache: RedisCache, hot_max: int) -> int:
     """
     hot = cache.keyspace.hot
     try:
+        if is_cluster(cache.client):
+            return int(await cache.client.eval(lua.DECAY_HOT, 1, hot, HOT_MIN_SCORE, hot_max))
         async with cache.client.pipeline(transaction=True) as pipe:
             pipe.zunionstore(hot, {hot: 0.5})
             pipe.zremrangebyscore(hot, "-inf", f"({HOT_MIN_SCORE}")

@@ -61,3 +61,15 @@ end
 return n
 """
 )
+
+# KEYS: hot   ARGV: min_score, hot_max   -> entries left
+# The hot-key decay as one script, for a Redis Cluster: redis-py's asyncio cluster
+# transaction cannot route ZUNIONSTORE (its keys are "movable": the client asks COMMAND
+# GETKEYS from a thread of its own, on another event loop). One key, one slot. No shebang:
+# like the MULTI it replaces, a full Redis refuses its writes (OOM error).
+DECAY_HOT = """
+redis.call('ZUNIONSTORE', KEYS[1], 1, KEYS[1], 'WEIGHTS', 0.5)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[2]) + 1))
+return redis.call('ZCARD', KEYS[1])
+"""

@@ -32,7 +32,12 @@ class Runtime:
         self.loop = asyncio.new_event_loop()
         keyspace = Keyspace(settings.namespace)
         self.redis = connect(
-            settings.redis_url, keyspace, "worker", socket_connect_timeout=2.0, socket_timeout=10.0
+            settings.redis_url,
+            keyspace,
+            "worker",
+            cluster=settings.redis_cluster,
+            socket_connect_timeout=2.0,
+            socket_timeout=10.0,
         )
         self.cache = RedisCache(self.redis, keyspace)
         self._served: Entries | None = None

@@ -299,3 +299,21 @@ def test_worker_audit_command_refuses_a_bad_setting_too() -> None:
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "PGBUST_PURGE_CHUNK" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "component",
+    [c for c in COMPONENTS if c.name in {"invalidator", "worker"}],
+    ids=lambda c: c.name,
+)
+def test_redis_cluster_without_a_broker_refuses_to_start_naming_celery_broker_url(
+    component: Component,
+) -> None:
+    """Every process that sends or runs the Celery tasks: the default broker (REDIS_URL's
+    server) would be the cluster, which Celery cannot use."""
+    result = _run(Case(component, "PGBUST_REDIS_CLUSTER", "true"))
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "CELERY_BROKER_URL" in lines[0]
+    assert "RabbitMQ" in lines[0]

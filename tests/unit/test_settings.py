@@ -7,6 +7,7 @@ from db.settings import DbSettings
 from pgbust.errors import ConfigError
 from pgbust.settings import (
     CommonSettings,
+    TaskQueueSettings,
     load_settings,
     normalize_postgres_url,
     redact_url,
@@ -85,3 +86,52 @@ def test_settings_written_into_the_environment_are_read_back_identical(
         monkeypatch.setenv(var, value)
     assert load_settings(cls) == original
     assert load_settings(cls).redis_url == "redis://flag.example:6390/0"
+
+
+# --- Redis Cluster: Celery has no Redis Cluster broker (celery#2852) -----------------------
+
+
+def _cluster_env(monkeypatch: pytest.MonkeyPatch, broker: str | None) -> None:
+    monkeypatch.setenv("PGBUST_REDIS_CLUSTER", "true")
+    monkeypatch.setenv("REDIS_URL", "redis://10.0.0.5:7000/0")
+    if broker is None:
+        monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    else:
+        monkeypatch.setenv("CELERY_BROKER_URL", broker)
+
+
+def test_redis_cluster_without_a_broker_is_refused_naming_celery_broker_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _cluster_env(monkeypatch, broker=None)
+    with pytest.raises(ConfigError, match=r"^invalid setting CELERY_BROKER_URL: .*RabbitMQ"):
+        load_settings(TaskQueueSettings)
+
+
+def test_redis_cluster_with_the_cluster_node_as_broker_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _cluster_env(monkeypatch, broker="redis://10.0.0.5:7000/1")
+    with pytest.raises(ConfigError, match=r"^invalid setting CELERY_BROKER_URL: names the"):
+        load_settings(TaskQueueSettings)
+
+
+@pytest.mark.parametrize("broker", ["amqp://guest:guest@mq:5672//", "redis://queue-host:6379/0"])
+def test_redis_cluster_with_rabbitmq_or_a_standalone_redis_broker_is_accepted(
+    monkeypatch: pytest.MonkeyPatch, broker: str
+) -> None:
+    _cluster_env(monkeypatch, broker=broker)
+    settings = load_settings(TaskQueueSettings)
+    assert settings.redis_cluster
+    assert settings.broker_url == broker
+
+
+def test_without_the_cluster_switch_the_broker_still_defaults_to_redis_database_1(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PGBUST_REDIS_CLUSTER", raising=False)
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.setenv("REDIS_URL", "redis://cache:6379/0")
+    settings = load_settings(TaskQueueSettings)
+    assert not settings.redis_cluster
+    assert settings.broker_url == "redis://cache:6379/1"
