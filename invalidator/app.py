@@ -68,7 +68,7 @@ class Invalidator:
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.keyspace = Keyspace(settings.namespace)
+        self.keyspace = Keyspace(settings.namespace, cluster=settings.redis_cluster)
         self.redis = connect(
             settings.redis_url,
             self.keyspace,

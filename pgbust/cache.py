@@ -74,7 +74,7 @@ class Cache:
         self.loaders = loaders
         self.l1 = L1Cache(settings.l1_max_entries, settings.l1_max_bytes, ttl_s=settings.ttl_s)
         self.metrics = Metrics(self.l1)
-        self.keyspace = Keyspace(settings.namespace)
+        self.keyspace = Keyspace(settings.namespace, cluster=settings.redis_cluster)
         self._after_load = after_load
         self._pool_name = pool_name
         self._db: Database | None = None
@@ -135,7 +135,7 @@ class Cache:
             self.redis_memory = memory
         if settings.subscribes and self.l2 is not None:
             self.l1.disable()  # until the subscription is confirmed
-            self._pubsub_redis = pubsub_client(settings.redis_url)
+            self._pubsub_redis = pubsub_client(settings.redis_url, cluster=settings.redis_cluster)
             self.subscriber = Subscriber(
                 self._pubsub_redis,
                 self.l2,

@@ -5,6 +5,11 @@ the Redis key that holds it is "<ns>:v:<entry>". An entry may be filed under *ta
 invalidated in O(1) by bumping its generation, "<ns>:g:<tag>", which is part of every tagged
 entry's stamp (pgbust/lua.py). Which entries and tags exist is the declaration's business
 (pgbust.toml), never this module's.
+
+On a Redis Cluster (`cluster=True`) a script may only touch keys of one hash slot, so some
+names carry a hash tag; with the switch off every name is unchanged (no migration):
+- the channel and the capture liveness key share the namespace's slot, "{<ns>}:...": the
+  heartbeat sets the one and publishes (SPUBLISH) on the other in one script.
 """
 
 from __future__ import annotations
@@ -17,6 +22,12 @@ class Keyspace:
     """Redis key names of one namespace; several deployments can share one Redis."""
 
     namespace: str
+    cluster: bool = False  # PGBUST_REDIS_CLUSTER: hash-tagged names, see the module doc
+
+    @property
+    def _home(self) -> str:
+        """The prefix of the namespace-wide keys that must share one slot on a cluster."""
+        return f"{{{self.namespace}}}" if self.cluster else self.namespace
 
     @property
     def epoch(self) -> str:
@@ -28,13 +39,13 @@ class Keyspace:
 
     @property
     def channel(self) -> str:
-        return f"{self.namespace}:invalidations"
+        return f"{self._home}:invalidations"
 
     @property
     def capture_alive(self) -> str:
         """Set (with a short TTL) by the active invalidator while its capture channel is proven
         alive; readers serve and fill Redis only while it exists."""
-        return f"{self.namespace}:capture:alive"
+        return f"{self._home}:capture:alive"
 
     @property
     def lsn_marker(self) -> str:

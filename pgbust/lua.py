@@ -330,6 +330,16 @@ def capture_gated(script: str) -> str:
 
 GET_OR_LEASE_IF_LIVE = capture_gated(GET_OR_LEASE)
 
+
+def sharded(script: str) -> str:
+    """`script` publishing with SPUBLISH (Redis Cluster sharded pub/sub) instead of PUBLISH.
+    A script may SPUBLISH only to a channel of its own slot (Redis refuses "a non local key"),
+    so its keys must share the channel's hash tag (pgbust.keys, cluster names)."""
+    published = script.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
+    assert published != script, "the script publishes nothing"
+    return published
+
+
 # KEYS: capture_alive   ARGV: value, ttl_ms, channel, message   -> receivers
 # One beat of the active invalidator: the liveness key (expiring when the current proof does)
 # and the heartbeat message, in one call, so a beat Redis accepted is a beat subscribers hear.
@@ -341,6 +351,8 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return redis.call('PUBLISH', ARGV[3], ARGV[4])
 """
 )
+# on a cluster: the liveness key and the channel share the namespace's slot (pgbust.keys)
+HEARTBEAT_SHARDED = sharded(HEARTBEAT)
 
 
 # --- the LSN marker of read replicas (pgbust/replica.py) --------------------------------------

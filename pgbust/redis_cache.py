@@ -78,7 +78,9 @@ class RedisCache:
         else:
             get_or_lease = lua.GET_OR_LEASE_IF_LIVE if require_live_capture else lua.GET_OR_LEASE
         self._get_or_lease: AsyncScript = client.register_script(get_or_lease)
-        self._heartbeat: AsyncScript = client.register_script(lua.HEARTBEAT)
+        self._heartbeat: AsyncScript = client.register_script(
+            lua.HEARTBEAT_SHARDED if keyspace.cluster else lua.HEARTBEAT
+        )
         self._fill: AsyncScript = client.register_script(lua.FILL)
         self._invalidate: AsyncScript = client.register_script(lua.INVALIDATE)
         self._bump_epoch: AsyncScript = client.register_script(lua.BUMP_EPOCH)
@@ -252,7 +254,10 @@ class RedisCache:
         """Bump the epoch if Redis restarted since the namespace last saw it (new run_id).
 
         Returns the new epoch when it bumped, None when the server is the one already known.
+        Not run on a Redis Cluster (pgbust/redis_connect.py): None.
         """
+        if self.keyspace.cluster:
+            return None
         info = await self.client.info("server")
         run_id = str(info["run_id"])
         message = flush_message("redis server restarted", origin).encode()
@@ -272,11 +277,20 @@ class RedisCache:
         )
         return int(reply)
 
+    async def publish(self, message: bytes) -> int:
+        """One message on the invalidation channel (SPUBLISH on a cluster); receivers."""
+        if self.keyspace.cluster:
+            return int(await self.client.spublish(self.keyspace.channel, message))
+        return int(await self.client.publish(self.keyspace.channel, message))
+
     async def current_epoch(self) -> int:
         """The namespace epoch (µs on the Redis clock; 0 while it is missing).
 
         Reads the server identity too: a key read every second stays recently used, so LRU/LFU
         eviction does not take it (its loss costs a flush at the next new connection)."""
+        if self.keyspace.cluster:
+            value = await self.client.get(self.keyspace.epoch)
+            return int(value) if value else 0
         epoch, _ = await self.client.mget(self.keyspace.epoch, self.keyspace.server_identity)
         return int(epoch) if epoch else 0
 

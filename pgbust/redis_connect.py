@@ -117,6 +117,18 @@ def is_cluster(client: object) -> bool:
     return isinstance(client, RedisCluster)
 
 
+async def shard_address(client: aioredis.Redis, channel: str) -> tuple[str, int]:
+    """(host, port) of the master that serves `channel`'s slot now (sharded pub/sub: SPUBLISH
+    reaches the subscribers of that shard only). The topology is read afresh: after a
+    failover or a slot move the cached one may name a node that no longer owns it."""
+    assert isinstance(client, RedisCluster)
+    await client.nodes_manager.initialize()
+    node = client.get_node_from_key(channel)
+    if node is None:
+        raise ResponseError(f"no node serves the slot of {channel!r}")
+    return node.host, int(node.port)
+
+
 def identity_check(client: aioredis.Redis) -> ServerIdentityCheck | None:
     """The check a client made by `connect` runs on each new connection (None otherwise)."""
     if is_cluster(client):

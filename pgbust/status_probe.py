@@ -44,7 +44,7 @@ def gather(settings: DbSettings, listen_s: float = 1.5) -> Status:
             settings.redis_url, socket_timeout=_TIMEOUT_S, socket_connect_timeout=_TIMEOUT_S
         )
         with client:
-            keyspace = Keyspace(settings.namespace)
+            keyspace = Keyspace(settings.namespace, cluster=settings.redis_cluster)
             status.redis = _redis(client, keyspace)  # counts subscribers before listening
             alive = _alive(client, keyspace)
             status.audit = _audit(client, keyspace)

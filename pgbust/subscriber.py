@@ -14,6 +14,16 @@ lost (torn down, L1 flushed and bypassed, resubscribe). And L1 serves only while
 invalidator's heartbeats arrive: a live connection that hears PONGs but no heartbeat for
 `silence_s` means no active invalidator is proving its capture channels (none running, or
 one cut off from Postgres or Redis), so L1 is flushed and bypassed until a heartbeat comes.
+
+On a Redis Cluster (keyspace.cluster) the channel is a sharded one: the invalidator
+SPUBLISHes, and the subscriber SSUBSCRIBEs on the master that serves the channel's slot,
+found afresh for every session. redis-py's ClusterPubSub is not used: it reconnects, and
+moves a shard channel to its slot's new owner, by itself (`_resubscribe_shard_channels`,
+`reinitialize_shard_subscriptions`): a gap nobody would see. Here the connection to the
+shard's master is a plain one without retries, so every gap on the shard surfaces: the master
+dies or is failed over (the connection drops or goes silent), the node is demoted or the slot
+moves away (the server ends the subscription with an `sunsubscribe`). Each is a lost channel
+like any other: L1 flushed and bypassed until subscribed again, on the new owner.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from pgbust.l1 import L1Cache
 from pgbust.metrics import Metrics
 from pgbust.protocol import Heartbeat, MessageError, decode_message
 from pgbust.redis_cache import RedisCache
+from pgbust.redis_connect import cluster_client, shard_address
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +63,32 @@ class ChannelSilent(RedisConnectionError):
     """The subscription heard nothing at all (not even its own PING) within the bound."""
 
 
-def pubsub_client(redis_url: str) -> aioredis.Redis:
-    """A Redis client whose connection errors surface instead of being retried silently."""
+class ChannelEnded(RedisConnectionError):
+    """The server ended the subscription itself (on a cluster: the channel's slot moved to
+    another node, or the node stopped being a master)."""
+
+
+def pubsub_client(redis_url: str, *, cluster: bool = False) -> aioredis.Redis:
+    """A Redis client whose connection errors surface instead of being retried silently.
+
+    cluster: a cluster client, used only to find the shard of the channel; the subscription
+    itself runs on a plain connection to that shard's master (`node_client`)."""
+    if cluster:
+        return cluster_client(redis_url, socket_connect_timeout=2.0, client_name=CLIENT_NAME)
     return aioredis.Redis.from_url(
         redis_url,
+        retry=Retry(NoBackoff(), 0),
+        socket_connect_timeout=2.0,
+        health_check_interval=0,
+        client_name=CLIENT_NAME,
+    )
+
+
+def node_client(host: str, port: int) -> aioredis.Redis:
+    """A connection to one node of a cluster, without silent retries (as `pubsub_client`)."""
+    return aioredis.Redis(
+        host=host,
+        port=port,
         retry=Retry(NoBackoff(), 0),
         socket_connect_timeout=2.0,
         health_check_interval=0,
@@ -83,6 +116,7 @@ class Subscriber:
         self.state: State = "starting"
         self.reconnects = 0
         self.last_error = ""
+        self.shard = ""  # on a cluster: the master the subscription runs on
         self.subscribed_once = asyncio.Event()
         self.caching = asyncio.Event()  # set while L1 serves: subscribed and heartbeats arrive
         self.capture_live = False
@@ -120,6 +154,7 @@ class Subscriber:
             "heard_s_ago": round(now - self._heard_at, 2),
             "silence_s": self.silence_s,
             "invalidator": self.last_beat.sender if self.last_beat else "",
+            **({"shard": self.shard} if self.shard else {}),
         }
 
     async def run(self) -> None:
@@ -156,10 +191,30 @@ class Subscriber:
         if was_subscribed:
             log.warning("invalidation channel lost (%s): L1 flushed and bypassed", exc)
 
-    async def _session(self) -> None:
-        pubsub = self.client.pubsub()
+    async def _subscribe(self) -> tuple[Any, aioredis.Redis | None]:
+        """A pub/sub connection subscribed to the channel (the confirmation not yet read), and
+        the node client to close with it on a cluster."""
+        channel = self.cache.keyspace.channel
+        if not self.cache.keyspace.cluster:
+            pubsub = self.client.pubsub()
+            await pubsub.subscribe(channel)
+            return pubsub, None
+        async with asyncio.timeout(self.silence_s):
+            host, port = await shard_address(self.client, channel)
+        node = node_client(host, port)
+        pubsub = node.pubsub()
         try:
-            await pubsub.subscribe(self.cache.keyspace.channel)
+            await pubsub.ssubscribe(channel)
+        except BaseException:
+            with contextlib.suppress(RedisError, OSError):
+                await node.aclose()
+            raise
+        self.shard = f"{host}:{port}"
+        return pubsub, node
+
+    async def _session(self) -> None:
+        pubsub, node = await self._subscribe()
+        try:
             await self._confirmed(pubsub)
             await self.cache.ensure_server_identity("api")
             self._epoch = await self.cache.current_epoch()
@@ -179,7 +234,9 @@ class Subscriber:
             # aclose after a dead connection may itself fail (or, black-holed, hang)
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(_CLOSE_TIMEOUT_S):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
+                    if node is not None:
+                        await node.aclose()
 
     async def _confirmed(self, pubsub: Any) -> None:
         """Wait for the subscription's confirmation: from then on no message can be missed."""
@@ -199,11 +256,14 @@ class Subscriber:
         next_ping = now + ping_every
         next_epoch_check = now + EPOCH_CHECK_S
         while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self._tick_s)
+            message = await pubsub.get_message(timeout=self._tick_s)
             now = self.clock()
             if message is not None:
                 self._heard_at = now
-                if message.get("type") == "message" and self.handle(message["data"]):
+                kind = message.get("type")
+                if kind in ("unsubscribe", "sunsubscribe"):  # not ours: nobody unsubscribes
+                    raise ChannelEnded(f"the server ended the subscription ({kind})")
+                if kind in ("message", "smessage") and self.handle(message["data"]):
                     # that flush announced its bump: the epoch check below is for bumps
                     # nobody announced, not for a second flush of the same one a moment later
                     await self._record_epoch()

@@ -63,7 +63,7 @@ async def _stats(settings: Settings) -> None:
 
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
-        keyspace = Keyspace(settings.namespace)
+        keyspace = Keyspace(settings.namespace, cluster=settings.redis_cluster)
         body = {
             "counters": await stats.read_stats(client, keyspace),
             "last_audit": await stats.read_audit(client, keyspace),

@@ -30,7 +30,7 @@ class Runtime:
         self.settings = settings
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
-        keyspace = Keyspace(settings.namespace)
+        keyspace = Keyspace(settings.namespace, cluster=settings.redis_cluster)
         self.redis = connect(
             settings.redis_url,
             keyspace,

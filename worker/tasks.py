@@ -52,7 +52,7 @@ REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
 
 
 def _keyspace() -> Keyspace:
-    return Keyspace(settings.namespace)
+    return Keyspace(settings.namespace, cluster=settings.redis_cluster)
 
 
 _senders: dict[int, TaskSender] = {}
