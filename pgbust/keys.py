@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pgbust.slots import key_slot, slot_tag
+
 
 @dataclass(frozen=True, slots=True)
 class Keyspace:
@@ -89,3 +91,35 @@ class Keyspace:
     @property
     def value_pattern(self) -> str:
         return f"{self.namespace}:v:*"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterNames:
+    """The Redis Cluster key design (pgbust.slots): what the cache scripts will touch on a
+    cluster, each script in one slot. Not used by the scripts yet (README, Redis Cluster).
+
+    An entry's *home* is its first tag, or the entry itself when untagged: its value and
+    lease, and its home tag's generation and member set, carry the home as hash tag, and the
+    epoch of that slot is the one its stamp is checked against."""
+
+    namespace: str
+
+    def value(self, entry: str, home: str) -> str:
+        return f"{{{home}}}{self.namespace}:v:{entry}"
+
+    def lease(self, entry: str, home: str) -> str:
+        return f"{{{home}}}{self.namespace}:l:{entry}"
+
+    def tag_generation(self, tag: str) -> str:
+        return f"{{{tag}}}{self.namespace}:g:{tag}"
+
+    def tag_members(self, tag: str) -> str:
+        return f"{{{tag}}}{self.namespace}:t:{tag}"
+
+    def epoch(self, slot: int) -> str:
+        """The epoch of one slot (a flush bumps every slot's)."""
+        return f"{{{slot_tag(slot)}}}{self.namespace}:epoch"
+
+    def epoch_of(self, key: str) -> str:
+        """The epoch in the slot of `key`."""
+        return self.epoch(key_slot(key))

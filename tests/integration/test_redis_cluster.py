@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
+from pgbust.slots import SLOTS, key_slot, slot_tag
 from tests.support.redis_cluster import RedisClusterServers
 
 
@@ -39,3 +40,11 @@ def test_keys_of_different_slots_live_on_different_masters_and_scripts_stay_in_o
             node.close()
     finally:
         client.close()
+
+
+def test_pgbust_computes_the_slots_the_cluster_computes(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    samples = [f"{{{slot_tag(s)}}}ns:epoch" for s in range(0, SLOTS, 97)]
+    samples += ["ns:v:product:1", "{category:3}ns:g:category:3", "x{y}}z", "{}a", "é{ü}"]
+    assert [key_slot(k) for k in samples] == [redis_cluster.keyslot(k) for k in samples]
