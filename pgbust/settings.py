@@ -19,6 +19,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -88,6 +89,20 @@ class CommonSettings(BaseSettings):
         return "postgresql+psycopg://" + self.database_url.removeprefix("postgresql://")
 
 
+def refuse_redis_cluster_for_now(settings: CommonSettings, component: str) -> None:
+    """Raise ConfigError naming PGBUST_REDIS_CLUSTER: the cache protocol's scripts are not yet
+    single-slot (README, Redis Cluster), so on a cluster an invalidation could not run while a
+    reader still filled L1 from Postgres: an entry nobody would evict. Serving nothing is
+    better than serving that. The workers may run (every task that needs those scripts fails
+    loudly instead)."""
+    if settings.redis_cluster:
+        raise ConfigError(
+            "invalid setting PGBUST_REDIS_CLUSTER: the "
+            f"{component} cannot run on a Redis Cluster yet: its cache scripts touch several "
+            "hash slots (pgbust/slots.py holds the key design that will make them single-slot)"
+        )
+
+
 CacheMode = Literal["cdc", "ttl", "off"]
 DEFAULT_TTL_MODE_S = 30.0
 
@@ -121,6 +136,11 @@ class CacheSettings(ReadReplicaSettings):
     # hears no heartbeat of the active invalidator for this long stops L1. Keep it several
     # times the invalidator's PGBUST_HEARTBEAT_S.
     subscriber_silence_s: float = Field(default=2.0, ge=0.2, le=60)
+
+    @model_validator(mode="after")
+    def _not_on_a_cluster_yet(self) -> CacheSettings:
+        refuse_redis_cluster_for_now(self, "API cache")
+        return self
 
     @field_validator("cache_ttl_s")
     @classmethod

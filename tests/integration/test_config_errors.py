@@ -317,3 +317,22 @@ def test_redis_cluster_without_a_broker_refuses_to_start_naming_celery_broker_ur
     assert len(lines) == 1, result.stderr
     assert "CELERY_BROKER_URL" in lines[0]
     assert "RabbitMQ" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "component", [c for c in COMPONENTS if c.name in {"api", "invalidator"}], ids=lambda c: c.name
+)
+def test_api_and_invalidator_refuse_a_redis_cluster_until_the_scripts_are_single_slot(
+    component: Component,
+) -> None:
+    """On a cluster the invalidation scripts cannot run yet (CROSSSLOT) while readers would
+    still fill L1 from Postgres: refused at start, naming the switch (the workers may run)."""
+    env = _clean_env()
+    env.update(PGBUST_REDIS_CLUSTER="true", CELERY_BROKER_URL="amqp://guest:guest@mq:5672//")
+    result = subprocess.run(
+        component.command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=20
+    )
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "PGBUST_REDIS_CLUSTER" in lines[0]
