@@ -248,6 +248,59 @@ return {receivers, garbage}
 """
 )
 
+# --- Redis Cluster: one slot per script (pgbust/slots.py, keys.ClusterNames) -----------------
+
+# KEYS: n value keys, n lease keys, m tag generations, m tag member sets, m garbage keys, all
+#       of one slot   ARGV: n, m, inline_member_limit
+# INVALIDATE for the keys of one slot, without the publish (the caller SPUBLISHes once after
+# every slot's script). A tag's members may live in other slots: they are returned, for the
+# caller to UNLINK (they are dead by the bumped generation already), not unlinked here.
+# -> {freed member keys, garbage keys}
+INVALIDATE_SLOT = (
+    _RUNS_WHEN_FULL
+    + _CLOCK
+    + _BUMP
+    + """
+local n = tonumber(ARGV[1])
+local m = tonumber(ARGV[2])
+for i = 1, 2 * n do
+  redis.call('DEL', KEYS[i])
+end
+local freed = {}
+local garbage = {}
+for j = 1, m do
+  bump(KEYS[2 * n + j])
+  local members_key = KEYS[2 * n + m + j]
+  for _, k in ipairs(redis.call('SPOP', members_key, tonumber(ARGV[3]))) do
+    freed[#freed + 1] = k
+  end
+  if redis.call('EXISTS', members_key) == 1 then
+    local gc_key = KEYS[2 * n + 2 * m + j]
+    redis.call('RENAME', members_key, gc_key)
+    garbage[#garbage + 1] = gc_key
+  end
+end
+return {freed, garbage}
+"""
+)
+
+# KEYS: the epoch of the node's first slot   ARGV: the epochs of its other slots
+# -> how many were bumped
+# A flush runs it once per master, then SPUBLISHes once. The only script allowed several slots
+# (allow-cross-slot-keys: of one node, Redis 7; Redis still wants the declared KEYS in one
+# slot, hence the others in ARGV, and refuses a key this node does not serve): the epochs
+# are independent keys, each bumped by the same rule, so no slot's guard depends on another's.
+BUMP_SLOT_EPOCHS = (
+    "#!lua flags=allow-oom,allow-cross-slot-keys\n"
+    + _CLOCK
+    + _BUMP
+    + """
+bump(KEYS[1])
+for i = 1, #ARGV do bump(ARGV[i]) end
+return 1 + #ARGV
+"""
+)
+
 # KEYS: epoch   ARGV: channel, message   -> the new epoch
 BUMP_EPOCH = (
     _RUNS_WHEN_FULL
