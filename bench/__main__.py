@@ -16,6 +16,7 @@ BENCHMARKS = {
     "peers": "bench.peers",
     "capture": "bench.capture",
     "wal": "bench.wal",
+    "redis-cluster": "bench.redis_cluster",
 }
 
 

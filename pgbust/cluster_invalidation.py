@@ -16,6 +16,7 @@ yet (README, Redis Cluster).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,9 +91,18 @@ class ClusterInvalidation:
         freed: list[str] = []
         garbage: list[str] = []
         work = self.plan(targets)
-        for slot in work.values():
-            args: list[Any] = [len(slot.values), len(slot.generations), INLINE_MEMBER_LIMIT]
-            members, renamed = await self._invalidate_slot(keys=slot.keys(), args=args)
+        # the slots' scripts are independent: run them at once (redis-py sends each to its
+        # node); the message waits for all of them
+        replies = await asyncio.gather(
+            *(
+                self._invalidate_slot(
+                    keys=slot.keys(),
+                    args=[len(slot.values), len(slot.generations), INLINE_MEMBER_LIMIT],
+                )
+                for slot in work.values()
+            )
+        )
+        for members, renamed in replies:
             freed += [_text(k) for k in members]
             garbage += [_text(k) for k in renamed]
         if freed:
