@@ -4,7 +4,7 @@ Redis-side work only, in this process, on a private redis-server and a private c
 masters, one replica each) started for the run and deleted after it:
 - invalidation throughput: batches of entries invalidated the way the invalidator does on
   one Redis (RedisCache.invalidate: one INVALIDATE + PUBLISH) and on the cluster
-  (ClusterInvalidation: one INVALIDATE_SLOT per slot, then one SPUBLISH); entries either all
+  (ClusterInvalidation: one INVALIDATE_NODE per master, then one SPUBLISH); entries either all
   filed under one tag (one home: one slot) or untagged (each entry its own home: the batch
   spreads over as many slots);
 - read throughput: hits of the lease script (GET_OR_LEASE, the API's L2 read) on filled
@@ -171,8 +171,8 @@ def run(out: Path, quick: bool) -> None:
     note = (
         f"\n{seconds:g} s per cell, one run, one Python process (the client is the bottleneck "
         "as much as Redis). The cluster's three masters run on the same two-core host as "
-        "the client. Untagged entries each have their own home, so a batch of them costs "
-        "one script per slot touched.\n"
+        "the client. Untagged entries each have their own home, so a batch of them spreads "
+        "over about as many slots: one INVALIDATE_NODE per master touched.\n"
     )
     data = {"seconds_per_cell": seconds, "batch": BATCH, "readers": READERS, **results}
     report.write(out, "redis-cluster", data, table + note)

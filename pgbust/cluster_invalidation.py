@@ -1,17 +1,18 @@
-"""Invalidation on a Redis Cluster: one script per hash slot, then one SPUBLISH.
+"""Invalidation on a Redis Cluster: one script per node (or per slot), then one SPUBLISH.
 
 The cluster key design (pgbust/slots.py, keys.ClusterNames): an entry's value and lease live
 in the slot of its *home* (its first tag, or itself), a tag's generation and members in the
 tag's own slot, and every slot has its own epoch. An invalidation is therefore split per
-slot: one INVALIDATE_SLOT per slot deletes the values and leases and bumps the generations
-living there; the members of the bumped tags (value keys of any slot, dead by the new
-generation already) are unlinked afterwards, outside any script; then one SPUBLISH tells every
-API instance. Redis first, the message after, as on one Redis: an instance that evicts its
-L1 on the message cannot refill it from Redis with the old value.
+slot, and the slots of one master go in one call (INVALIDATE_NODE, allow-cross-slot-keys;
+INVALIDATE_SLOT per slot when the node refuses it): each slot's part deletes the values and
+leases and bumps the generations living there; the members of the bumped tags (value keys of
+any slot, dead by the new generation already) are unlinked afterwards, outside any script;
+then one SPUBLISH tells every API instance. Redis first, the message after, as on one Redis:
+an instance that evicts its L1 on the message cannot refill it from Redis with the old value.
 
-A flush bumps the epoch of all 16384 slots, one script per master, then
-SPUBLISHes one flush message (pgbust/lua.py BUMP_SLOT_EPOCHS). Not used by the invalidator
-yet (README, Redis Cluster).
+A flush bumps the epoch of all 16384 slots, one script per master, then SPUBLISHes one flush
+message (pgbust/lua.py BUMP_SLOT_EPOCHS). Not used by the invalidator yet (README, Redis
+Cluster).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from pgbust import lua
 from pgbust.keys import ClusterNames, Keyspace
@@ -64,6 +66,7 @@ class ClusterInvalidation:
         self.names = ClusterNames(keyspace.namespace)
         self.home_of = home_of
         self._invalidate_slot = client.register_script(lua.INVALIDATE_SLOT)
+        self.node_refusals = 0  # INVALIDATE_NODE refused (topology changed): slot by slot
 
     def plan(self, targets: Targets) -> dict[int, _SlotWork]:
         """The work of each slot (pure): which keys each slot's script gets."""
@@ -91,17 +94,8 @@ class ClusterInvalidation:
         freed: list[str] = []
         garbage: list[str] = []
         work = self.plan(targets)
-        # the slots' scripts are independent: run them at once (redis-py sends each to its
-        # node); the message waits for all of them
-        replies = await asyncio.gather(
-            *(
-                self._invalidate_slot(
-                    keys=slot.keys(),
-                    args=[len(slot.values), len(slot.generations), INLINE_MEMBER_LIMIT],
-                )
-                for slot in work.values()
-            )
-        )
+        await self.client.initialize()  # the slot map, once
+        replies = await asyncio.gather(*(self._on_node(slots) for slots in self._by_node(work)))
         for members, renamed in replies:
             freed += [_text(k) for k in members]
             garbage += [_text(k) for k in renamed]
@@ -109,6 +103,43 @@ class ClusterInvalidation:
             await self.client.unlink(*freed)  # redis-py splits it per slot
         receivers = int(await self.client.spublish(self.keyspace.channel, message.encode()))
         return ClusterInvalidateResult(len(work), len(freed), garbage, receivers)
+
+    def _by_node(self, work: dict[int, _SlotWork]) -> list[list[_SlotWork]]:
+        """The slots' work grouped by the master serving each slot (cached topology)."""
+        cluster: Any = self.client
+        groups: dict[str, list[_SlotWork]] = {}
+        for slot, slot_work in work.items():
+            node = cluster.nodes_manager.get_node_from_slot(slot)
+            groups.setdefault(node.name, []).append(slot_work)
+        return list(groups.values())
+
+    async def _on_node(self, slots: list[_SlotWork]) -> tuple[list[Any], list[Any]]:
+        """One INVALIDATE_NODE for every slot of one node; when the node refuses it (a slot
+        moved, a failover, a lost connection) the per-slot scripts, routed by redis-py."""
+        cluster: Any = self.client
+        if len(slots) > 1:
+            args: list[Any] = [INLINE_MEMBER_LIMIT]
+            for slot in slots:
+                args += [len(slot.values), len(slot.generations), *slot.keys()]
+            first = slots[0].values[:1] or slots[0].generations[:1]
+            node = cluster.get_node_from_key(first[0])
+            try:
+                freed, garbage = await cluster.execute_command(
+                    "EVAL", lua.INVALIDATE_NODE, 0, *args, target_nodes=node
+                )
+                return list(freed), list(garbage)
+            except (RedisError, OSError):
+                self.node_refusals += 1
+                await cluster.nodes_manager.initialize()  # then slot by slot, as routed
+        freed, garbage = [], []
+        for slot in slots:
+            members, renamed = await self._invalidate_slot(
+                keys=slot.keys(),
+                args=[len(slot.values), len(slot.generations), INLINE_MEMBER_LIMIT],
+            )
+            freed += members
+            garbage += renamed
+        return freed, garbage
 
     async def flush(self, reason: str, origin: str) -> int:
         """Bump every slot's epoch (one script per master, over the slots it serves), then one

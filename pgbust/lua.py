@@ -284,6 +284,44 @@ return {freed, garbage}
 """
 )
 
+# KEYS: none   ARGV: inline_member_limit, then for each slot of one node: n, m, n value keys,
+#       n lease keys, m tag generations, m tag member sets, m garbage keys
+# INVALIDATE_SLOT for every slot one node serves, in one call (allow-cross-slot-keys: keys of
+# several slots of one node; none declared, as Redis wants declared KEYS in one slot). Each
+# key is handled exactly as INVALIDATE_SLOT does, independently of the others. A key this
+# node does not serve (its slot moved) makes Redis refuse the rest: the caller runs the
+# per-slot scripts again, which redis-py routes (everything here is idempotent).
+# -> {freed member keys, garbage keys}
+INVALIDATE_NODE = (
+    "#!lua flags=allow-oom,allow-cross-slot-keys\n"
+    + _CLOCK
+    + _BUMP
+    + """
+local limit = tonumber(ARGV[1])
+local freed = {}
+local garbage = {}
+local i = 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local m = tonumber(ARGV[i + 1])
+  local base = i + 1
+  for k = base + 1, base + 2 * n do redis.call('DEL', ARGV[k]) end
+  for j = 1, m do
+    bump(ARGV[base + 2 * n + j])
+    local members_key = ARGV[base + 2 * n + m + j]
+    for _, k in ipairs(redis.call('SPOP', members_key, limit)) do freed[#freed + 1] = k end
+    if redis.call('EXISTS', members_key) == 1 then
+      local gc_key = ARGV[base + 2 * n + 2 * m + j]
+      redis.call('RENAME', members_key, gc_key)
+      garbage[#garbage + 1] = gc_key
+    end
+  end
+  i = base + 2 * n + 3 * m + 1
+end
+return {freed, garbage}
+"""
+)
+
 # KEYS: the epoch of the node's first slot   ARGV: the epochs of its other slots
 # -> how many were bumped
 # A flush runs it once per master, then SPUBLISHes once. The only script allowed several slots

@@ -4,6 +4,7 @@ unlinked outside, one SPUBLISH; a flush bumps the epoch of every slot."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import redis
 
@@ -65,7 +66,7 @@ async def test_an_invalidation_across_slots_runs_per_slot_and_publishes_once(
             targets, Invalidation.of(targets, origin="cdc", ts_us=1)
         )
 
-        # product:1 and category:3 share a slot; product:2 has its own: two scripts
+        # product:1 and category:3 share a slot; product:2 has its own: two slots' work
         assert result.slots == 2
         for entry in ("product:1", "product:2"):
             assert not sync.exists(values[entry], names.lease(entry, home_of(entry)))
@@ -103,3 +104,41 @@ async def test_a_flush_bumps_the_epoch_of_every_slot_and_publishes_once(
         listener.close()
         sync.close()
         await client.aclose()
+
+
+async def test_a_batch_over_many_slots_is_one_call_per_node_and_survives_a_moved_slot(
+    tmp_path: Path, namespace: str
+) -> None:
+    cluster = RedisClusterServers(tmp_path / "cluster")
+    cluster.start()
+    keyspace = Keyspace(namespace, cluster=True)
+    names = ClusterNames(namespace)
+    sync = cluster.client()
+    client = cluster_client(cluster.url)
+    try:
+        entries = [f"product:{i}" for i in range(60)]  # untagged: 60 homes, ~60 slots
+        values = [names.value(e, e) for e in entries]
+        for value in values:
+            sync.set(value, b"1|old")
+        invalidation = ClusterInvalidation(client, keyspace, lambda entry: entry)
+        targets = Targets(frozenset(entries[:30]))
+        await invalidation.invalidate(targets, Invalidation.of(targets, origin="cdc"))
+        assert not any(sync.exists(v) for v in values[:30])
+        assert all(sync.exists(v) for v in values[30:])
+        assert invalidation.node_refusals == 0
+
+        # a slot of the next batch moves; the client's topology still names its old owner
+        moved = key_slot(values[40])
+        target = next(
+            m for m in cluster.masters() if m.node_id != cluster.master_of_slot(moved).node_id
+        )
+        cluster.move_slot(moved, target)
+        targets = Targets(frozenset(entries[30:]))
+        await invalidation.invalidate(targets, Invalidation.of(targets, origin="cdc"))
+        assert invalidation.node_refusals == 1  # the old owner refused; slot by slot then
+        left = [v for v in values if sync.exists(v)]
+        assert not left, (left, [key_slot(v) for v in left], moved)
+    finally:
+        sync.close()
+        await client.aclose()
+        cluster.stop()
