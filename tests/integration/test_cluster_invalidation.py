@@ -6,7 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 import redis
+from redis.exceptions import RedisError
 
 from pgbust.cluster_invalidation import ClusterInvalidation
 from pgbust.keys import ClusterNames, Keyspace
@@ -140,5 +142,39 @@ async def test_a_batch_over_many_slots_is_one_call_per_node_and_survives_a_moved
         assert not left, (left, [key_slot(v) for v in left], moved)
     finally:
         sync.close()
+        await client.aclose()
+        cluster.stop()
+
+
+async def test_a_flush_during_a_masters_death_fails_loudly_and_completes_after_the_promotion(
+    tmp_path: Path, namespace: str
+) -> None:
+    """A flush that could not bump every slot is not done: it raises (the invalidator keeps
+    it pending and retries), and the retry after the failover bumps all 16384."""
+    cluster = RedisClusterServers(tmp_path / "cluster")
+    cluster.start()
+    keyspace = Keyspace(namespace, cluster=True)
+    client = cluster_client(cluster.url, socket_timeout=1.0, socket_connect_timeout=0.5)
+    invalidation = ClusterInvalidation(client, keyspace, lambda entry: entry)
+    try:
+        await invalidation.flush("before", "cdc")
+        victim = cluster.masters()[0]
+        replica = cluster.replica_of(victim)
+        cluster.kill(victim.port)
+        with pytest.raises((RedisError, OSError, RuntimeError)):
+            await invalidation.flush("during", "cdc")
+        assert cluster.wait_promoted(replica)
+        slot = victim.slots[0][0]  # a slot the dead master served, now the promoted replica's
+        sync = cluster.client()
+        try:
+            epoch_key = ClusterNames(namespace).epoch(slot)
+            before = int(sync.get(epoch_key) or 0)
+            await invalidation.flush("after", "cdc")  # raises unless all 16384 were bumped
+            # (before may be 0: replication is asynchronous, and the killed master's last
+            # writes, the first flush among them, may never have reached its replica)
+            assert int(sync.get(epoch_key) or 0) > before
+        finally:
+            sync.close()
+    finally:
         await client.aclose()
         cluster.stop()
