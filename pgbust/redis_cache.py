@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from pgbust import lua
-from pgbust.keys import Keyspace
+from pgbust.keys import ClusterNames, Keyspace
 from pgbust.protocol import (
     Heartbeat,
     Hit,
@@ -288,8 +288,9 @@ class RedisCache:
 
         Reads the server identity too: a key read every second stays recently used, so LRU/LFU
         eviction does not take it (its loss costs a flush at the next new connection)."""
-        if self.keyspace.cluster:
-            value = await self.client.get(self.keyspace.epoch)
+        if self.keyspace.cluster:  # one epoch per slot: the channel's slot's stands for all
+            names = ClusterNames(self.keyspace.namespace)
+            value = await self.client.get(names.epoch_of(self.keyspace.channel))
             return int(value) if value else 0
         epoch, _ = await self.client.mget(self.keyspace.epoch, self.keyspace.server_identity)
         return int(epoch) if epoch else 0

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from redis.exceptions import RedisError
 
-from pgbust.keys import Keyspace
+from pgbust.cluster_invalidation import ClusterInvalidation
+from pgbust.keys import ClusterNames, Keyspace
 from pgbust.l1 import L1Cache
 from pgbust.metrics import Metrics
 from pgbust.protocol import Heartbeat, Invalidation, Targets
@@ -177,3 +178,23 @@ async def test_moving_the_channels_slot_is_a_gap_until_resubscribed_on_the_new_o
         it.hold("product:2")
         assert await it.invalidate("product:2") == 1
         assert await until(lambda: it.l1.get("product:2") is None)
+
+
+async def test_a_flush_of_every_slot_flushes_l1_and_an_unannounced_epoch_bump_does_too(
+    redis_cluster: RedisClusterServers, namespace: str
+) -> None:
+    async with instance(redis_cluster, namespace) as it:
+        flusher = ClusterInvalidation(it.cache.client, it.cache.keyspace, lambda entry: entry)
+        it.hold("product:1")
+        assert await flusher.flush("test", "cdc") == 1  # the flush message, heard
+        assert await until(lambda: it.l1.get("product:1") is None)
+
+        # a bump nobody announced: the subscriber's epoch check (every second) catches it
+        it.hold("product:2")
+        names = ClusterNames(namespace)
+        sync = redis_cluster.client()
+        try:
+            sync.incr(names.epoch_of(it.cache.keyspace.channel))
+        finally:
+            sync.close()
+        assert await until(lambda: it.l1.get("product:2") is None, within=5)
