@@ -52,7 +52,7 @@ DROP_ROW_TRIGGER_SQL = "DROP TRIGGER IF EXISTS bench_row_notify ON products"
 # N distinct single-row payloads, notified in one transaction (so delivered as one burst).
 BURST_SQL = """
 SELECT count(pg_notify('pgbust_changes', json_build_object(
-    'v', 1, 't', 'products', 'op', 'U',
+    'v', 2, 't', 'public.products', 'op', 'U',
     'ts', (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
     'c', json_build_array('id', 'category_id'),
     'r', json_build_array(json_build_array(g, 1 + mod(g, 20))))::text))
