@@ -13,11 +13,11 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
-from psycopg import sql
 
 from db import migrate, seed
-from pgbust.devservers import choose, with_database
+from pgbust.devservers import choose
 from pgbust.keys import Keyspace
+from tests.support.databases import own_database
 from tests.support.design import SLOW_US
 from tests.support.heartbeat import HeartbeatPlayer
 from tests.support.processes import ProcessManager
@@ -38,17 +38,9 @@ def server_urls() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def database_url(server_urls: dict[str, str]) -> Iterator[str]:
     """A database of this session's own, migrated, dropped at the end."""
-    admin = with_database(server_urls["DATABASE_URL"], "postgres")
-    name = f"pgbust_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = with_database(server_urls["DATABASE_URL"], name)
-    migrate.upgrade(url)
-    yield url
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    with own_database(server_urls["DATABASE_URL"], "pgbust_test") as url:
+        migrate.upgrade(url)
+        yield url
 
 
 @pytest.fixture(scope="session")

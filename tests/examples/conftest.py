@@ -9,15 +9,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from db import migrate
 from pgbust import declaration
 from pgbust.declaration import Declaration
-from pgbust.devservers import free_port, with_database
+from pgbust.devservers import free_port
 from tests.conftest import project_env
+from tests.support.databases import own_database
 from tests.support.processes import ManagedProcess, ProcessManager
 from tests.support.servers import RedisServer
 
@@ -43,17 +42,9 @@ class BlogStack:
 @pytest.fixture(scope="module")
 def blog_database(server_urls: dict[str, str]) -> Iterator[str]:
     """A database holding only the blog (its migrations, its capture triggers)."""
-    admin = with_database(server_urls["DATABASE_URL"], "postgres")
-    name = f"pgbust_blog_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = with_database(server_urls["DATABASE_URL"], name)
-    migrate.upgrade(url, declaration.load(BLOG_CONFIG))
-    yield url
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    with own_database(server_urls["DATABASE_URL"], "pgbust_blog") as url:
+        migrate.upgrade(url, declaration.load(BLOG_CONFIG))
+        yield url
 
 
 @pytest.fixture(scope="module")

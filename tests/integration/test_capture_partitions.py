@@ -5,17 +5,15 @@ dropped ones must each reach every tier (the final sweep), or show as "not captu
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from db import capture, migrate, seed
-from pgbust.devservers import with_database
 from tests.support.capture_stack import CHECK_S, Stack, start_stack
+from tests.support.databases import own_database
 from tests.support.servers import RedisServer, wait_until
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -45,20 +43,12 @@ NEW_ROW = "(category_id, name, price_cents, stock) VALUES ({category}, 'direct',
 
 @pytest.fixture(scope="module")
 def partitioned_url(database_url: str) -> Iterator[str]:
-    admin = with_database(database_url, "postgres")
-    name = f"pgbust_parts_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = with_database(database_url, name)
-    migrate.upgrade(url)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(PARTITIONED_PRODUCTS)
-        capture.install(conn)  # the catalogue's declaration, now on a partitioned table
-    yield url
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    with own_database(database_url, "pgbust_parts") as url:
+        migrate.upgrade(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(PARTITIONED_PRODUCTS)
+            capture.install(conn)  # the catalogue's declaration, now on a partitioned table
+        yield url
 
 
 @pytest.fixture(scope="module")
