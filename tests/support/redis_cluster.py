@@ -13,6 +13,7 @@ import random
 import shutil
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,10 @@ class NodeInfo:
     role: str  # "master" | "slave"
     master_id: str  # "" for a master
     slots: tuple[tuple[int, int], ...]
+
+
+# Redis abandons a manual failover after CLUSTER_MF_TIMEOUT (5 s); a little more than that
+MANUAL_FAILOVER_WINDOW_S = 6.0
 
 
 class RedisClusterServers:
@@ -221,14 +226,27 @@ class RedisClusterServers:
         return wait_until(promoted, timeout=timeout, interval=0.1)
 
     def failover(self, replica: NodeInfo, timeout: float = 30.0) -> None:
-        """CLUSTER FAILOVER on a replica (a coordinated switch, no data lost)."""
-        client = self.node(replica.port).client()
-        try:
-            _command(client, "CLUSTER", "FAILOVER")
-        finally:
-            client.close()
-        if not self.wait_promoted(replica, timeout=timeout):
-            raise RuntimeError(f"failover to {replica.port} did not finish: {self.describe()}")
+        """CLUSTER FAILOVER on a replica (a coordinated switch, no data lost).
+
+        Redis answers OK and runs the switch in the background; a manual failover whose
+        election does not end within CLUSTER_MF_TIMEOUT (5 s: a busy host delays the masters'
+        votes) is abandoned without a word, and the operator's remedy is to ask again. So the
+        command is sent again each time that window has passed, until `timeout`."""
+        deadline = time.monotonic() + timeout
+        attempts = 0
+        while time.monotonic() < deadline:
+            attempts += 1
+            client = self.node(replica.port).client()
+            try:
+                _command(client, "CLUSTER", "FAILOVER")
+            finally:
+                client.close()
+            window = min(MANUAL_FAILOVER_WINDOW_S, max(0.0, deadline - time.monotonic()))
+            if self.wait_promoted(replica, timeout=window):
+                return
+        raise RuntimeError(
+            f"failover to {replica.port} did not finish ({attempts} attempts): {self.describe()}"
+        )
 
     def move_slot(self, slot: int, target: NodeInfo, batch: int = 100) -> int:
         """Move one slot and its keys to `target`, as `redis-cli --cluster reshard` does;
