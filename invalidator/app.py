@@ -31,6 +31,7 @@ from invalidator.wal_source import WalBatch, WalSource
 from pgbust import declaration, redis_policy
 from pgbust.declaration import Declaration
 from pgbust.errors import StartupError
+from pgbust.gc_pauses import GcPauses, freeze_startup_heap
 from pgbust.keys import Keyspace
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import connect
@@ -224,6 +225,11 @@ class Invalidator:
         redis_policy.log_verdict(memory, "invalidator")
         self.metrics.redis_memory_policy.labels(memory.policy, memory.verdict).set(1)
         self.redis_memory = {"policy": memory.policy, "verdict": memory.verdict}
+        gc_pauses = GcPauses(self.metrics.gc_pauses)
+        gc_pauses.install()
+        if self.settings.gc_freeze:
+            # a full collection's pause would delay every invalidation behind it
+            self.metrics.gc_frozen.set(freeze_startup_heap())
         try:
             while not self.stopping.is_set():
                 self.role = "standby"
@@ -247,6 +253,7 @@ class Invalidator:
             if self.server is not None:
                 await self.server.close()
             await self.redis.aclose()
+            gc_pauses.remove()
             log.info("stopped")
 
     async def _ready(self) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from pgbust.gc_pauses import GC_PAUSE_BUCKETS
+
 # Commit -> Redis delete lag, in seconds; fine buckets around the 5 ms target.
 LAG_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -46,6 +48,18 @@ class Metrics:
             p + "lag_seconds",
             "Trigger time (clock_timestamp() in the writer's statement) -> Redis delete done",
             buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.gc_pauses = Histogram(
+            p + "gc_pause_seconds",
+            "Garbage-collector pauses of this process (its event loop ran nothing meanwhile)",
+            ["generation"],
+            buckets=GC_PAUSE_BUCKETS,
+            registry=r,
+        )
+        self.gc_frozen = Gauge(
+            p + "gc_frozen_objects",
+            "Start-up objects excluded from garbage collections (PGBUST_GC_FREEZE)",
             registry=r,
         )
         self.active = Gauge(p + "active", "1 when this instance is the active one", registry=r)

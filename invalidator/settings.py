@@ -37,6 +37,9 @@ class Settings(TaskQueueSettings, CaptureSettings, ReadReplicaSettings):
     # waits that long for more: fewer Redis calls under load, but it adds to every lag.
     batch_window_ms: float = Field(default=0.0, ge=0, le=1000)
     batch_max: int = Field(default=2000, ge=1, le=1_000_000)
+    # Once started, exclude the start-up heap from garbage collections (pgbust/gc_pauses.py):
+    # a full collection's pause delays every invalidation behind it.
+    gc_freeze: bool = True
     metrics_host: str = Field(
         default="0.0.0.0",  # noqa: S104 - served inside a container; no secrets on it
         validation_alias=AliasChoices("PGBUST_INVALIDATOR_METRICS_HOST", "metrics_host"),

@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 
 from pgbust import redis_policy
 from pgbust.declaration import Declaration
+from pgbust.gc_pauses import GcPauses, freeze_startup_heap
 from pgbust.keys import Keyspace
 from pgbust.l1 import L1Cache
 from pgbust.loaders import Loaders
@@ -74,6 +75,7 @@ class Cache:
         self.loaders = loaders
         self.l1 = L1Cache(settings.l1_max_entries, settings.l1_max_bytes, ttl_s=settings.ttl_s)
         self.metrics = Metrics(self.l1)
+        self._gc_pauses = GcPauses(self.metrics.gc_pauses)
         self.keyspace = Keyspace(settings.namespace, cluster=settings.redis_cluster)
         self._after_load = after_load
         self._pool_name = pool_name
@@ -146,8 +148,12 @@ class Cache:
             self._spawn(self.subscriber.run())
         elif settings.cache_mode == "off":
             self.l1.disable()
+        self._gc_pauses.install()
+        if settings.gc_freeze:
+            self.metrics.gc_frozen.set(freeze_startup_heap())
 
     async def close(self) -> None:
+        self._gc_pauses.remove()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

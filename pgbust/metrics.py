@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from pgbust.gc_pauses import GC_PAUSE_BUCKETS
 from pgbust.l1 import L1Cache
 
 LATENCY_BUCKETS = (
@@ -144,6 +145,18 @@ class Metrics:
             "Request latency",
             ["method", "route", "status"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.gc_pauses = Histogram(
+            "pgbust_api_gc_pause_seconds",
+            "Garbage-collector pauses of this process (its event loop ran nothing meanwhile)",
+            ["generation"],
+            buckets=GC_PAUSE_BUCKETS,
+            registry=r,
+        )
+        self.gc_frozen = Gauge(
+            "pgbust_api_gc_frozen_objects",
+            "Start-up objects excluded from garbage collections (PGBUST_GC_FREEZE)",
             registry=r,
         )
         r.register(_L1Collector(l1))

@@ -16,7 +16,7 @@
                   capture_gated): Redis may hold what nobody invalidated, so read Postgres,
                   fill nothing                -> payload, "MISS"
         Busy   -> another reader (maybe another instance, or a warming worker) is loading:
-                  poll with backoff 0.5 ms doubling to 10 ms, for at most
+                  poll with backoff 0.5 ms doubling to 2 ms, for at most
                   BUSY_WAIT_BUDGET_S (and never past the lease time); a hit is served, a
                   granted lease makes us the loader; past the budget read Postgres without
                   filling (a fresh read: it cannot be a stale fill, and single-flight keeps
@@ -58,11 +58,15 @@ Source = Literal["L1", "L2", "MISS"]
 AfterLoadHook = Callable[[str, bytes | None], Awaitable[None]]
 
 # Waiting behind another loader's lease: the first poll comes soon (a fill usually lands
-# within a few ms), the polls stay frequent (a hit found 40 ms late is 40 ms of latency for
-# nothing), and the wait is bounded well below the lease time: past the budget, reading
-# Postgres without filling is cheaper than waiting for a slow or vanished lease holder.
+# within a few ms) and the polls stay 2 ms apart at most: the wait overshoots the fill by
+# half a poll on average, and under a saturated host the fill of a hot entry that both
+# instances miss at once takes 5-15 ms, which polls 10 ms apart can turn into up to 10 ms of latency
+# for nothing. A poll is one pipelined script call, and
+# single-flight keeps it to one waiter per entry and process. The wait is bounded well below
+# the lease time: past the budget, reading Postgres without filling is cheaper than waiting
+# for a slow or vanished lease holder.
 FIRST_BACKOFF_S = 0.0005
-MAX_BACKOFF_S = 0.01
+MAX_BACKOFF_S = 0.002
 BUSY_WAIT_BUDGET_S = 0.1
 # Resolved names (entry type and tags) kept, so an L2 hit does not match templates again.
 RESOLVED_NAMES = 10_000

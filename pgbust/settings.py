@@ -136,6 +136,9 @@ class CacheSettings(ReadReplicaSettings):
     # hears no heartbeat of the active invalidator for this long stops L1. Keep it several
     # times the invalidator's PGBUST_HEARTBEAT_S.
     subscriber_silence_s: float = Field(default=2.0, ge=0.2, le=60)
+    # Once started, exclude the start-up heap from garbage collections (pgbust/gc_pauses.py):
+    # full collections walking it stalled the event loop for 54-80 ms under load.
+    gc_freeze: bool = True
 
     @model_validator(mode="after")
     def _not_on_a_cluster_yet(self) -> CacheSettings:

@@ -487,6 +487,7 @@ async def test_metrics_and_docs_are_served(make_api: MakeApi) -> None:
         "pgbust_api_fills_refused_total",
         "pgbust_api_subscriber_reconnects_total",
         "pgbust_api_request_seconds_bucket",
+        "pgbust_api_gc_pause_seconds_bucket",
     ):
         assert name in text
     assert (await client.get("/docs")).status_code == 200

@@ -97,6 +97,15 @@ def test_update_via_psql_evicts_l1_on_every_instance_and_redis(
         assert fresh.json()["version"] == 2 and fresh.headers["X-Cache"] != "L1"
 
 
+def test_an_api_process_keeps_its_start_up_heap_out_of_garbage_collections(apis: Apis) -> None:
+    """A full collection walking the imports' objects stalled the event loop for 54-80 ms
+    under load (pgbust/gc_pauses.py): each process freezes them once started."""
+    for proc in apis:
+        assert metric(proc, "pgbust_api_gc_frozen_objects") > 10_000, proc.log_tail()
+        # the collection made by the freeze itself is timed: the callback went in first
+        assert metric(proc, "pgbust_api_gc_pause_seconds_count", 'generation="2"') >= 1
+
+
 def test_hundred_concurrent_requests_for_a_cold_key_hit_postgres_a_handful_of_times(
     apis: Apis, live_capture: HeartbeatPlayer
 ) -> None:
