@@ -15,9 +15,7 @@ import httpx
 import psycopg
 import pytest
 import redis.asyncio as aioredis
-from fastapi import FastAPI
 
-from api.app import create_app
 from api.settings import Settings
 from db.seed import Counts
 from pgbust.cache import Cache as Runtime
@@ -28,6 +26,7 @@ from pgbust.rules import targets_for, write_change
 from tests.conftest import API_TOKEN
 from tests.support.demo import DEMO, demo_tags
 from tests.support.heartbeat import HeartbeatPlayer
+from tests.support.inprocess_api import start_api
 from tests.support.processes import ProcessManager
 from tests.support.servers import RedisServer
 
@@ -66,14 +65,7 @@ async def make_api(
                 api_token=API_TOKEN,
                 **{"hot_sample_rate": 0.0, **overrides},
             )
-            app: FastAPI = create_app(settings)
-            await stack.enter_async_context(app.router.lifespan_context(app))
-            transport = httpx.ASGITransport(app=app)
-            client = httpx.AsyncClient(transport=transport, base_url="http://api")
-            await stack.enter_async_context(client)
-            runtime: Runtime = app.state.pgbust
-            if runtime.subscriber is not None:
-                await asyncio.wait_for(runtime.subscriber.caching.wait(), 5)
+            client, runtime = await start_api(stack, settings)
             return client, runtime
 
         yield make

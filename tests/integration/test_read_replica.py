@@ -30,9 +30,7 @@ import psycopg
 import pytest
 import redis
 import redis.asyncio as aioredis
-from fastapi import FastAPI
 
-from api.app import create_app
 from api.settings import Settings
 from db import migrate, seed
 from pgbust.cache import Cache as Runtime
@@ -46,6 +44,7 @@ from tests.conftest import API_TOKEN
 from tests.support.capture_stack import Stack, metric, start_stack
 from tests.support.demo import DEMO
 from tests.support.heartbeat import HeartbeatPlayer
+from tests.support.inprocess_api import start_api
 from tests.support.servers import PostgresCluster, RedisServer, StreamingReplica, wait_until
 
 PRODUCTS = 60
@@ -171,13 +170,8 @@ async def make_api(
                 api_token=API_TOKEN,
                 hot_sample_rate=0.0,
             )
-            app: FastAPI = create_app(settings)
-            await stack.enter_async_context(app.router.lifespan_context(app))
-            client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://a")
-            await stack.enter_async_context(client)
-            runtime: Runtime = app.state.pgbust
+            client, runtime = await start_api(stack, settings)
             assert runtime.subscriber is not None
-            await asyncio.wait_for(runtime.subscriber.caching.wait(), 5)
             return client, runtime
 
         yield make

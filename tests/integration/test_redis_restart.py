@@ -18,10 +18,8 @@ from typing import TypeVar
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from fastapi import FastAPI
 from redis.exceptions import ConnectionError, RedisError, ResponseError
 
-from api.app import create_app
 from api.keys import product_entry
 from api.settings import Settings
 from db.seed import Counts
@@ -33,6 +31,7 @@ from pgbust.redis_connect import connect, identity_check, run_id_of
 from tests.conftest import API_TOKEN
 from tests.support.demo import demo_tags, fill
 from tests.support.heartbeat import HeartbeatPlayer
+from tests.support.inprocess_api import start_api
 from tests.support.servers import RedisServer
 
 T = TypeVar("T")
@@ -248,13 +247,8 @@ async def api_pair(
                 api_token=API_TOKEN,
                 hot_sample_rate=0.0,
             )
-            app: FastAPI = create_app(settings)
-            await stack.enter_async_context(app.router.lifespan_context(app))
-            client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://a")
-            await stack.enter_async_context(client)
-            runtime: Runtime = app.state.pgbust
+            client, runtime = await start_api(stack, settings)
             assert runtime.subscriber is not None
-            await asyncio.wait_for(runtime.subscriber.caching.wait(), 5)
             pair.append((client, runtime))
         yield pair
 
