@@ -208,7 +208,7 @@ async def warm(
         try:
             computed = await served.compute(conn, entry)
         except (UnknownEntry, UndeclaredEntry):
-            await cache.release_lease(entry, lease.token)
+            await cache.release_lease(entry, lease.token, tags=tags)
             outcome.unknown += 1  # no loader serves it: nothing to warm
             continue
         if computed is None:
@@ -226,7 +226,7 @@ async def warm(
                 since=lease.since,
             )
         except OutOfMemoryError:
-            await cache.release_lease(entry, lease.token)
+            await cache.release_lease(entry, lease.token, tags=tags)
             stored = 0
         if stored == 1:
             outcome.filled.append(entry)

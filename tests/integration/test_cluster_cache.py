@@ -1,0 +1,149 @@
+"""RedisCache on a real Redis Cluster: the API's read path and the invalidator's writes go
+through the cluster design (pgbust/cluster_reads.py, pgbust/cluster_invalidation.py), every
+script in one slot, the tags and row tags of other slots guarded outside the scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from pgbust.keys import ClusterNames, Keyspace
+from pgbust.protocol import NOT_LIVE, Heartbeat, Hit, Invalidation, Lease, Targets
+from pgbust.redis_cache import RedisCache
+from pgbust.redis_connect import cluster_client
+from tests.support.redis_cluster import RedisClusterServers
+
+# entries as the demo declares them: a product filed under its category, a page filed under
+# its category and under a second tag, holding rows with row tags
+PRODUCT, PRODUCT_TAGS = "product:1", ("category:3",)
+PAGE, PAGE_TAGS = "category:3:products:20:0", ("category:3", "catalog")
+ROWS = ("row:product:1", "row:product:2")
+
+
+def home_of(entry: str) -> str:
+    return {PRODUCT: "category:3", PAGE: "category:3"}.get(entry, entry)
+
+
+@pytest.fixture
+async def client(redis_cluster: RedisClusterServers) -> AsyncIterator[aioredis.Redis]:
+    client = cluster_client(redis_cluster.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def cache(client: aioredis.Redis, namespace: str) -> AsyncIterator[RedisCache]:
+    cache = RedisCache(client, Keyspace(namespace, cluster=True), home_of=home_of)
+    await cache.heartbeat(Heartbeat(500, sender="test"), valid_ms=60_000)  # capture "alive"
+    yield cache
+    cache.close()
+
+
+async def _lease(cache: RedisCache, entry: str, tags: tuple[str, ...]) -> Lease:
+    lease = await cache.get_or_lease(entry, tags=tags)
+    assert isinstance(lease, Lease), lease
+    return lease
+
+
+async def _fill(
+    cache: RedisCache, entry: str, tags: tuple[str, ...], lease: Lease, payload: bytes
+) -> int:
+    rows = ROWS if entry == PAGE else ()
+    return await cache.fill(
+        entry, lease.token, lease.stamp, payload, tags=tags, rows=rows, since=lease.since
+    )
+
+
+async def _fill_eventually(
+    cache: RedisCache, entry: str, tags: tuple[str, ...], payload: bytes
+) -> None:
+    """Lease and fill until stored: for CLOCK_SKEW_US after a tag of another slot was bumped
+    or first used, its entries' fills are refused (pgbust/cluster_reads.py)."""
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        lease = await _lease(cache, entry, tags)
+        if await _fill(cache, entry, tags, lease, payload) == 1:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"{entry} was never filled")
+
+
+async def _invalidate(
+    cache: RedisCache, keys: frozenset[str] = frozenset(), tags: frozenset[str] = frozenset()
+) -> None:
+    targets = Targets(keys, tags)
+    await cache.invalidate(targets, Invalidation.of(targets, origin="cdc"))
+
+
+async def test_on_a_cluster_reads_are_not_live_without_the_capture_liveness_key(
+    cache: RedisCache, client: aioredis.Redis
+) -> None:
+    await client.delete(cache.keyspace.capture_alive)
+    assert await cache.get_or_lease(PRODUCT, tags=PRODUCT_TAGS) is NOT_LIVE
+
+
+async def test_on_a_cluster_a_fill_hits_and_an_invalidation_of_the_entry_or_its_home_kills_it(
+    cache: RedisCache,
+) -> None:
+    lease = await _lease(cache, PRODUCT, PRODUCT_TAGS)
+    assert await _fill(cache, PRODUCT, PRODUCT_TAGS, lease, b"v1") == 1
+    assert await cache.get_or_lease(PRODUCT, tags=PRODUCT_TAGS) == Hit(b"v1")
+    assert await cache.peek(PRODUCT, tags=PRODUCT_TAGS) == b"v1"
+
+    await _invalidate(cache, keys=frozenset({PRODUCT}))
+    lease = await _lease(cache, PRODUCT, PRODUCT_TAGS)
+    assert await _fill(cache, PRODUCT, PRODUCT_TAGS, lease, b"v2") == 1
+
+    await _invalidate(cache, tags=frozenset({"category:3"}))
+    assert await cache.peek(PRODUCT, tags=PRODUCT_TAGS) is None
+    await _lease(cache, PRODUCT, PRODUCT_TAGS)
+
+
+async def test_on_a_cluster_a_page_dies_when_a_tag_or_row_tag_of_another_slot_is_bumped(
+    cache: RedisCache, client: aioredis.Redis
+) -> None:
+    names = ClusterNames(cache.keyspace.namespace)
+    # first fill: the row tags have no generation yet (created now, refused, -2)
+    lease = await _lease(cache, PAGE, PAGE_TAGS)
+    assert await _fill(cache, PAGE, PAGE_TAGS, lease, b"page") == -2
+    for bumped in ("catalog", "row:product:2"):
+        await _fill_eventually(cache, PAGE, PAGE_TAGS, b"page")
+        hit = await cache.get_or_lease(PAGE, tags=PAGE_TAGS)
+        assert hit == Hit(b"page", ("catalog", *ROWS))
+        # its member set lost (evicted): only the generation, read outside the script, can
+        # kill the value now
+        await client.delete(names.tag_members(bumped))
+        await _invalidate(cache, tags=frozenset({bumped}))
+        assert await client.exists(cache.value_key(PAGE, PAGE_TAGS))
+        # dead on the next read (a lease, not the old page) and for a peek
+        assert await cache.peek(PAGE, tags=PAGE_TAGS) is None
+        lease = await _lease(cache, PAGE, PAGE_TAGS)
+        await cache.release_lease(PAGE, lease.token, tags=PAGE_TAGS)
+
+
+async def test_on_a_cluster_a_fill_leased_before_a_row_tags_bump_is_refused(
+    cache: RedisCache,
+) -> None:
+    await _fill_eventually(cache, PAGE, PAGE_TAGS, b"page")  # the row generations exist
+    await _invalidate(cache, keys=frozenset({PAGE}))
+    lease = await _lease(cache, PAGE, PAGE_TAGS)
+    # the reader loaded the old rows, then row:product:1 changed and was invalidated
+    await _invalidate(cache, tags=frozenset({"row:product:1"}))
+    assert await _fill(cache, PAGE, PAGE_TAGS, lease, b"old page") == -1
+    assert await cache.peek(PAGE, tags=PAGE_TAGS) is None  # nothing stored
+    await _fill_eventually(cache, PAGE, PAGE_TAGS, b"new page")  # the lease was given back
+
+
+async def test_on_a_cluster_a_flush_kills_every_entry_and_refuses_fills_leased_before_it(
+    cache: RedisCache,
+) -> None:
+    lease = await _lease(cache, PRODUCT, PRODUCT_TAGS)
+    assert await _fill(cache, PRODUCT, PRODUCT_TAGS, lease, b"v1") == 1
+    untagged = await _lease(cache, "product:77", ())
+    await cache.bump_epoch("test", origin="cdc")
+    assert await cache.peek(PRODUCT, tags=PRODUCT_TAGS) is None
+    assert await _fill(cache, "product:77", (), untagged, b"old") == -1
