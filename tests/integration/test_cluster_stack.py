@@ -1,0 +1,237 @@
+"""The whole stack on a real Redis Cluster (three masters, one replica each): a real
+invalidator and two real API processes with PGBUST_REDIS_CLUSTER=true, Postgres written out
+of band with psql. Each test ends with the final sweep: every entry served by every instance,
+and every live entry on the cluster's masters, equals the database.
+
+One cluster for the module (never two at a time on a shared host); the test that kills a
+master runs last."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from db import migrate, seed
+from pgbust.keys import ClusterNames
+from pgbust.slots import SLOTS
+from tests.support.capture_stack import Stack, start_stack
+from tests.support.databases import own_database
+from tests.support.redis_cluster import RedisClusterServers
+from tests.support.servers import RedisServer, wait_until
+
+PRODUCTS, CATEGORIES = 40, 3
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    servers = RedisClusterServers(tmp_path_factory.mktemp("stack-cluster"))
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture
+def shop(server_urls: dict[str, str]) -> Iterator[str]:
+    with own_database(server_urls["DATABASE_URL"], "cluster_stack") as url:
+        migrate.upgrade(url)
+        seed.seed(url, products=PRODUCTS, categories=CATEGORIES)
+        yield url
+
+
+@pytest.fixture
+def stack(
+    shop: str, cluster: RedisClusterServers, redis_server: RedisServer, tmp_path: Path
+) -> Iterator[Stack]:
+    """The invalidator and two API instances on the cluster; the Celery broker is the private
+    standalone Redis (Celery has no Redis Cluster broker), which no worker consumes here."""
+    env = {
+        "REDIS_URL": cluster.url,
+        "PGBUST_REDIS_CLUSTER": "true",
+        "PGBUST_HOT_SAMPLE_RATE": "0",
+    }
+    started = start_stack(shop, redis_server, tmp_path, env=env)
+    try:
+        yield dataclasses.replace(started, redis_url=cluster.url, cluster=True)
+    finally:
+        started.processes.stop_all()
+
+
+def psql(database_url: str, statement: str) -> None:
+    """An out-of-band write typed into psql (DESIGN invariant 4)."""
+    binary = shutil.which("psql")
+    assert binary is not None, "psql is not installed"
+    done = subprocess.run(
+        [binary, "-X", "-v", "ON_ERROR_STOP=1", "-d", database_url, "-c", statement],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def category_of(database_url: str, product_id: int) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT category_id FROM products WHERE id = %s", (product_id,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def read(base_url: str, path: str) -> tuple[object, str]:
+    response = httpx.get(base_url + path, timeout=5)
+    assert response.status_code == 200, response.text
+    return response.json(), response.headers["x-cache"]
+
+
+def slot_epochs(cluster: RedisClusterServers, namespace: str) -> list[int]:
+    """The epoch of every slot, read from the masters (0 where missing)."""
+    names = ClusterNames(namespace)
+    client = cluster.client()
+    try:
+        pipe = client.pipeline()  # type: ignore[no-untyped-call]
+        for slot in range(SLOTS):
+            pipe.get(names.epoch(slot))
+        return [int(v or 0) for v in pipe.execute()]
+    finally:
+        client.close()
+
+
+def all_grew(now: list[int], before: list[int]) -> bool:
+    return all(a > b for a, b in zip(now, before, strict=True))
+
+
+def served_from_l1(stack: Stack, path: str) -> bool:
+    return all(read(base, path)[1] == "L1" for base in stack.api_urls)
+
+
+def test_update_via_psql_evicts_product_page_and_summary_from_l1_and_l2_on_every_instance(
+    stack: Stack,
+) -> None:
+    stack.prime()
+    product = 7
+    category = category_of(stack.database_url, product)
+    paths = [
+        f"/products/{product}",
+        f"/categories/{category}/products?limit=20&offset=0",  # via the tag category:<id>
+        f"/categories/{category}/summary",
+    ]
+    for path in paths:  # cached in L1 on every instance (and so in L2)
+        assert wait_until(lambda path=path: served_from_l1(stack, path), 10), path
+    before = {path: read(stack.api_urls[0], path)[0] for path in paths}
+
+    psql(
+        stack.database_url,
+        f"UPDATE products SET price_cents = price_cents + 7 WHERE id = {product}",
+    )
+    stack.drain()  # a later captured write reached every instance: this one was applied
+
+    for base in stack.api_urls:
+        for path in paths:
+            body, tier = read(base, path)
+            assert tier != "L1" or body != before[path], (base, path, tier)
+            assert body != before[path], (base, path, "still the old value")
+    result = stack.sweep()
+    assert result.stale == 0, result.report()
+    assert result.redis_checked > 0
+
+
+def test_a_flush_bumps_the_epoch_of_every_slot_and_empties_l1_on_every_instance(
+    stack: Stack, cluster: RedisClusterServers
+) -> None:
+    stack.prime()
+    before = slot_epochs(cluster, stack.namespace)
+    flushes = stack.epoch_bumps("reconnect")
+    # the listener's connection lost: a flush (notifications may have been missed)
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname ="
+            " current_database() AND pid <> pg_backend_pid() AND query ILIKE 'listen%%'"
+        )
+    stack.wait_epoch_bumps("reconnect", flushes)
+    assert all_grew(slot_epochs(cluster, stack.namespace), before), "a slot's epoch stayed"
+    stack.drain()
+    # nothing cached before the flush is served: not from L1, not from L2
+    for base in stack.api_urls:
+        assert read(base, "/products/11")[1] != "L1"
+    result = stack.sweep()
+    assert result.stale == 0, result.report()
+
+
+def test_a_master_killed_under_out_of_band_writes_flushes_after_the_promotion_and_ends_fresh(
+    stack: Stack, cluster: RedisClusterServers
+) -> None:
+    stack.prime()
+    # not the channel's shard (its failover is a subscriber gap, test_cluster_subscriber.py),
+    # nor the node every process was given as REDIS_URL (one it must reach to start)
+    channel_owner = cluster.master_of_slot(cluster.keyslot(f"{{{stack.namespace}}}:x"))
+    victim = next(
+        m
+        for m in cluster.masters()
+        if m.node_id != channel_owner.node_id and f":{m.port}/" not in stack.redis_url
+    )
+    replica = cluster.replica_of(victim)
+
+    writes = 0
+    stop = threading.Event()
+
+    def writer() -> None:
+        nonlocal writes
+        rng = random.Random(15)
+        with psycopg.connect(stack.database_url, autocommit=True) as conn:
+            while not stop.is_set():
+                product = rng.randint(2, PRODUCTS)
+                conn.execute(
+                    "UPDATE products SET stock = (stock + 1) %% 1000 WHERE id = %s", (product,)
+                )
+                writes += 1
+
+    def reader() -> None:
+        rng = random.Random(16)
+        while not stop.is_set():
+            base = rng.choice(stack.api_urls)
+            product = rng.randint(1, PRODUCTS)
+            path = rng.choice(
+                [f"/products/{product}", f"/categories/{product % CATEGORIES + 1}/summary"]
+            )
+            with contextlib.suppress(httpx.HTTPError):  # a Redis node down: still served
+                httpx.get(base + path, timeout=5)
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert wait_until(lambda: writes >= 50, 20)
+        cluster.kill(victim.port)
+        assert cluster.wait_promoted(replica, timeout=30), cluster.describe()
+        promoted_at = writes
+        assert wait_until(lambda: writes >= promoted_at + 100, 20)  # writes go on after it
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+
+    # the promoted replica may miss acknowledged invalidations: once the invalidator sees the
+    # new master it bumps every slot's epoch (the flush's reasons are in its log line)
+    def flushed_for_the_new_topology() -> bool:
+        return any(
+            "epoch bumped" in line and "topology changed" in line
+            for line in stack.log().splitlines()
+        )
+
+    assert wait_until(flushed_for_the_new_topology, 20), stack.invalidator.log_tail()
+    stack.drain()
+    result = stack.sweep()
+    assert result.stale == 0, result.report()
