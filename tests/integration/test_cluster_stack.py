@@ -8,12 +8,14 @@ master runs last."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import random
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +24,10 @@ import psycopg
 import pytest
 
 from db import migrate, seed
+from invalidator.cluster_watch import TopologyWatch
+from invalidator.listener import FlushRequest
 from pgbust.keys import ClusterNames
+from pgbust.redis_connect import cluster_client
 from pgbust.slots import SLOTS
 from tests.support.capture_stack import Stack, start_stack
 from tests.support.databases import own_database
@@ -168,6 +173,37 @@ def test_a_flush_bumps_the_epoch_of_every_slot_and_empties_l1_on_every_instance(
         assert read(base, "/products/11")[1] != "L1"
     result = stack.sweep()
     assert result.stale == 0, result.report()
+
+
+async def _changed_within(watch: TopologyWatch, within_s: float) -> bool:
+    """Look until a look queues a flush (the nodes' views converge in their own time)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if await watch.look():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_the_topology_watch_flushes_at_its_first_look_and_after_a_slot_moves_or_a_failover(
+    cluster: RedisClusterServers,
+) -> None:
+    flushes: list[FlushRequest] = []
+    client = cluster_client(cluster.url)
+    watch = TopologyWatch(client, flushes.append, interval_s=0.1, timeout_s=2.0)
+    try:
+        assert await watch.look()  # a term's first look: what happened before is unknown
+        assert not await watch.look()  # nothing changed, nothing flushed
+
+        master, other = cluster.masters()[:2]
+        cluster.move_slot(master.slots[0][0], other)
+        assert await _changed_within(watch, 10)
+
+        cluster.failover(cluster.replica_of(other))  # a coordinated switch: no loss, but
+        assert await _changed_within(watch, 10)  # the watch cannot tell it from a lossy one
+        assert [f.kind for f in flushes] == ["redis_topology"] * 3
+    finally:
+        await client.aclose()
 
 
 def test_a_master_killed_under_out_of_band_writes_flushes_after_the_promotion_and_ends_fresh(
