@@ -82,14 +82,14 @@ class ClusterReads:
         values = await asyncio.gather(*(self.client.get(key) for key in keys))
         return [int(v) if v is not None else None for v in values]
 
-    async def _rows_verdict(self, keys: list[str], since: int) -> int:
+    async def _rows_verdict(self, keys: list[str], since: int, *, create: bool = True) -> int:
         """1 all older than the lease (live), -1 one bumped since (dead), -2 one missing:
-        created now (a later lease can fill)."""
+        created now unless create=False (a later lease can fill)."""
         if not keys:
             return 1
         generations = await self._generations(keys)
         missing = [k for k, g in zip(keys, generations, strict=True) if g is None]
-        for key in missing:
+        for key in missing if create else ():
             await self._create_generation(keys=[key])
         if any(g is not None and g >= since - CLOCK_SKEW_US for g in generations):
             return -1
@@ -161,7 +161,7 @@ class ClusterReads:
         head = raw.split(b"|", 1)[0].decode()
         if "\n" in head:
             parts = head.split("\n")
-            if await self._rows_verdict(parts[2:], int(parts[1])) != 1:
+            if await self._rows_verdict(parts[2:], int(parts[1]), create=False) != 1:
                 return None
         return strip_stamp(raw)
 

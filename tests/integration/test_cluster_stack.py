@@ -29,6 +29,7 @@ from invalidator.listener import FlushRequest
 from pgbust.keys import ClusterNames
 from pgbust.redis_connect import cluster_client
 from pgbust.slots import SLOTS
+from tests.conftest import API_TOKEN
 from tests.support.capture_stack import Stack, start_stack
 from tests.support.databases import own_database
 from tests.support.redis_cluster import RedisClusterServers
@@ -151,6 +152,28 @@ def test_update_via_psql_evicts_product_page_and_summary_from_l1_and_l2_on_every
     result = stack.sweep()
     assert result.stale == 0, result.report()
     assert result.redis_checked > 0
+
+
+def test_a_write_through_one_instance_is_read_on_the_other_right_after_it(
+    stack: Stack,
+) -> None:
+    """Read-your-writes (DESIGN invariant 6): the write path's own invalidation runs on the
+    cluster (per slot, then SPUBLISH) before the response."""
+    stack.drain()
+    a, b = stack.api_urls
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    stale = []
+    with httpx.Client(timeout=5) as client:
+        for product in range(2, 22):
+            path = f"/products/{product}"
+            assert wait_until(lambda path=path: read(b, path)[1] == "L1", 10), path
+            response = client.patch(a + path, json={"stock": product}, headers=auth)
+            assert response.status_code == 200, response.text
+            if client.get(b + path).json()["version"] != response.json()["version"]:
+                stale.append(path)
+    assert not stale, f"instance B served a pre-write version right after the write: {stale}"
+    result = stack.sweep()
+    assert result.stale == 0, result.report()
 
 
 def test_a_flush_bumps_the_epoch_of_every_slot_and_empties_l1_on_every_instance(
