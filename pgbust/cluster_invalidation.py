@@ -11,8 +11,8 @@ then one SPUBLISH tells every API instance. Redis first, the message after, as o
 an instance that evicts its L1 on the message cannot refill it from Redis with the old value.
 
 A flush bumps the epoch of all 16384 slots, one script per master, then SPUBLISHes one flush
-message (pgbust/lua.py BUMP_SLOT_EPOCHS). Not used by the invalidator yet (README, Redis
-Cluster).
+message (pgbust/lua.py BUMP_SLOT_EPOCHS). RedisCache.invalidate / bump_epoch call it when
+the keyspace is a cluster's (README, Redis Cluster).
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ class Keyspace:
 @dataclass(frozen=True, slots=True)
 class ClusterNames:
     """The Redis Cluster key design (pgbust.slots): what the cache scripts will touch on a
-    cluster, each script in one slot. Not used by the scripts yet (README, Redis Cluster).
+    cluster, each script in one slot (pgbust/cluster_reads.py, pgbust/cluster_invalidation.py).
 
     An entry's *home* is its first tag, or the entry itself when untagged: its value and
     lease, and its home tag's generation and member set, carry the home as hash tag, and the
