@@ -105,14 +105,13 @@ class RedisCache:
         read_path = (self._get_or_lease, self._fill, self._release_lease)
         self._lane: Lane | None = None
         self._cluster_reads: ClusterReads | None = None
-        self._cluster_invalidation: ClusterInvalidation | None = None
+        self._cluster: ClusterInvalidation | None = None
         if keyspace.cluster:
             assert not lsn_marker, "no LSN marker on a cluster (settings refuse it)"
             self._cluster_reads = ClusterReads(
                 client, keyspace, require_live_capture=require_live_capture
             )
-            if home_of is not None:
-                self._cluster_invalidation = ClusterInvalidation(client, keyspace, home_of)
+            self._cluster = ClusterInvalidation(client, keyspace, home_of or _no_home)
         elif pipelined:
             self._lane = Lane(client, tuple(s.script for s in read_path))
 
@@ -237,8 +236,8 @@ class RedisCache:
         if targets.flush:
             await self.bump_epoch(message.reason or "flush", origin=message.origin, lsn=lsn)
             return InvalidateResult(receivers=0, garbage=[])
-        if self.keyspace.cluster:
-            applied = await self._on_cluster().invalidate(targets, message)
+        if self._cluster is not None:
+            applied = await self._cluster.invalidate(targets, message)
             return InvalidateResult(receivers=applied.receivers, garbage=applied.garbage)
         ks = self.keyspace
         keys_sorted = sorted(targets.keys)
@@ -272,8 +271,8 @@ class RedisCache:
     async def bump_epoch(self, reason: str, origin: str, *, lsn: int | None = None) -> int:
         """Kill every entry of the namespace at once and tell every API instance to flush
         (lsn: raise the LSN marker in the same call, as in `invalidate`)."""
-        if self.keyspace.cluster:  # every slot's epoch (lsn: none on a cluster)
-            await self._on_cluster().flush(reason, origin)
+        if self._cluster is not None:  # every slot's epoch (lsn: none on a cluster)
+            await self._cluster.flush(reason, origin)
             return await self.current_epoch()
         message = flush_message(reason, origin).encode()
         keys = [self.keyspace.epoch]
@@ -285,14 +284,6 @@ class RedisCache:
                 keys=[*keys, self.keyspace.lsn_marker], args=[*args, _marker_arg(lsn)]
             )
         return int(reply)
-
-    def _on_cluster(self) -> ClusterInvalidation:
-        if self._cluster_invalidation is None:
-            raise RuntimeError(
-                "invalidating on a Redis Cluster needs home_of (RedisCache(home_of=...)): "
-                "where each entry lives"
-            )
-        return self._cluster_invalidation
 
     def value_key(self, entry: str, tags: tuple[str, ...]) -> str:
         """The Redis key of an entry's value (on a cluster it carries its home's hash tag)."""
@@ -348,6 +339,13 @@ class RedisCache:
             return int(value) if value else 0
         epoch, _ = await self.client.mget(self.keyspace.epoch, self.keyspace.server_identity)
         return int(epoch) if epoch else 0
+
+
+def _no_home(entry: str) -> str:
+    raise RuntimeError(
+        f"cannot invalidate {entry!r} on a Redis Cluster without home_of "
+        "(RedisCache(home_of=Declaration.home_of)): where each entry lives"
+    )
 
 
 def _marker_arg(lsn: int) -> str:
