@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from invalidator.listener import FlushRequest
 
@@ -74,7 +74,14 @@ class TopologyWatch:
         try:
             async with asyncio.timeout(self.timeout_s):
                 seen = await topology(self.client)
-        except (RedisError, OSError, TimeoutError, KeyError, TypeError) as exc:
+        except (
+            RedisError,
+            RedisClusterException,
+            OSError,
+            TimeoutError,
+            KeyError,
+            TypeError,
+        ) as exc:
             log.debug("could not read the cluster topology: %s", exc)
             return False
         if seen == self.known:

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from pgbust import lua
 from pgbust.keys import ClusterNames, Keyspace
 from pgbust.protocol import Invalidation, Targets, flush_message
+from pgbust.redis_connect import cluster_faults_as_redis_errors
 from pgbust.slots import SLOTS, key_slot
 
 INLINE_MEMBER_LIMIT = 256
@@ -87,6 +88,7 @@ class ClusterInvalidation:
             slot.garbage.append(f"{{{tag}}}{self.keyspace.namespace}:gc:{tag}:{suffix}")
         return work
 
+    @cluster_faults_as_redis_errors
     async def invalidate(self, targets: Targets, message: Invalidation) -> ClusterInvalidateResult:
         if targets.flush:
             await self.flush(message.reason or "flush", message.origin)
@@ -141,6 +143,7 @@ class ClusterInvalidation:
             garbage += renamed
         return freed, garbage
 
+    @cluster_faults_as_redis_errors
     async def flush(self, reason: str, origin: str) -> int:
         """Bump every slot's epoch (one script per master, over the slots it serves), then one
         flush message; returns the receivers. A node that no longer serves a slot refuses the

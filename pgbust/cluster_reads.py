@@ -33,6 +33,7 @@ from redis.commands.core import AsyncScript
 from pgbust import lua
 from pgbust.keys import ClusterNames, Keyspace
 from pgbust.protocol import NOT_LIVE, Hit, LeaseResult, parse_get_or_lease, strip_stamp
+from pgbust.redis_connect import cluster_faults_as_redis_errors
 
 # How far the clocks of two cluster nodes may drift apart and the time guard still hold
 # (NTP keeps hosts of one network within a few milliseconds).
@@ -97,6 +98,7 @@ class ClusterReads:
 
     # --- reads ------------------------------------------------------------------------------
 
+    @cluster_faults_as_redis_errors
     async def get_or_lease(
         self, entry: str, token: str, lease_ms: int, tags: tuple[str, ...]
     ) -> LeaseResult:
@@ -114,6 +116,7 @@ class ClusterReads:
         reply = await self._get_or_lease(keys=keys, args=[token, lease_ms, "1"])
         return parse_get_or_lease(reply, token)
 
+    @cluster_faults_as_redis_errors
     async def fill(
         self,
         entry: str,
@@ -146,11 +149,13 @@ class ClusterReads:
         await asyncio.gather(*(self.client.sadd(key, value) for key in members))
         return 1 if await self._rows_verdict(others, since) == 1 else -1
 
+    @cluster_faults_as_redis_errors
     async def release_lease(self, entry: str, token: str, tags: tuple[str, ...]) -> bool:
         home = tags[0] if tags else entry
         reply = await self._release(keys=[self.names.lease(entry, home)], args=[token])
         return bool(int(reply))
 
+    @cluster_faults_as_redis_errors
     async def peek(self, entry: str, tags: tuple[str, ...]) -> bytes | None:
         keys = self._home_keys(entry, tags)
         keys.pop(2)  # PEEK: epoch, value[, tag generation]

@@ -28,6 +28,7 @@ from pgbust.protocol import (
     parse_get_or_lease,
     strip_stamp,
 )
+from pgbust.redis_connect import cluster_faults_as_redis_errors
 from pgbust.redis_lane import Lane
 from pgbust.replica import UNKNOWN_LSN, marker_text
 
@@ -314,6 +315,7 @@ class RedisCache:
 
     # --- capture liveness -----------------------------------------------------------------
 
+    @cluster_faults_as_redis_errors  # a cluster client's own faults: RedisError
     async def heartbeat(self, beat: Heartbeat, valid_ms: int) -> int:
         """Keep the capture liveness key for valid_ms more and publish the beat; receivers."""
         reply = await self._heartbeat(
@@ -322,12 +324,14 @@ class RedisCache:
         )
         return int(reply)
 
+    @cluster_faults_as_redis_errors  # a cluster client's own faults: RedisError
     async def publish(self, message: bytes) -> int:
         """One message on the invalidation channel (SPUBLISH on a cluster); receivers."""
         if self.keyspace.cluster:
             return int(await self.client.spublish(self.keyspace.channel, message))
         return int(await self.client.publish(self.keyspace.channel, message))
 
+    @cluster_faults_as_redis_errors  # a cluster client's own faults: RedisError
     async def current_epoch(self) -> int:
         """The namespace epoch (µs on the Redis clock; 0 while it is missing).
 

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -244,6 +245,7 @@ def test_a_master_killed_under_out_of_band_writes_flushes_after_the_promotion_an
     replica = cluster.replica_of(victim)
 
     writes = 0
+    served: Counter[int] = Counter()  # responses by status class, during the fault
     stop = threading.Event()
 
     def writer() -> None:
@@ -265,8 +267,9 @@ def test_a_master_killed_under_out_of_band_writes_flushes_after_the_promotion_an
             path = rng.choice(
                 [f"/products/{product}", f"/categories/{product % CATEGORIES + 1}/summary"]
             )
-            with contextlib.suppress(httpx.HTTPError):  # a Redis node down: still served
-                httpx.get(base + path, timeout=5)
+            with contextlib.suppress(httpx.HTTPError):
+                response = httpx.get(base + path, timeout=5)
+                served[response.status_code // 100 * 100] += 1
 
     threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
     for thread in threads:
@@ -291,6 +294,8 @@ def test_a_master_killed_under_out_of_band_writes_flushes_after_the_promotion_an
         )
 
     assert wait_until(flushed_for_the_new_topology, 20), stack.invalidator.log_tail()
+    # a Redis node down is a slower read from Postgres, never an error
+    assert served[200] > 0 and set(served) == {200}, served
     stack.drain()
     result = stack.sweep()
     assert result.stale == 0, result.report()
