@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import random
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -31,7 +32,7 @@ from pgbust.keys import ClusterNames
 from pgbust.redis_connect import cluster_client
 from pgbust.slots import SLOTS
 from tests.conftest import API_TOKEN
-from tests.support.capture_stack import Stack, start_stack
+from tests.support.capture_stack import Stack, metric, start_stack
 from tests.support.databases import own_database
 from tests.support.redis_cluster import NodeInfo, RedisClusterServers
 from tests.support.servers import RedisServer, wait_until
@@ -197,6 +198,33 @@ def test_a_flush_bumps_the_epoch_of_every_slot_and_empties_l1_on_every_instance(
         assert read(base, "/products/11")[1] != "L1"
     result = stack.sweep()
     assert result.stale == 0, result.report()
+
+
+def test_without_a_live_invalidator_no_instance_serves_from_the_cluster(
+    stack: Stack, cluster: RedisClusterServers
+) -> None:
+    """DESIGN invariant 8 on a cluster: the liveness key lives in the namespace's slot, not
+    the entry's, so each read checks it before its lease script; once the invalidator is
+    gone (its key expires) reads are served from Postgres, not from L1 or L2."""
+    stack.prime()
+    path = "/products/9"
+    assert wait_until(lambda: served_from_l1(stack, path), 10)
+    alive = f"{{{stack.namespace}}}:capture:alive"
+    client = cluster.client()
+    try:
+        stack.invalidator.signal(signal.SIGSTOP)  # silent, not gone: nobody says goodbye
+        try:
+            assert wait_until(lambda: not client.exists(alive), 20)
+            for base in stack.api_urls:
+                assert wait_until(lambda base=base: read(base, path)[1] == "MISS", 10), base
+            assert all(
+                metric(api, "pgbust_api_l2_bypassed_total", 'reason="capture_not_live"') > 0
+                for api in stack.apis
+            )
+        finally:
+            stack.invalidator.signal(signal.SIGCONT)
+    finally:
+        client.close()
 
 
 async def _changed_within(watch: TopologyWatch, within_s: float) -> bool:
