@@ -16,10 +16,12 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ExecAbortError, OutOfMemoryError
 
 from pgbust.entries import Entries, UndeclaredEntry, UnknownEntry
+from pgbust.keys import ClusterNames
 from pgbust.protocol import Busy, Hit, Invalidation, NotLive, Refused, Targets
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import is_cluster
 from pgbust.replica import UNKNOWN_LSN
+from pgbust.slots import group_by_slot
 from worker import lua
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,8 @@ async def purge_dead(cache: RedisCache, chunk: int) -> PurgeOutcome:
     this only frees the memory, without any command that holds Redis for long.
     """
     ks = cache.keyspace
+    if ks.cluster:
+        return await _purge_dead_on_cluster(cache, chunk)
     unlink_dead = _unlink_dead(cache)
     scanned = unlinked = 0
     async for names in _scan_batches(cache, ks.value_pattern, chunk):
@@ -131,6 +135,37 @@ async def purge_dead(cache: RedisCache, chunk: int) -> PurgeOutcome:
                 if int(cursor) == 0:
                     break
     return PurgeOutcome(scanned, unlinked, unlisted)
+
+
+async def _purge_dead_on_cluster(cache: RedisCache, chunk: int) -> PurgeOutcome:
+    """purge_dead on a Redis Cluster: each master is SCANned for the namespace's values
+    ("{home}<ns>:v:...", keys.ClusterNames), and each slot's dead ones are unlinked by
+    UNLINK_DEAD against that slot's own epoch (one slot per script). Tag member sets are left
+    alone there (their members live in other slots; an invalidation of the tag frees them)."""
+    cluster: Any = cache.client
+    names = ClusterNames(cache.keyspace.namespace)
+    unlink_dead = _unlink_dead(cache)
+    pattern = f"{{*}}{cache.keyspace.namespace}:v:*"
+    scanned = unlinked = 0
+    await cluster.initialize()
+    for node in cluster.get_primaries():
+        cursor = 0
+        while True:
+            # redis-py answers a cluster SCAN with ({node: cursor}, keys), even for one node
+            cursors, keys = await cluster.execute_command(
+                "SCAN", cursor, "MATCH", pattern, "COUNT", chunk, target_nodes=node
+            )
+            cursor = int(next(iter(cursors.values())))
+            found = [_text(k) for k in keys]
+            scanned += len(found)
+            for slot, values in group_by_slot(found).items():
+                for start in range(0, len(values), chunk):
+                    part = values[start : start + chunk]
+                    keys_of_slot = [names.epoch(slot), *part]
+                    unlinked += int(await unlink_dead(keys=keys_of_slot, args=["0"]))
+            if cursor == 0:
+                break
+    return PurgeOutcome(scanned, unlinked, 0)
 
 
 async def _scan_batches(cache: RedisCache, pattern: str, chunk: int) -> AsyncIterator[list[str]]:

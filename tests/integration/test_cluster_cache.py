@@ -16,6 +16,7 @@ from pgbust.protocol import NOT_LIVE, Heartbeat, Hit, Invalidation, Lease, Targe
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import cluster_client
 from tests.support.redis_cluster import RedisClusterServers
+from worker import jobs
 
 # entries as the demo declares them: a product filed under its category, a page filed under
 # its category and under a second tag, holding rows with row tags
@@ -147,3 +148,23 @@ async def test_on_a_cluster_a_flush_kills_every_entry_and_refuses_fills_leased_b
     await cache.bump_epoch("test", origin="cdc")
     assert await cache.peek(PRODUCT, tags=PRODUCT_TAGS) is None
     assert await _fill(cache, "product:77", (), untagged, b"old") == -1
+
+
+async def test_on_a_cluster_the_purge_unlinks_the_values_a_flush_killed_and_keeps_live_ones(
+    cache: RedisCache, client: aioredis.Redis
+) -> None:
+    entries = [f"product:{i}" for i in range(100, 130)]  # untagged: about 30 slots
+    for entry in entries:
+        lease = await _lease(cache, entry, ())
+        assert await _fill(cache, entry, (), lease, b"old") == 1
+    await cache.bump_epoch("test", origin="cdc")
+    lease = await _lease(cache, entries[0], ())
+    assert await _fill(cache, entries[0], (), lease, b"new") == 1  # live after the flush
+
+    outcome = await jobs.purge_dead(cache, chunk=7)
+
+    assert outcome.unlinked >= len(entries) - 1
+    assert await client.exists(cache.value_key(entries[0], ()))
+    assert await cache.peek(entries[0], tags=()) == b"new"
+    for entry in entries[1:]:
+        assert not await client.exists(cache.value_key(entry, ()))
