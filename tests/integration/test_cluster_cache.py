@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from pgbust.keys import ClusterNames, Keyspace
 from pgbust.protocol import NOT_LIVE, Heartbeat, Hit, Invalidation, Lease, Targets
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import cluster_client
+from pgbust.slots import key_slot
 from tests.support.redis_cluster import RedisClusterServers
 from worker import jobs
 
@@ -168,3 +170,44 @@ async def test_on_a_cluster_the_purge_unlinks_the_values_a_flush_killed_and_keep
     assert await cache.peek(entries[0], tags=()) == b"new"
     for entry in entries[1:]:
         assert not await client.exists(cache.value_key(entry, ()))
+
+
+async def test_on_a_cluster_a_node_refusing_its_part_fails_the_batch_but_instances_are_told(
+    cache: RedisCache, client: aioredis.Redis, redis_cluster: RedisClusterServers
+) -> None:
+    """The caller retries a batch a node refused (the invalidator widens it to a flush), but
+    the message goes out at once: every other node's entries leave the instances' L1 now, not
+    when the missing heartbeats stop it."""
+    channel = cache.keyspace.channel
+    channel_owner = redis_cluster.master_of_slot(redis_cluster.keyslot(channel))
+
+    def master_of(entry: str) -> str:
+        return redis_cluster.master_of_slot(key_slot(entry)).node_id
+
+    refused = next(
+        f"product:{i}"
+        for i in range(200, 400)
+        if master_of(f"product:{i}") != channel_owner.node_id
+    )
+    applied = next(
+        f"product:{i}" for i in range(200, 400) if master_of(f"product:{i}") != master_of(refused)
+    )
+    for entry in (refused, applied):
+        await _fill_eventually(cache, entry, (), b"old")
+    refusing = redis_cluster.node(redis_cluster.master_of_slot(key_slot(refused)).port).client()
+    listener = redis_cluster.node(channel_owner.port).client().pubsub()  # type: ignore[no-untyped-call]
+    listener.ssubscribe(channel)
+    assert listener.get_sharded_message(timeout=2)["type"] == "ssubscribe"
+    refusing.config_set("min-replicas-to-write", 5)  # NOREPLICAS for every write there
+    try:
+        with pytest.raises(RedisError, match="NOREPLICAS"):
+            await _invalidate(cache, keys=frozenset({refused, applied}))
+        assert not await client.exists(cache.value_key(applied, ()))  # its node's part ran
+        assert await client.exists(cache.value_key(refused, ()))  # for the caller's retry
+        message = listener.get_sharded_message(timeout=2)
+        assert message is not None and message["type"] == "smessage"
+        assert set(Invalidation.decode(message["data"]).keys) == {refused, applied}
+    finally:
+        refusing.config_set("min-replicas-to-write", 0)
+        refusing.close()
+        listener.close()
