@@ -116,6 +116,15 @@ class ClusterNames:
     def tag_members(self, tag: str) -> str:
         return f"{{{tag}}}{self.namespace}:t:{tag}"
 
+    def entry_of(self, value_key: str) -> str:
+        """ "{home}<ns>:v:<entry>" -> entry."""
+        return value_key.split(f"}}{self.namespace}:v:", 1)[1]
+
+    @property
+    def value_pattern(self) -> str:
+        """SCAN MATCH for the namespace's values on a node (any home: braces are literal)."""
+        return f"{{*}}{self.namespace}:v:*"
+
     def epoch(self, slot: int) -> str:
         """The epoch of one slot (a flush bumps every slot's)."""
         return f"{{{slot_tag(slot)}}}{self.namespace}:epoch"

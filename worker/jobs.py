@@ -7,7 +7,8 @@ idempotent: running it twice, or again after being killed halfway, ends in the s
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,13 +143,31 @@ async def _purge_dead_on_cluster(cache: RedisCache, chunk: int) -> PurgeOutcome:
     ("{home}<ns>:v:...", keys.ClusterNames), and each slot's dead ones are unlinked by
     UNLINK_DEAD against that slot's own epoch (one slot per script). Tag member sets are left
     alone there (their members live in other slots; an invalidation of the tag frees them)."""
-    cluster: Any = cache.client
     names = ClusterNames(cache.keyspace.namespace)
     unlink_dead = _unlink_dead(cache)
-    pattern = f"{{*}}{cache.keyspace.namespace}:v:*"
     scanned = unlinked = 0
+    async for found in scan_cluster_values(cache, chunk):
+        scanned += len(found)
+        for slot, values in group_by_slot(found).items():
+            for start in range(0, len(values), chunk):
+                part = values[start : start + chunk]
+                keys_of_slot = [names.epoch(slot), *part]
+                unlinked += int(await unlink_dead(keys=keys_of_slot, args=["0"]))
+    return PurgeOutcome(scanned, unlinked, 0)
+
+
+async def scan_cluster_values(
+    cache: RedisCache, chunk: int, *, shuffled: bool = False
+) -> AsyncGenerator[list[str], None]:
+    """The namespace's value keys on a Redis Cluster, master by master (in random order when
+    shuffled), one SCAN reply at a time."""
+    cluster: Any = cache.client
+    pattern = ClusterNames(cache.keyspace.namespace).value_pattern
     await cluster.initialize()
-    for node in cluster.get_primaries():
+    primaries = list(cluster.get_primaries())
+    if shuffled:
+        random.shuffle(primaries)
+    for node in primaries:
         cursor = 0
         while True:
             # redis-py answers a cluster SCAN with ({node: cursor}, keys), even for one node
@@ -156,16 +175,9 @@ async def _purge_dead_on_cluster(cache: RedisCache, chunk: int) -> PurgeOutcome:
                 "SCAN", cursor, "MATCH", pattern, "COUNT", chunk, target_nodes=node
             )
             cursor = int(next(iter(cursors.values())))
-            found = [_text(k) for k in keys]
-            scanned += len(found)
-            for slot, values in group_by_slot(found).items():
-                for start in range(0, len(values), chunk):
-                    part = values[start : start + chunk]
-                    keys_of_slot = [names.epoch(slot), *part]
-                    unlinked += int(await unlink_dead(keys=keys_of_slot, args=["0"]))
+            yield [_text(k) for k in keys]
             if cursor == 0:
                 break
-    return PurgeOutcome(scanned, unlinked, 0)
 
 
 async def _scan_batches(cache: RedisCache, pattern: str, chunk: int) -> AsyncIterator[list[str]]:

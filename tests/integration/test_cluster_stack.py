@@ -28,7 +28,10 @@ import pytest
 from db import migrate, seed
 from invalidator.cluster_watch import TopologyWatch
 from invalidator.listener import FlushRequest
-from pgbust.keys import ClusterNames
+from pgbust import declaration
+from pgbust.entries import Entries
+from pgbust.keys import ClusterNames, Keyspace
+from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import cluster_client
 from pgbust.slots import SLOTS
 from tests.conftest import API_TOKEN
@@ -36,6 +39,7 @@ from tests.support.capture_stack import Stack, metric, start_stack
 from tests.support.databases import own_database
 from tests.support.redis_cluster import NodeInfo, RedisClusterServers
 from tests.support.servers import RedisServer, wait_until
+from worker import audit
 
 PRODUCTS, CATEGORIES = 40, 3
 
@@ -225,6 +229,48 @@ def test_without_a_live_invalidator_no_instance_serves_from_the_cluster(
             stack.invalidator.signal(signal.SIGCONT)
     finally:
         client.close()
+
+
+def test_the_audit_on_a_cluster_finds_a_stale_entry_and_invalidates_it_everywhere(
+    stack: Stack, cluster: RedisClusterServers
+) -> None:
+    stack.prime()
+    path, entry = "/products/5", "product:5"
+    assert wait_until(lambda: served_from_l1(stack, path), 10)
+    # a lost invalidation, planted: the live stamp kept, the payload of another time
+    value = ClusterNames(stack.namespace).value(entry, entry)
+    sync = cluster.client()
+    try:
+        raw = sync.get(value)
+        assert isinstance(raw, bytes), raw
+        stamp, _, payload = raw.partition(b"|")
+        sync.set(value, stamp + b"|" + payload.replace(b'"stock":', b'"stock":9'))
+    finally:
+        sync.close()
+    report = asyncio.run(_audit(stack, cluster))
+    assert report.deleted == [entry], report
+    assert report.checked > 0
+    # invalidated in Redis and in every instance's L1 (the audit's message)
+    for base in stack.api_urls:
+        assert wait_until(lambda b=base: read(b, path)[1] != "L1", 5), base
+    result = stack.sweep()
+    assert result.stale == 0, result.report()
+
+
+async def _audit(stack: Stack, cluster: RedisClusterServers) -> audit.AuditReport:
+    """One consistency audit, as the worker runs it, against the cluster."""
+    declared = declaration.load()
+    client = cluster_client(cluster.url)
+    try:
+        cache = RedisCache(
+            client, Keyspace(stack.namespace, cluster=True), home_of=declared.home_of
+        )
+        async with await psycopg.AsyncConnection.connect(stack.database_url) as conn:
+            return await audit.audit(
+                cache, conn, sample=1000, grace_ms=50, served=Entries.of(declared)
+            )
+    finally:
+        await client.aclose()
 
 
 async def _changed_within(watch: TopologyWatch, within_s: float) -> bool:
