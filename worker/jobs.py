@@ -22,7 +22,7 @@ from pgbust.protocol import Busy, Hit, Invalidation, NotLive, Refused, Targets
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import is_cluster
 from pgbust.replica import UNKNOWN_LSN
-from pgbust.slots import group_by_slot
+from pgbust.slots import group_by_slot, key_slot
 from worker import lua
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,8 @@ async def collect_garbage(cache: RedisCache, garbage_keys: list[str], chunk: int
     killed in between leaves them listed for the redo. Returns the number of values unlinked.
     """
     ks = cache.keyspace
+    if ks.cluster:
+        return await _collect_garbage_on_cluster(cache, garbage_keys, chunk)
     unlink_dead = _unlink_dead(cache)
     freed = 0
     for garbage_key in garbage_keys:
@@ -106,6 +108,37 @@ class PurgeOutcome:
     scanned: int
     unlinked: int
     unlisted: int  # tag-set members whose value is gone
+
+
+async def _collect_garbage_on_cluster(
+    cache: RedisCache, garbage_keys: list[str], chunk: int
+) -> int:
+    """collect_garbage on a Redis Cluster ("{tag}<ns>:gc:<tag>:<suffix>"). Members of the
+    tag's own slot (entries whose home it is) are unlinked if still dead by the stamp check,
+    as on one Redis; members of other slots carry the tag in their row section, where only
+    the reader's time guard can judge them: they are unlinked as they are. A value refilled
+    since (under the same key) is then lost: a miss, never a stale read."""
+    names = ClusterNames(cache.keyspace.namespace)
+    unlink_dead = _unlink_dead(cache)
+    freed = 0
+    for garbage_key in garbage_keys:
+        tag = garbage_key.split(f"}}{names.namespace}:gc:", 1)[1].rsplit(":", 1)[0]
+        generation = names.tag_generation(tag)
+        home_slot = key_slot(generation)
+        while True:
+            raw: list[bytes] = await cache.client.srandmember(garbage_key, chunk)  # type: ignore[assignment]
+            members = [_text(m) for m in raw]
+            if not members:
+                break
+            for slot, values in group_by_slot(members).items():
+                if slot == home_slot:
+                    keys = [names.epoch(slot), generation, *values]
+                    freed += int(await unlink_dead(keys=keys, args=["1"]))
+                else:
+                    freed += int(await cache.client.unlink(*values))
+            await cache.client.srem(garbage_key, *members)
+        await cache.client.unlink(garbage_key)
+    return freed
 
 
 async def purge_dead(cache: RedisCache, chunk: int) -> PurgeOutcome:

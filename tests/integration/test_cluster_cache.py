@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from pgbust.cluster_invalidation import INLINE_MEMBER_LIMIT
 from pgbust.keys import ClusterNames, Keyspace
 from pgbust.protocol import NOT_LIVE, Heartbeat, Hit, Invalidation, Lease, Targets
 from pgbust.redis_cache import RedisCache
@@ -211,3 +212,25 @@ async def test_on_a_cluster_a_node_refusing_its_part_fails_the_batch_but_instanc
         refusing.config_set("min-replicas-to-write", 0)
         refusing.close()
         listener.close()
+
+
+async def test_on_a_cluster_a_large_tags_members_are_freed_inline_then_by_the_worker(
+    cache: RedisCache, client: aioredis.Redis
+) -> None:
+    """More members than the script frees inline (INLINE_MEMBER_LIMIT): the rest is renamed
+    for the worker's collect_garbage, members of the tag's slot and of others alike."""
+    entries = [f"product:{i}" for i in range(1000, 1300)]
+    homed = {entry: (f"category:{i % 40}", "catalog") for i, entry in enumerate(entries)}
+    for entry, tags in homed.items():
+        await _fill_eventually(cache, entry, tags, b"old")
+    targets = Targets(tags=frozenset({"catalog"}))
+    result = await cache.invalidate(targets, Invalidation.of(targets, origin="cdc"))
+    assert result.garbage, "fewer members than the inline limit"
+    left = [e for e in entries if await client.exists(cache.value_key(e, homed[e]))]
+    assert 0 < len(left) <= len(entries) - INLINE_MEMBER_LIMIT
+
+    freed = await jobs.collect_garbage(cache, result.garbage, chunk=16)
+
+    assert freed == len(left)
+    assert not [e for e in entries if await client.exists(cache.value_key(e, homed[e]))]
+    assert not await client.exists(*result.garbage)
