@@ -234,3 +234,17 @@ async def test_on_a_cluster_a_large_tags_members_are_freed_inline_then_by_the_wo
     assert freed == len(left)
     assert not [e for e in entries if await client.exists(cache.value_key(e, homed[e]))]
     assert not await client.exists(*result.garbage)
+
+
+async def test_on_a_cluster_a_retried_invalidation_applies_and_flushes_past_the_outage(
+    cache: RedisCache,
+) -> None:
+    await _fill_eventually(cache, PRODUCT, PRODUCT_TAGS, b"old")
+    enqueued_ms = int(time.time() * 1000)  # the invalidator handed it over then
+    targets = Targets(frozenset({PRODUCT}))
+
+    outcome = await jobs.retry_invalidation(cache, targets, "redis unreachable", enqueued_ms)
+
+    assert outcome.epoch_bumped  # whatever Redis held meanwhile is treated as changed
+    assert await cache.current_epoch() >= enqueued_ms * 1000
+    assert await cache.peek(PRODUCT, tags=PRODUCT_TAGS) is None
