@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from invalidator import pg
 from invalidator.batcher import Batch
 from invalidator.capture import CaptureWatch
+from invalidator.cluster_watch import TopologyWatch
 from invalidator.heartbeat import TermBeat
 from invalidator.hot import HotEntries
 from invalidator.leader import Leadership
@@ -79,14 +80,14 @@ class Invalidator:
             socket_timeout=5,
             client_name=f"{CLIENT_NAME}-{os.getpid()}",  # which process, in CLIENT LIST
         )
-        self.cache = RedisCache(self.redis, self.keyspace)
         # the worker tasks go where this object's settings say (flags included), never
         # where the environment would: make_sender replaces the sender in tests
         self.tasks = Tasks(self.metrics, make_sender or worker_sender(settings))
         self.tasks.preload()  # before the event loop serves anything
-        # the declaration file (PGBUST_CONFIG): the rules in both capture modes, and the
-        # tags of the hot entries to warm again
+        # the declaration file (PGBUST_CONFIG): the rules in both capture modes, the tags of
+        # the hot entries to warm again, and on a cluster where each entry lives (its home)
         self.declaration = declared or declaration.load()
+        self.cache = RedisCache(self.redis, self.keyspace, home_of=self.declaration.home_of)
         self.hot = HotEntries(self.redis, self.keyspace, settings.warm_top, self.declaration)
         self.sink = Sink(
             self.cache,
@@ -293,6 +294,11 @@ class Invalidator:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(self.proof.timeout_s):
                 await self.cache.ensure_server_identity(origin="cdc")
+        # on a cluster a failover is a restart of the slots it moved (invalidator/cluster_watch):
+        # the term's first look queues a flush before the listener queues anything
+        topology = self._topology_watch()
+        if topology is not None:
+            await topology.look()
         self.term = TermBeat(
             leadership=self.leadership,
             listener=self.listener,
@@ -316,6 +322,10 @@ class Invalidator:
             else asyncio.Event().wait(),
             name="capture-check",
         )
+        watch_topology = asyncio.create_task(
+            topology.run() if topology is not None else asyncio.Event().wait(),
+            name="cluster-topology",
+        )
         stop: asyncio.Task[Any] = asyncio.create_task(self.stopping.wait())
         self.started.set()
         waited: set[asyncio.Task[Any]] = {listener, consumer, watch, stop}
@@ -329,7 +339,7 @@ class Invalidator:
         self.redis_reachable = self.term.redis_ok and self.sink.redis_ok  # as the term saw it
         if gave_up:
             log.warning("standing by for at least %.1f s before trying the lock again", pause)
-        for task in (listener, watch, hot, capture):
+        for task in (listener, watch, hot, capture, watch_topology):
             task.cancel()
         self.capture.end_term()
         if stop in done:
@@ -350,9 +360,19 @@ class Invalidator:
                     log.error("%s failed: %r", task.get_name(), task.exception())
             await self.leadership.release()
             await asyncio.sleep(self.settings.standby_poll_s)
-        await self._reap({listener, watch, hot, capture, consumer, stop})
+        await self._reap({listener, watch, hot, capture, consumer, stop, watch_topology})
         if isinstance(self.listener, WalSource):
             await self.listener.close()  # its visibility session: a standby holds none
+
+    def _topology_watch(self) -> TopologyWatch | None:
+        if not self.keyspace.cluster:
+            return None
+        return TopologyWatch(
+            self.redis,
+            self._flush,
+            interval_s=min(self.settings.heartbeat_s, 0.5),
+            timeout_s=self.proof.timeout_s,
+        )
 
     def _flush(self, request: FlushRequest) -> None:
         """Flush everything, in order with the changes already received (this term's queue)."""

@@ -10,7 +10,7 @@ from pgbust.settings import (
     CaptureSettings,
     ReadReplicaSettings,
     TaskQueueSettings,
-    refuse_redis_cluster_for_now,
+    refuse_redis_cluster_with_read_replicas,
 )
 
 
@@ -26,8 +26,8 @@ class Settings(TaskQueueSettings, CaptureSettings, ReadReplicaSettings):
     tasks go); the command's flags override them."""
 
     @model_validator(mode="after")
-    def _not_on_a_cluster_yet(self) -> Settings:
-        refuse_redis_cluster_for_now(self, "invalidator")
+    def _no_read_replicas_on_a_cluster_yet(self) -> Settings:
+        refuse_redis_cluster_with_read_replicas(self, "invalidator")
         return self
 
     # Postgres NOTIFY channel; must match pgbust.capture.channel (db/triggers/).

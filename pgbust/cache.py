@@ -118,7 +118,8 @@ class Cache:
                 self.keyspace,
                 require_live_capture=settings.subscribes,
                 lsn_marker=replica is not None,
-                pipelined=True,  # the read path's scripts: pgbust.redis_lane
+                pipelined=True,  # the read path's scripts: pgbust.redis_lane (not on a cluster)
+                home_of=self.declaration.home_of,  # a cluster's write-path invalidation
             )
         self._tiers = TieredCache(
             declaration=self.declaration,

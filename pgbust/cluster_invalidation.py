@@ -11,24 +11,26 @@ then one SPUBLISH tells every API instance. Redis first, the message after, as o
 an instance that evicts its L1 on the message cannot refill it from Redis with the old value.
 
 A flush bumps the epoch of all 16384 slots, one script per master, then SPUBLISHes one flush
-message (pgbust/lua.py BUMP_SLOT_EPOCHS). Not used by the invalidator yet (README, Redis
-Cluster).
+message (pgbust/lua.py BUMP_SLOT_EPOCHS). RedisCache.invalidate / bump_epoch call it when
+the keyspace is a cluster's (README, Redis Cluster).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from pgbust import lua
 from pgbust.keys import ClusterNames, Keyspace
 from pgbust.protocol import Invalidation, Targets, flush_message
+from pgbust.redis_connect import cluster_faults_as_redis_errors
 from pgbust.slots import SLOTS, key_slot
 
 INLINE_MEMBER_LIMIT = 256
@@ -87,6 +89,7 @@ class ClusterInvalidation:
             slot.garbage.append(f"{{{tag}}}{self.keyspace.namespace}:gc:{tag}:{suffix}")
         return work
 
+    @cluster_faults_as_redis_errors
     async def invalidate(self, targets: Targets, message: Invalidation) -> ClusterInvalidateResult:
         if targets.flush:
             await self.flush(message.reason or "flush", message.origin)
@@ -95,14 +98,29 @@ class ClusterInvalidation:
         garbage: list[str] = []
         work = self.plan(targets)
         await self.client.initialize()  # the slot map, once
-        replies = await asyncio.gather(*(self._on_node(slots) for slots in self._by_node(work)))
-        for members, renamed in replies:
+        nodes = self._by_node(work)
+        replies = await asyncio.gather(*(self._on_node(s) for s in nodes), return_exceptions=True)
+        failed = [r for r in replies if isinstance(r, BaseException)]
+        if failed:
+            await self._tell_anyway(message)
+            raise failed[0]
+        for members, renamed in replies:  # type: ignore[misc]
             freed += [_text(k) for k in members]
             garbage += [_text(k) for k in renamed]
         if freed:
             await self.client.unlink(*freed)  # redis-py splits it per slot
         receivers = int(await self.client.spublish(self.keyspace.channel, message.encode()))
         return ClusterInvalidateResult(len(work), len(freed), garbage, receivers)
+
+    async def _tell_anyway(self, message: Invalidation) -> None:
+        """A node failed its part (down, failing over): the caller retries it (widened to a
+        flush), but the instances are told now, so that the entries of every other node leave
+        their L1 at once instead of when the missing heartbeats stop it. Evicting L1 early is
+        always safe; an instance cannot refill it from the failed node's old values while the
+        node is unreachable, and after a promotion the flush follows (the sink's retry, the
+        topology watch). Best effort: the retry's flush message follows anyway."""
+        with contextlib.suppress(RedisError, RedisClusterException, OSError):
+            await self.client.spublish(self.keyspace.channel, message.encode())
 
     def _by_node(self, work: dict[int, _SlotWork]) -> list[list[_SlotWork]]:
         """The slots' work grouped by the master serving each slot (cached topology)."""
@@ -141,6 +159,7 @@ class ClusterInvalidation:
             garbage += renamed
         return freed, garbage
 
+    @cluster_faults_as_redis_errors
     async def flush(self, reason: str, origin: str) -> int:
         """Bump every slot's epoch (one script per master, over the slots it serves), then one
         flush message; returns the receivers. A node that no longer serves a slot refuses the

@@ -167,6 +167,15 @@ class Declaration:
         entry, values = found
         return entry, entry.tags_for(values)
 
+    def home_of(self, name: str) -> str:
+        """Where an entry lives on a Redis Cluster (keys.ClusterNames): its first tag, or the
+        entry itself when it has none (or is undeclared: no reader could have filled it)."""
+        found = self.entry_type(name)
+        if found is None:
+            return name
+        entry, values = found
+        return entry.tags[0].render(values) if entry.tags else name
+
     def render(self, template: str, values: Mapping[str, Any]) -> str:
         """The name of a declared entry for these (Python) values, escaped."""
         entry = self.entries.get(template)

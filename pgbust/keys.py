@@ -96,7 +96,7 @@ class Keyspace:
 @dataclass(frozen=True, slots=True)
 class ClusterNames:
     """The Redis Cluster key design (pgbust.slots): what the cache scripts will touch on a
-    cluster, each script in one slot. Not used by the scripts yet (README, Redis Cluster).
+    cluster, each script in one slot (pgbust/cluster_reads.py, pgbust/cluster_invalidation.py).
 
     An entry's *home* is its first tag, or the entry itself when untagged: its value and
     lease, and its home tag's generation and member set, carry the home as hash tag, and the
@@ -115,6 +115,15 @@ class ClusterNames:
 
     def tag_members(self, tag: str) -> str:
         return f"{{{tag}}}{self.namespace}:t:{tag}"
+
+    def entry_of(self, value_key: str) -> str:
+        """ "{home}<ns>:v:<entry>" -> entry."""
+        return value_key.split(f"}}{self.namespace}:v:", 1)[1]
+
+    @property
+    def value_pattern(self) -> str:
+        """SCAN MATCH for the namespace's values on a node (any home: braces are literal)."""
+        return f"{{*}}{self.namespace}:v:*"
 
     def epoch(self, slot: int) -> str:
         """The epoch of one slot (a flush bumps every slot's)."""

@@ -512,3 +512,83 @@ GET_OR_LEASE_WITH_LSN = with_lsn_marker(GET_OR_LEASE)
 GET_OR_LEASE_IF_LIVE_WITH_LSN = with_lsn_marker(GET_OR_LEASE_IF_LIVE)
 INVALIDATE_RAISING_LSN = raising_lsn(INVALIDATE)
 BUMP_EPOCH_RAISING_LSN = raising_lsn(BUMP_EPOCH)
+
+
+# --- Redis Cluster: the read path in one slot (pgbust/cluster_reads.py) ----------------------
+# An entry's value, lease, home tag (its first tag) and the epoch of that slot share one slot
+# (keys.ClusterNames); its other tags and its row tags live in other slots, so these scripts
+# do not read their generations: the caller does, outside, with the same time guard (older
+# than the lease's `since`), before and after the fill and after every hit.
+
+# live_prefix without the row check: the prefix up to '|' when the static stamp is live.
+LIVE_PREFIX_ROWS_UNCHECKED = """
+local function live_prefix(v, head)
+  if not v or string.sub(v, 1, #head) ~= head then return nil end
+  local sep = string.sub(v, #head + 1, #head + 1)
+  if sep == '|' then return head .. '|' end
+  if sep ~= '\\n' then return nil end
+  local bar = string.find(v, '|', #head + 2, true)
+  if not bar then return nil end
+  return string.sub(v, 1, bar)
+end
+"""
+
+# GET_OR_LEASE whose live_prefix leaves the row section to the caller, and which takes
+# ARGV[3] == '1' to ignore the stored value (the caller found it dead by a row tag): a lease
+# then, or Busy. KEYS as GET_OR_LEASE (one slot); no liveness gate (another slot: the caller
+# GETs it first).
+_HIT = "if prefix then return {1, prefix, v} end"
+assert _HIT in GET_OR_LEASE
+GET_OR_LEASE_CLUSTER = GET_OR_LEASE.replace(LIVE_PREFIX, LIVE_PREFIX_ROWS_UNCHECKED).replace(
+    _HIT, "if prefix and ARGV[3] ~= '1' then return {1, prefix, v} end"
+)
+
+# KEYS: epoch, value, lease[, tag_generation, tag_members] (one slot)
+# ARGV: token, stamp, payload, ttl_ms, has_tag, since, then the generation keys of the other
+#       tags and row tags (other slots: written into the row section, not read; the caller
+#       checked them before and checks them again after)
+# -> 1 stored | 0 lease gone or taken over | -1 epoch or home tag changed. Refused by a full
+# Redis before it runs, as FILL.
+FILL_CLUSTER = (
+    _REFUSED_WHEN_FULL
+    + LIVE_STAMP
+    + """
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[3])
+local tag_key
+if ARGV[5] == '1' then tag_key = KEYS[4] end
+if live_stamp(KEYS[1], tag_key) ~= ARGV[2] then return -1 end
+local value
+if #ARGV > 6 then
+  value = string.sub(ARGV[2], 1, -2) .. '\\n' .. ARGV[6] .. '\\n'
+    .. table.concat({unpack(ARGV, 7)}, '\\n') .. '|' .. ARGV[3]
+else
+  value = ARGV[2] .. ARGV[3]
+end
+local ttl = tonumber(ARGV[4])
+if ttl > 0 then
+  redis.call('SET', KEYS[2], value, 'PX', ttl)
+else
+  redis.call('SET', KEYS[2], value)
+end
+if tag_key then redis.call('SADD', KEYS[5], KEYS[2]) end
+return 1
+"""
+)
+
+# PEEK with the row section left to the caller. KEYS as PEEK (one slot).
+PEEK_CLUSTER = PEEK.replace(LIVE_PREFIX, LIVE_PREFIX_ROWS_UNCHECKED)
+
+# KEYS: a tag generation   -> its value, created as now (Redis TIME) when missing
+# A row tag nobody bumped yet (or evicted) has no generation: created as now, so that a lease
+# granted after it can fill (as FILL's -2 on one Redis).
+CREATE_GENERATION = (
+    _CLOCK
+    + """
+local value = redis.call('GET', KEYS[1])
+if value then return value end
+value = text(now_us())
+redis.call('SET', KEYS[1], value)
+return value
+"""
+)

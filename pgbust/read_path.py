@@ -236,7 +236,7 @@ class TieredCache:
             self._put_l1(ticket, payload, rows=rows)
             return
         try:
-            remaining_ms = int(await l2.client.pttl(l2.keyspace.value(entry)))
+            remaining_ms = int(await l2.client.pttl(l2.value_key(entry, ticket.tags)))
         except RedisError:
             self.metrics.redis_errors.labels("pttl").inc()
             return
@@ -275,10 +275,10 @@ class TieredCache:
             if self.after_load is not None:
                 await self.after_load(entry, None if loaded is None else loaded.payload)
         except BaseException:
-            await self._release(entry, l2, lease)
+            await self._release(entry, l2, lease, ticket.tags)
             raise
         if loaded is None:
-            await self._release(entry, l2, lease)
+            await self._release(entry, l2, lease, ticket.tags)
             return ReadResult(None, "MISS")
         payload = loaded.payload
         rows = self.resolve(entry)[0].row_tags(loaded.rows)
@@ -295,10 +295,10 @@ class TieredCache:
             )
         except OutOfMemoryError:
             self._refused("fill", out_of_memory=True)
-            await self._release(entry, l2, lease)  # waiters need not sit out the lease
+            await self._release(entry, l2, lease, ticket.tags)  # waiters need not sit out the lease
             return ReadResult(payload, "MISS")
         except asyncio.CancelledError:
-            await self._release(entry, l2, lease)  # a no-op if the fill landed
+            await self._release(entry, l2, lease, ticket.tags)  # a no-op if the fill landed
             raise
         except RedisError:
             self.metrics.redis_errors.labels("fill").inc()
@@ -328,9 +328,11 @@ class TieredCache:
         self.metrics.fills_refused.labels("l2", reason).inc()
         log.debug("%s: %s, serving from Postgres without caching", op, reason)
 
-    async def _release(self, entry: str, l2: RedisCache, lease: Lease) -> None:
+    async def _release(
+        self, entry: str, l2: RedisCache, lease: Lease, tags: tuple[str, ...]
+    ) -> None:
         try:
-            await l2.release_lease(entry, lease.token)
+            await l2.release_lease(entry, lease.token, tags=tags)
         except RedisError:
             self.metrics.redis_errors.labels("release_lease").inc()
 

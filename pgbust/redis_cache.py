@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,8 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from pgbust import lua
+from pgbust.cluster_invalidation import ClusterInvalidation
+from pgbust.cluster_reads import ClusterReads
 from pgbust.keys import ClusterNames, Keyspace
 from pgbust.protocol import (
     Heartbeat,
@@ -25,6 +28,7 @@ from pgbust.protocol import (
     parse_get_or_lease,
     strip_stamp,
 )
+from pgbust.redis_connect import cluster_faults_as_redis_errors
 from pgbust.redis_lane import Lane
 from pgbust.replica import UNKNOWN_LSN, marker_text
 
@@ -51,7 +55,14 @@ class RedisCache:
     pipelined: the read path's scripts (get_or_lease, fill, release_lease) go over one
     connection of their own, pipelined (pgbust.redis_lane: same scripts, same errors, same
     server identity check, a fraction of redis-py's CPU per call); for a process that serves
-    reads. Call close() when done with it (Cache does)."""
+    reads. Call close() when done with it (Cache does).
+
+    On a Redis Cluster (keyspace.cluster) every call goes to the cluster design instead:
+    reads and fills to pgbust.cluster_reads (one slot per script, the other slots checked
+    outside), invalidations and flushes to pgbust.cluster_invalidation, which needs
+    home_of(entry) (Declaration.home_of) to find where an entry lives. The lane is not used
+    there (one connection cannot reach every node): plain cluster client calls. The LSN
+    marker is not supported there (settings refuse read replicas beside a cluster)."""
 
     def __init__(
         self,
@@ -61,6 +72,7 @@ class RedisCache:
         require_live_capture: bool = True,
         lsn_marker: bool = False,
         pipelined: bool = False,
+        home_of: Callable[[str], str] | None = None,
     ) -> None:
         self.client = client
         self.keyspace = keyspace
@@ -92,7 +104,17 @@ class RedisCache:
         self._bump_epoch_raising: AsyncScript = client.register_script(lua.BUMP_EPOCH_RAISING_LSN)
         self._raise_lsn: AsyncScript = client.register_script(lua.RAISE_LSN)
         read_path = (self._get_or_lease, self._fill, self._release_lease)
-        self._lane = Lane(client, tuple(s.script for s in read_path)) if pipelined else None
+        self._lane: Lane | None = None
+        self._cluster_reads: ClusterReads | None = None
+        self._cluster: ClusterInvalidation | None = None
+        if keyspace.cluster:
+            assert not lsn_marker, "no LSN marker on a cluster (settings refuse it)"
+            self._cluster_reads = ClusterReads(
+                client, keyspace, require_live_capture=require_live_capture
+            )
+            self._cluster = ClusterInvalidation(client, keyspace, home_of or _no_home)
+        elif pipelined:
+            self._lane = Lane(client, tuple(s.script for s in read_path))
 
     def close(self) -> None:
         """Close the pipelined lane, if any (the client is the caller's to close)."""
@@ -130,6 +152,8 @@ class RedisCache:
         """A live value, a lease to fill it, or why neither. tags: the tags the entry is
         filed under (Declaration.resolve), the same as its fill's."""
         token = f"{self._token_prefix}{next(self._token_numbers):x}"
+        if self._cluster_reads is not None:
+            return await self._cluster_reads.get_or_lease(entry, token, lease_ms, tags)
         keys = self._entry_keys(entry, tags)
         if self.require_live_capture:
             keys.insert(0, self.keyspace.capture_alive)
@@ -166,24 +190,34 @@ class RedisCache:
         A full Redis refuses it (redis.exceptions.OutOfMemoryError): give the lease back.
         """
         ks = self.keyspace
+        for row in (*tags[1:], *rows):
+            if "|" in row or "\n" in row:
+                raise ValueError(f"a row tag may not hold '|' or a newline: {row!r}")
+        if self._cluster_reads is not None:
+            return await self._cluster_reads.fill(
+                entry, token, stamp, payload, ttl_ms, tags, rows, since
+            )
         keys = self._entry_keys(entry, tags)
         tag = tags[0] if tags else None
         if tag is not None:
             keys.append(ks.tag_members(tag))
         for row in (*tags[1:], *rows):
-            if "|" in row or "\n" in row:
-                raise ValueError(f"a row tag may not hold '|' or a newline: {row!r}")
             keys += (ks.tag_generation(row), ks.tag_members(row))
         args: list[Any] = [token, stamp, payload, ttl_ms, "1" if tag is not None else "0", since]
         return int(await self._run(self._fill, keys, args))
 
-    async def release_lease(self, entry: str, token: str) -> bool:
-        """Give a lease back without filling (the row did not exist); False if not ours."""
+    async def release_lease(self, entry: str, token: str, *, tags: tuple[str, ...] = ()) -> bool:
+        """Give a lease back without filling (the row did not exist); False if not ours.
+        tags: the entry's tags (a cluster finds the lease by its home, the first tag)."""
+        if self._cluster_reads is not None:
+            return await self._cluster_reads.release_lease(entry, token, tags)
         reply = await self._run(self._release_lease, [self.keyspace.lease(entry)], [token])
         return bool(int(reply))
 
     async def peek(self, entry: str, *, tags: tuple[str, ...]) -> bytes | None:
         """The live payload of an entry, or None; takes no lease (for audits and tests)."""
+        if self._cluster_reads is not None:
+            return await self._cluster_reads.peek(entry, tags)
         ks = self.keyspace
         keys = [ks.epoch, ks.value(entry)]
         if tags:
@@ -203,6 +237,9 @@ class RedisCache:
         if targets.flush:
             await self.bump_epoch(message.reason or "flush", origin=message.origin, lsn=lsn)
             return InvalidateResult(receivers=0, garbage=[])
+        if self._cluster is not None:
+            applied = await self._cluster.invalidate(targets, message)
+            return InvalidateResult(receivers=applied.receivers, garbage=applied.garbage)
         ks = self.keyspace
         keys_sorted = sorted(targets.keys)
         tags_sorted = sorted(targets.tags)
@@ -235,6 +272,9 @@ class RedisCache:
     async def bump_epoch(self, reason: str, origin: str, *, lsn: int | None = None) -> int:
         """Kill every entry of the namespace at once and tell every API instance to flush
         (lsn: raise the LSN marker in the same call, as in `invalidate`)."""
+        if self._cluster is not None:  # every slot's epoch (lsn: none on a cluster)
+            await self._cluster.flush(reason, origin)
+            return await self.current_epoch()
         message = flush_message(reason, origin).encode()
         keys = [self.keyspace.epoch]
         args: list[Any] = [self.keyspace.channel, message]
@@ -245,6 +285,12 @@ class RedisCache:
                 keys=[*keys, self.keyspace.lsn_marker], args=[*args, _marker_arg(lsn)]
             )
         return int(reply)
+
+    def value_key(self, entry: str, tags: tuple[str, ...]) -> str:
+        """The Redis key of an entry's value (on a cluster it carries its home's hash tag)."""
+        if self._cluster_reads is not None:
+            return self._cluster_reads.value_key(entry, tags)
+        return self.keyspace.value(entry)
 
     async def raise_lsn(self, lsn: int) -> None:
         """Raise the LSN marker to lsn (never lowers it; UNKNOWN_LSN deletes it)."""
@@ -269,6 +315,7 @@ class RedisCache:
 
     # --- capture liveness -----------------------------------------------------------------
 
+    @cluster_faults_as_redis_errors  # a cluster client's own faults: RedisError
     async def heartbeat(self, beat: Heartbeat, valid_ms: int) -> int:
         """Keep the capture liveness key for valid_ms more and publish the beat; receivers."""
         reply = await self._heartbeat(
@@ -277,12 +324,14 @@ class RedisCache:
         )
         return int(reply)
 
+    @cluster_faults_as_redis_errors  # a cluster client's own faults: RedisError
     async def publish(self, message: bytes) -> int:
         """One message on the invalidation channel (SPUBLISH on a cluster); receivers."""
         if self.keyspace.cluster:
             return int(await self.client.spublish(self.keyspace.channel, message))
         return int(await self.client.publish(self.keyspace.channel, message))
 
+    @cluster_faults_as_redis_errors  # a cluster client's own faults: RedisError
     async def current_epoch(self) -> int:
         """The namespace epoch (µs on the Redis clock; 0 while it is missing).
 
@@ -294,6 +343,13 @@ class RedisCache:
             return int(value) if value else 0
         epoch, _ = await self.client.mget(self.keyspace.epoch, self.keyspace.server_identity)
         return int(epoch) if epoch else 0
+
+
+def _no_home(entry: str) -> str:
+    raise RuntimeError(
+        f"cannot invalidate {entry!r} on a Redis Cluster without home_of "
+        "(RedisCache(home_of=Declaration.home_of)): where each entry lives"
+    )
 
 
 def _marker_arg(lsn: int) -> str:

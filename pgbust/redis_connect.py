@@ -21,19 +21,42 @@ makes every stamp of those slots dead (pgbust/lua.py, "Guard keys may vanish").
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, ResponseError
 
 from pgbust import lua
 from pgbust.keys import Keyspace
 from pgbust.protocol import flush_message
 
 log = logging.getLogger(__name__)
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def cluster_faults_as_redis_errors(
+    call: Callable[_P, Awaitable[_T]],
+) -> Callable[_P, Awaitable[_T]]:
+    """redis-py's cluster client raises RedisClusterException, which is not a RedisError, when
+    it cannot map a slot to a node or reach any node (mid-failover, a slot not covered):
+    every caller handles RedisError as "Redis unreachable" (a read goes to Postgres, the
+    invalidator retries and widens to a flush), so that is what it becomes."""
+
+    @functools.wraps(call)
+    async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await call(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise RedisConnectionError(f"redis cluster: {exc}") from exc
+
+    return translated
 
 
 def run_id_of(info: Any) -> str:

@@ -89,17 +89,16 @@ class CommonSettings(BaseSettings):
         return "postgresql+psycopg://" + self.database_url.removeprefix("postgresql://")
 
 
-def refuse_redis_cluster_for_now(settings: CommonSettings, component: str) -> None:
-    """Raise ConfigError naming PGBUST_REDIS_CLUSTER: the cache protocol's scripts are not yet
-    single-slot (README, Redis Cluster), so on a cluster an invalidation could not run while a
-    reader still filled L1 from Postgres: an entry nobody would evict. Serving nothing is
-    better than serving that. The workers may run (every task that needs those scripts fails
-    loudly instead)."""
-    if settings.redis_cluster:
+def refuse_redis_cluster_with_read_replicas(settings: ReadReplicaSettings, component: str) -> None:
+    """Raise ConfigError naming PGBUST_REDIS_CLUSTER when it is on together with
+    PGBUST_READ_DATABASE_URL: the LSN marker is raised in the same script as each
+    invalidation, and on a cluster an invalidation runs as several scripts on several slots
+    (pgbust/cluster_invalidation.py), none of them in the marker's slot. Not built yet, so a
+    replica would be read without the guarantee: refused (README, Redis Cluster)."""
+    if settings.redis_cluster and settings.read_database_url:
         raise ConfigError(
-            "invalid setting PGBUST_REDIS_CLUSTER: the "
-            f"{component} cannot run on a Redis Cluster yet: its cache scripts touch several "
-            "hash slots (pgbust/slots.py holds the key design that will make them single-slot)"
+            f"invalid setting PGBUST_REDIS_CLUSTER: the {component} cannot use read replicas "
+            "(PGBUST_READ_DATABASE_URL) on a Redis Cluster yet: unset one of the two"
         )
 
 
@@ -141,8 +140,8 @@ class CacheSettings(ReadReplicaSettings):
     gc_freeze: bool = True
 
     @model_validator(mode="after")
-    def _not_on_a_cluster_yet(self) -> CacheSettings:
-        refuse_redis_cluster_for_now(self, "API cache")
+    def _no_read_replicas_on_a_cluster_yet(self) -> CacheSettings:
+        refuse_redis_cluster_with_read_replicas(self, "API cache")
         return self
 
     @field_validator("cache_ttl_s")

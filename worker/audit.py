@@ -8,6 +8,7 @@ sampled live entries differed from the database, as a ratio, in a log line, in R
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -17,10 +18,11 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from pgbust.entries import Entries, UndeclaredEntry, UnknownEntry
+from pgbust.keys import ClusterNames
 from pgbust.protocol import Invalidation, Targets
 from pgbust.redis_cache import RedisCache
 from pgbust.replica import UNKNOWN_LSN
-from worker import stats
+from worker import jobs, stats
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ async def sample_value_keys(cache: RedisCache, sample: int, chunk: int = 500) ->
     whole table at most once, and the result is subsampled: cheap, roughly uniform, and
     bounded by one pass over the keyspace even when the namespace holds few keys.
     """
+    if cache.keyspace.cluster:
+        return await _sample_cluster_value_keys(cache, sample, chunk)
     client, pattern = cache.client, cache.keyspace.value_pattern
     size = int(await client.dbsize())
     cursor = random.getrandbits(max(size, 1).bit_length())
@@ -71,6 +75,20 @@ async def sample_value_keys(cache: RedisCache, sample: int, chunk: int = 500) ->
             if wrapped:
                 break
             wrapped = True
+    keys_found = sorted(found)
+    return random.sample(keys_found, sample) if len(keys_found) > sample else keys_found
+
+
+async def _sample_cluster_value_keys(cache: RedisCache, sample: int, chunk: int) -> list[str]:
+    """On a Redis Cluster: the masters in random order, each SCANned from the start, until
+    four times the sample was seen (or all of it), then subsampled."""
+    found: set[str] = set()
+    scan = jobs.scan_cluster_values(cache, max(chunk, sample), shuffled=True)
+    async with contextlib.aclosing(scan):
+        async for keys in scan:
+            found.update(keys)
+            if len(found) >= 4 * sample:
+                break
     keys_found = sorted(found)
     return random.sample(keys_found, sample) if len(keys_found) > sample else keys_found
 
@@ -110,10 +128,12 @@ async def audit(
     """
     started = time.perf_counter()
     value_keys = await sample_value_keys(cache, sample)
+    ks = cache.keyspace
+    entry_of = ClusterNames(ks.namespace).entry_of if ks.cluster else ks.entry_of
     counts = {"dead": 0, "unknown": 0, "ok": 0}
     suspects: dict[str, bytes | None] = {}
     for value_key in value_keys:
-        entry = cache.keyspace.entry_of(value_key)
+        entry = entry_of(value_key)
         verdict, cached = await _compare(cache, conn, served, entry)
         if verdict == "differs":
             suspects[entry] = cached

@@ -7,7 +7,8 @@ idempotent: running it twice, or again after being killed halfway, ends in the s
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,10 +17,12 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ExecAbortError, OutOfMemoryError
 
 from pgbust.entries import Entries, UndeclaredEntry, UnknownEntry
+from pgbust.keys import ClusterNames
 from pgbust.protocol import Busy, Hit, Invalidation, NotLive, Refused, Targets
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import is_cluster
 from pgbust.replica import UNKNOWN_LSN
+from pgbust.slots import group_by_slot, key_slot
 from worker import lua
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,8 @@ async def collect_garbage(cache: RedisCache, garbage_keys: list[str], chunk: int
     killed in between leaves them listed for the redo. Returns the number of values unlinked.
     """
     ks = cache.keyspace
+    if ks.cluster:
+        return await _collect_garbage_on_cluster(cache, garbage_keys, chunk)
     unlink_dead = _unlink_dead(cache)
     freed = 0
     for garbage_key in garbage_keys:
@@ -105,6 +110,37 @@ class PurgeOutcome:
     unlisted: int  # tag-set members whose value is gone
 
 
+async def _collect_garbage_on_cluster(
+    cache: RedisCache, garbage_keys: list[str], chunk: int
+) -> int:
+    """collect_garbage on a Redis Cluster ("{tag}<ns>:gc:<tag>:<suffix>"). Members of the
+    tag's own slot (entries whose home it is) are unlinked if still dead by the stamp check,
+    as on one Redis; members of other slots carry the tag in their row section, where only
+    the reader's time guard can judge them: they are unlinked as they are. A value refilled
+    since (under the same key) is then lost: a miss, never a stale read."""
+    names = ClusterNames(cache.keyspace.namespace)
+    unlink_dead = _unlink_dead(cache)
+    freed = 0
+    for garbage_key in garbage_keys:
+        tag = garbage_key.split(f"}}{names.namespace}:gc:", 1)[1].rsplit(":", 1)[0]
+        generation = names.tag_generation(tag)
+        home_slot = key_slot(generation)
+        while True:
+            raw: list[bytes] = await cache.client.srandmember(garbage_key, chunk)  # type: ignore[assignment]
+            members = [_text(m) for m in raw]
+            if not members:
+                break
+            for slot, values in group_by_slot(members).items():
+                if slot == home_slot:
+                    keys = [names.epoch(slot), generation, *values]
+                    freed += int(await unlink_dead(keys=keys, args=["1"]))
+                else:
+                    freed += int(await cache.client.unlink(*values))
+            await cache.client.srem(garbage_key, *members)
+        await cache.client.unlink(garbage_key)
+    return freed
+
+
 async def purge_dead(cache: RedisCache, chunk: int) -> PurgeOutcome:
     """SCAN the namespace's values and UNLINK those of an old epoch, `chunk` keys per command,
     then drop the tag-set members whose value is gone.
@@ -113,6 +149,8 @@ async def purge_dead(cache: RedisCache, chunk: int) -> PurgeOutcome:
     this only frees the memory, without any command that holds Redis for long.
     """
     ks = cache.keyspace
+    if ks.cluster:
+        return await _purge_dead_on_cluster(cache, chunk)
     unlink_dead = _unlink_dead(cache)
     scanned = unlinked = 0
     async for names in _scan_batches(cache, ks.value_pattern, chunk):
@@ -131,6 +169,48 @@ async def purge_dead(cache: RedisCache, chunk: int) -> PurgeOutcome:
                 if int(cursor) == 0:
                     break
     return PurgeOutcome(scanned, unlinked, unlisted)
+
+
+async def _purge_dead_on_cluster(cache: RedisCache, chunk: int) -> PurgeOutcome:
+    """purge_dead on a Redis Cluster: each master is SCANned for the namespace's values
+    ("{home}<ns>:v:...", keys.ClusterNames), and each slot's dead ones are unlinked by
+    UNLINK_DEAD against that slot's own epoch (one slot per script). Tag member sets are left
+    alone there (their members live in other slots; an invalidation of the tag frees them)."""
+    names = ClusterNames(cache.keyspace.namespace)
+    unlink_dead = _unlink_dead(cache)
+    scanned = unlinked = 0
+    async for found in scan_cluster_values(cache, chunk):
+        scanned += len(found)
+        for slot, values in group_by_slot(found).items():
+            for start in range(0, len(values), chunk):
+                part = values[start : start + chunk]
+                keys_of_slot = [names.epoch(slot), *part]
+                unlinked += int(await unlink_dead(keys=keys_of_slot, args=["0"]))
+    return PurgeOutcome(scanned, unlinked, 0)
+
+
+async def scan_cluster_values(
+    cache: RedisCache, chunk: int, *, shuffled: bool = False
+) -> AsyncGenerator[list[str], None]:
+    """The namespace's value keys on a Redis Cluster, master by master (in random order when
+    shuffled), one SCAN reply at a time."""
+    cluster: Any = cache.client
+    pattern = ClusterNames(cache.keyspace.namespace).value_pattern
+    await cluster.initialize()
+    primaries = list(cluster.get_primaries())
+    if shuffled:
+        random.shuffle(primaries)
+    for node in primaries:
+        cursor = 0
+        while True:
+            # redis-py answers a cluster SCAN with ({node: cursor}, keys), even for one node
+            cursors, keys = await cluster.execute_command(
+                "SCAN", cursor, "MATCH", pattern, "COUNT", chunk, target_nodes=node
+            )
+            cursor = int(next(iter(cursors.values())))
+            yield [_text(k) for k in keys]
+            if cursor == 0:
+                break
 
 
 async def _scan_batches(cache: RedisCache, pattern: str, chunk: int) -> AsyncIterator[list[str]]:
@@ -208,7 +288,7 @@ async def warm(
         try:
             computed = await served.compute(conn, entry)
         except (UnknownEntry, UndeclaredEntry):
-            await cache.release_lease(entry, lease.token)
+            await cache.release_lease(entry, lease.token, tags=tags)
             outcome.unknown += 1  # no loader serves it: nothing to warm
             continue
         if computed is None:
@@ -226,7 +306,7 @@ async def warm(
                 since=lease.since,
             )
         except OutOfMemoryError:
-            await cache.release_lease(entry, lease.token)
+            await cache.release_lease(entry, lease.token, tags=tags)
             stored = 0
         if stored == 1:
             outcome.filled.append(entry)

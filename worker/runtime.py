@@ -39,7 +39,8 @@ class Runtime:
             socket_connect_timeout=2.0,
             socket_timeout=10.0,
         )
-        self.cache = RedisCache(self.redis, keyspace)
+        # on a cluster a retried invalidation finds each entry's home in the declaration
+        self.cache = RedisCache(self.redis, keyspace, home_of=self._home_of)
         self._served: Entries | None = None
         self._conn: psycopg.AsyncConnection[Any] | None = None
 
@@ -50,6 +51,9 @@ class Runtime:
         if self._served is None:
             self._served = Entries.of(declaration.load())
         return self._served
+
+    def _home_of(self, entry: str) -> str:
+        return self.served.declaration.home_of(entry)
 
     def run(self, job: Callable[[RedisCache], Awaitable[T]]) -> T:
         return self.loop.run_until_complete(job(self.cache))

@@ -1,7 +1,8 @@
 """The fill guard on a real Redis Cluster, with the cluster key design (keys.ClusterNames):
 an entry's value and lease, its home tag's generation and members, and its slot's epoch
 share one slot, so the one-Redis lease, fill and read scripts run there unchanged (without
-the capture gate and row tags, which live in other slots: not wired in yet, README)."""
+the capture gate and row tags, which live in other slots: RedisCache checks those outside
+the scripts, tests/integration/test_cluster_cache.py)."""
 
 from __future__ import annotations
 

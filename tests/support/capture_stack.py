@@ -41,6 +41,7 @@ class Stack:
     apis: tuple[ManagedProcess, ManagedProcess]
     probe_id: int = 1  # the product the drain's probe write updates
     probe_url: str | None = None  # where the probe is written (default: the stack's database)
+    cluster: bool = False  # redis_url names a node of a Redis Cluster
 
     @property
     def api_urls(self) -> list[str]:
@@ -48,7 +49,11 @@ class Stack:
 
     def sweep(self) -> SweepResult:
         return final_sweep(
-            self.api_urls, self.database_url, redis_url=self.redis_url, namespace=self.namespace
+            self.api_urls,
+            self.database_url,
+            redis_url=self.redis_url,
+            namespace=self.namespace,
+            cluster=self.cluster,
         )
 
     def prime(self) -> None:

@@ -24,6 +24,7 @@ from api.keys import category_page_entry, category_summary_entry, product_entry
 from api.loaders import load_entry
 from pgbust.keys import Keyspace
 from pgbust.redis_cache import RedisCache
+from pgbust.redis_connect import cluster_client
 from tests.support.demo import demo_tags
 from tests.support.servers import wait_until
 
@@ -97,10 +98,13 @@ async def _expected(database_url: str, entries: Sequence[Entry]) -> dict[str, An
         return result
 
 
-async def _redis_live(redis_url: str, namespace: str, entries: Sequence[Entry]) -> dict[str, Any]:
-    client = aioredis.Redis.from_url(redis_url)
+async def _redis_live(
+    redis_url: str, namespace: str, entries: Sequence[Entry], cluster: bool = False
+) -> dict[str, Any]:
+    # on a cluster each entry is peeked on the master of its home's slot
+    client = cluster_client(redis_url) if cluster else aioredis.Redis.from_url(redis_url)
     try:
-        cache = RedisCache(client, Keyspace(namespace))
+        cache = RedisCache(client, Keyspace(namespace, cluster=cluster))
         live: dict[str, Any] = {}
         for entry in entries:
             raw = await cache.peek(entry.name, tags=demo_tags(entry.name))
@@ -118,6 +122,7 @@ def final_sweep(
     redis_url: str | None = None,
     namespace: str | None = None,
     page_limit: int = 20,
+    cluster: bool = False,
 ) -> SweepResult:
     """Read every entry from every API instance (and peek every live Redis value) once and
     compare with the database. Call it after `drain`: nothing here waits or retries."""
@@ -145,7 +150,7 @@ def final_sweep(
                 if got != want:
                     result.differences.append(Difference(base, entry.name, got, want))
     if redis_url is not None and namespace is not None:
-        live = asyncio.run(_redis_live(redis_url, namespace, entries))
+        live = asyncio.run(_redis_live(redis_url, namespace, entries, cluster))
         result.redis_checked = len(live)
         for name, got in live.items():
             if got != expected[name]:

@@ -106,3 +106,14 @@ def test_migration_folders_are_relative_to_the_file(tmp_path: Path) -> None:
     path.parent.mkdir()
     path.write_text('[pgbust]\nmigrations = "sql"\n' + GOOD)
     assert load(path).migrations == ((tmp_path / "app" / "sql").resolve(),)
+
+
+def test_on_a_cluster_an_entry_lives_with_its_first_tag_or_alone() -> None:
+    """Declaration.home_of: the hash tag of an entry's keys (keys.ClusterNames); the API reads
+    with tags[0] of Declaration.resolve, so both must agree."""
+    declaration = load(Path(__file__).parents[2] / "pgbust.toml")
+    assert declaration.home_of("category:3:summary") == "category:3:summary"  # its tag's name
+    page = "category:3:products:20:0"
+    assert declaration.home_of(page) == declaration.resolve(page)[1][0] == "category:3:pages"
+    assert declaration.home_of("product:7") == "product:7"  # untagged
+    assert declaration.home_of("nothing:declared") == "nothing:declared"
