@@ -33,6 +33,7 @@ class Batch:
     problems: Counter[str] = field(default_factory=Counter)
     reasons: list[str] = field(default_factory=list)  # why this batch flushes, if it does
     flush_kind: str | None = None  # low-cardinality label of the first reason to flush
+    flush_causes: set[str] = field(default_factory=set)  # every such label merged in
     opened_us: int | None = None  # when the daemon took the batch's first event (wall clock)
     wal_lsn: int | None = None  # WAL capture: confirm the slot up to here once applied
     # WAL capture: the transactions of the batch, applied only once readers can see them
@@ -90,6 +91,7 @@ class Batch:
             else:
                 kind = "unkeyable_row"
             self.flush_kind = kind
+            self.flush_causes.add(kind)
             self.reasons.append(
                 f"{problem or unkeyable or kind} change of {change.table}{source}"
                 + (f" ({why})" if why else "")
@@ -111,6 +113,7 @@ class Batch:
         """Everything is invalidated (lost notifications, reconnect, Redis back)."""
         if not self.flush:
             self.flush_kind = kind
+        self.flush_causes.add(kind)
         self.reasons.append(reason)
         self.add_targets(Targets(flush=True))
 
@@ -123,6 +126,7 @@ class Batch:
         self.tables.update(other.tables)
         self.problems.update(other.problems)
         self.reasons += other.reasons
+        self.flush_causes |= other.flush_causes
         if not self.flush:
             self.flush_kind = other.flush_kind
         if other.probe is not None:

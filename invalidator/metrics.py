@@ -38,6 +38,12 @@ class Metrics:
         self.epoch_bumps = Counter(
             p + "epoch_bumps", "Namespace epoch bumps (flush everything)", ["why"], registry=r
         )
+        self.flush_causes = Counter(
+            p + "flush_causes",
+            "Causes of applied flushes, each cause merged into a flush counted once",
+            ["why"],
+            registry=r,
+        )
         self.reconnects = Counter(
             p + "reconnects", "Reconnections by server", ["server"], registry=r
         )

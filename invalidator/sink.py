@@ -191,6 +191,10 @@ class Sink:
             reason = batch.reason or "flush"
             epoch = await self.cache.bump_epoch(reason, origin=ORIGIN, lsn=lsn)
             self.metrics.epoch_bumps.labels(batch.flush_kind or "flush").inc()
+            # the log line and epoch_bumps name the first cause; a flush merged from several
+            # (a failover seen while Redis was coming back) counts each of them here
+            for cause in sorted(batch.flush_causes) or [batch.flush_kind or "flush"]:
+                self.metrics.flush_causes.labels(cause).inc()
             log.warning("epoch bumped to %s: %s", epoch, reason)
             self.tasks.send("enqueue_purge", reason)
         else:

@@ -86,6 +86,17 @@ def test_add_flush_keeps_the_first_reason_kind() -> None:
     assert batch  # a flush with no events is still something to send
 
 
+def test_a_merged_flush_keeps_every_cause_beside_the_first() -> None:
+    pending = Batch()
+    pending.add_flush("redis_back", "redis is back")
+    later = Batch()
+    later.add_flush("redis_topology", "redis cluster topology changed")
+    add(later, b'{"v":2,"t":"public.products","op":"T","ts":1,"all":true}')
+    pending.merge(later)
+    assert pending.flush_kind == "redis_back"
+    assert pending.flush_causes == {"redis_back", "redis_topology"}
+
+
 UNKEYABLE_ROWS = {
     '"r":[[3,"4"]]': "unkeyable_not_text",
     '"r":[[3.5,"4"]]': "unkeyable_not_text",
