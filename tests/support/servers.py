@@ -198,12 +198,18 @@ class StreamingReplica(PostgresCluster):
         return None if value is None else str(value)
 
     def caught_up(self) -> bool:
-        """Replayed everything the primary has inserted into its WAL so far."""
+        """Replayed everything the primary has inserted into its WAL so far. At a page
+        boundary the insert position points past the next page's header, which no replay
+        reaches until the primary writes another record (the bgwriter's snapshot comes every
+        15 s: waits of 24 s were seen), so while behind this writes one: a commit record."""
         with psycopg.connect(self.primary.admin_url, autocommit=True, connect_timeout=5) as conn:
             row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
-        assert row is not None
-        target = str(row[0])
-        return bool(self._query(f"SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"))
+            assert row is not None
+            target = str(row[0])
+            if self._query(f"SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"):
+                return True
+            conn.execute("SELECT txid_current()")  # an xid: its commit writes WAL
+        return False
 
     def pause_replay(self) -> None:
         """Stop replaying (WAL is still received); returns once replay is paused."""
