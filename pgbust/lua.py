@@ -160,6 +160,20 @@ return {3, head .. '|'}
 """
 )
 
+# FILL's store (both FILLs): `value` into KEYS[2] with ARGV[4] ms of TTL (0: none), filed in
+# the home tag's member set KEYS[5] when the entry has one (`tag_key`)
+_STORE = """
+local function store(value, tag_key)
+  local ttl = tonumber(ARGV[4])
+  if ttl > 0 then
+    redis.call('SET', KEYS[2], value, 'PX', ttl)
+  else
+    redis.call('SET', KEYS[2], value)
+  end
+  if tag_key then redis.call('SADD', KEYS[5], KEYS[2]) end
+end
+"""
+
 # KEYS: epoch, value, lease[, tag_generation, tag_members], then per row tag: generation,
 #       members
 # ARGV: token, stamp, payload, ttl_ms, has_tag ("1": KEYS[4..5] are the entry's tag), since
@@ -171,6 +185,7 @@ return {3, head .. '|'}
 # that loaded the database before the invalidation can no longer store what it read.
 FILL = (
     _REFUSED_WHEN_FULL
+    + _STORE
     + _CLOCK
     + LIVE_STAMP
     + """
@@ -204,13 +219,7 @@ if #rows > 0 then
 else
   value = ARGV[2] .. ARGV[3]
 end
-local ttl = tonumber(ARGV[4])
-if ttl > 0 then
-  redis.call('SET', KEYS[2], value, 'PX', ttl)
-else
-  redis.call('SET', KEYS[2], value)
-end
-if tag_key then redis.call('SADD', KEYS[5], KEYS[2]) end
+store(value, tag_key)
 for i = first + 1, #KEYS, 2 do redis.call('SADD', KEYS[i], KEYS[2]) end
 return 1
 """
@@ -551,6 +560,7 @@ GET_OR_LEASE_CLUSTER = GET_OR_LEASE.replace(LIVE_PREFIX, LIVE_PREFIX_ROWS_UNCHEC
 # Redis before it runs, as FILL.
 FILL_CLUSTER = (
     _REFUSED_WHEN_FULL
+    + _STORE
     + LIVE_STAMP
     + """
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
@@ -565,13 +575,7 @@ if #ARGV > 6 then
 else
   value = ARGV[2] .. ARGV[3]
 end
-local ttl = tonumber(ARGV[4])
-if ttl > 0 then
-  redis.call('SET', KEYS[2], value, 'PX', ttl)
-else
-  redis.call('SET', KEYS[2], value)
-end
-if tag_key then redis.call('SADD', KEYS[5], KEYS[2]) end
+store(value, tag_key)
 return 1
 """
 )
