@@ -89,18 +89,9 @@ local function live_stamp(epoch_key, generation_key)
 end
 """
 
-# The row-tag section of a value whose static stamp is `head` (the stamp without its '|'):
-# the prefix up to and including the '|' when the value is live, else nil. A value without
-# rows is live with its stamp; one with rows only while every row generation is older than
-# the `since` it was stored with (a missing generation was evicted or never existed: dead).
-LIVE_PREFIX = """
-local function live_prefix(v, head)
-  if not v or string.sub(v, 1, #head) ~= head then return nil end
-  local sep = string.sub(v, #head + 1, #head + 1)
-  if sep == '|' then return head .. '|' end
-  if sep ~= '\\n' then return nil end
-  local bar = string.find(v, '|', #head + 2, true)
-  if not bar then return nil end
+# live_prefix's row check: every row generation older than the `since` stored before them
+# (cluster scripts leave it out: their row generations live in other slots)
+_ROW_CHECK = """\
   local since
   for part in string.gmatch(string.sub(v, #head + 2, bar - 1), '[^\\n]+') do
     if not since then
@@ -110,9 +101,27 @@ local function live_prefix(v, head)
       if not generation or generation >= since then return nil end
     end
   end
-  return string.sub(v, 1, bar)
+"""
+
+# The row-tag section of a value whose static stamp is `head` (the stamp without its '|'):
+# the prefix up to and including the '|' when the value is live, else nil. A value without
+# rows is live with its stamp; one with rows only while every row generation is older than
+# the `since` it was stored with (a missing generation was evicted or never existed: dead).
+LIVE_PREFIX = (
+    """
+local function live_prefix(v, head)
+  if not v or string.sub(v, 1, #head) ~= head then return nil end
+  local sep = string.sub(v, #head + 1, #head + 1)
+  if sep == '|' then return head .. '|' end
+  if sep ~= '\\n' then return nil end
+  local bar = string.find(v, '|', #head + 2, true)
+  if not bar then return nil end
+"""
+    + _ROW_CHECK
+    + """  return string.sub(v, 1, bar)
 end
 """
+)
 
 # For the reader: a guard key's value, created as now when missing. nil (and `refused` set
 # to Redis' error) when Redis refuses the write (full, read-only replica, disk error).
@@ -530,17 +539,7 @@ BUMP_EPOCH_RAISING_LSN = raising_lsn(BUMP_EPOCH)
 # than the lease's `since`), before and after the fill and after every hit.
 
 # live_prefix without the row check: the prefix up to '|' when the static stamp is live.
-LIVE_PREFIX_ROWS_UNCHECKED = """
-local function live_prefix(v, head)
-  if not v or string.sub(v, 1, #head) ~= head then return nil end
-  local sep = string.sub(v, #head + 1, #head + 1)
-  if sep == '|' then return head .. '|' end
-  if sep ~= '\\n' then return nil end
-  local bar = string.find(v, '|', #head + 2, true)
-  if not bar then return nil end
-  return string.sub(v, 1, bar)
-end
-"""
+LIVE_PREFIX_ROWS_UNCHECKED = LIVE_PREFIX.replace(_ROW_CHECK, "")
 
 # GET_OR_LEASE whose live_prefix leaves the row section to the caller, and which takes
 # ARGV[3] == '1' to ignore the stored value (the caller found it dead by a row tag): a lease
