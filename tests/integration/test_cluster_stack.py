@@ -366,6 +366,17 @@ def topology_flushes(stack: Stack) -> float:
     )
 
 
+def ends_flushed_and_fresh(stack: Stack, load: Load, before: float) -> None:
+    """After a topology fault under load: the invalidator flushed for the new topology (more
+    topology flushes than `before`), every read of the load was a 200, and once drained the
+    final sweep finds nothing stale on any instance or master."""
+    assert wait_until(lambda: topology_flushes(stack) > before, 20), stack.log()
+    assert load.served[200] > 0 and set(load.served) == {200}, load.served
+    stack.drain()
+    result = stack.sweep()
+    assert result.stale == 0, result.report()
+
+
 def a_master_but_the_channels(stack: Stack, cluster: RedisClusterServers) -> NodeInfo:
     """Not the channel's shard (its failover is a subscriber gap, test_cluster_subscriber.py),
     nor the node every process was given as REDIS_URL (one it must reach to start)."""
@@ -387,11 +398,7 @@ def test_a_cluster_failover_under_out_of_band_writes_flushes_and_ends_fresh(
         cluster.failover(cluster.replica_of(master))
         load.go_on()
     # a coordinated switch loses nothing, but the watch cannot tell it from one that does
-    assert wait_until(lambda: topology_flushes(stack) > before, 20), stack.log()
-    assert load.served[200] > 0 and set(load.served) == {200}, load.served
-    stack.drain()
-    result = stack.sweep()
-    assert result.stale == 0, result.report()
+    ends_flushed_and_fresh(stack, load, before)
 
 
 def test_a_slot_resharded_under_out_of_band_writes_flushes_and_ends_fresh(
@@ -409,11 +416,7 @@ def test_a_slot_resharded_under_out_of_band_writes_flushes_and_ends_fresh(
         cluster.move_slot(slot, target)
         load.go_on()
     assert cluster.master_of_slot(slot).node_id == target.node_id
-    assert wait_until(lambda: topology_flushes(stack) > before, 20), stack.log()
-    assert load.served[200] > 0 and set(load.served) == {200}, load.served
-    stack.drain()
-    result = stack.sweep()
-    assert result.stale == 0, result.report()
+    ends_flushed_and_fresh(stack, load, before)
 
 
 def test_a_master_killed_under_out_of_band_writes_flushes_after_the_promotion_and_ends_fresh(
@@ -428,10 +431,6 @@ def test_a_master_killed_under_out_of_band_writes_flushes_after_the_promotion_an
         assert cluster.wait_promoted(replica, timeout=30), cluster.describe()
         load.go_on()  # writes go on after the promotion
     # the promoted replica may miss acknowledged invalidations: once the invalidator sees the
-    # new master it bumps every slot's epoch (the flush's reasons are in its log line)
-    assert wait_until(lambda: topology_flushes(stack) > before, 20), stack.log()
-    # a Redis node down is a slower read from Postgres, never an error
-    assert load.served[200] > 0 and set(load.served) == {200}, load.served
-    stack.drain()
-    result = stack.sweep()
-    assert result.stale == 0, result.report()
+    # new master it bumps every slot's epoch; a Redis node down is a slower read from
+    # Postgres, never an error
+    ends_flushed_and_fresh(stack, load, before)
