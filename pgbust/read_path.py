@@ -60,11 +60,11 @@ AfterLoadHook = Callable[[str, bytes | None], Awaitable[None]]
 # Waiting behind another loader's lease: the first poll comes soon (a fill usually lands
 # within a few ms) and the polls stay 2 ms apart at most: the wait overshoots the fill by
 # half a poll on average, and under a saturated host the fill of a hot entry that both
-# instances miss at once takes 5-15 ms, which polls 10 ms apart can turn into up to 10 ms of latency
-# for nothing. A poll is one pipelined script call, and
-# single-flight keeps it to one waiter per entry and process. The wait is bounded well below
-# the lease time: past the budget, reading Postgres without filling is cheaper than waiting
-# for a slow or vanished lease holder.
+# instances miss at once takes 5-15 ms, which polls 10 ms apart can turn into up to 10 ms of
+# latency for nothing. A poll is one pipelined script call, and single-flight keeps it to
+# one waiter per entry and process. The wait is bounded well below the lease time: past the
+# budget, reading Postgres without filling is cheaper than waiting for a slow or vanished
+# lease holder.
 FIRST_BACKOFF_S = 0.0005
 MAX_BACKOFF_S = 0.002
 BUSY_WAIT_BUDGET_S = 0.1
