@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -41,13 +42,31 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
+_REDIS_CONNECTION_CODE = os.path.join("redis", "asyncio", "connection.py")
+
+
+def _raised_writing_a_connection(exc: RuntimeError) -> bool:
+    """A RuntimeError raised under redis-py's connection code: uvloop's "unable to perform
+    operation on <TCPTransport closed=True>; the handler is closed", for a write on a
+    connection its node already closed (seen in the middle of a CLUSTER FAILOVER, in the
+    handshake of a connection the demoted master dropped). redis-py classifies only OSError
+    there (redis-py#4217 is about the same race on the stdlib loop)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(_REDIS_CONNECTION_CODE):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def cluster_faults_as_redis_errors(
     call: Callable[_P, Awaitable[_T]],
 ) -> Callable[_P, Awaitable[_T]]:
     """redis-py's cluster client raises RedisClusterException, which is not a RedisError, when
-    it cannot map a slot to a node or reach any node (mid-failover, a slot not covered):
-    every caller handles RedisError as "Redis unreachable" (a read goes to Postgres, the
-    invalidator retries and widens to a flush), so that is what it becomes."""
+    it cannot map a slot to a node or reach any node (mid-failover, a slot not covered), and
+    under uvloop a write on a connection the node closed raises RuntimeError: every caller
+    handles RedisError as "Redis unreachable" (a read goes to Postgres, the invalidator
+    retries and widens to a flush), so that is what both become. Other RuntimeErrors pass."""
 
     @functools.wraps(call)
     async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _T:
@@ -55,6 +74,10 @@ def cluster_faults_as_redis_errors(
             return await call(*args, **kwargs)
         except RedisClusterException as exc:
             raise RedisConnectionError(f"redis cluster: {exc}") from exc
+        except RuntimeError as exc:
+            if not _raised_writing_a_connection(exc):
+                raise
+            raise RedisConnectionError(f"redis cluster: connection closed: {exc}") from exc
 
     return translated
 
