@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 # A write waits at most this long for its own invalidation message to come back on this
 # process's subscription (see Cache.invalidate).
 ECHO_WAIT_S = 0.25
+HOT_SEND_EVERY_S = 0.1  # hot-set counts without a lane: gathered this long, then sent at once
 
 
 class Cache:
@@ -87,6 +88,7 @@ class Cache:
         self.redis_memory: RedisMemory | None = None
         self._pubsub_redis: aioredis.Redis | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._hot_pending: dict[str, int] = {}  # entry -> reads sampled, not yet sent
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -312,20 +314,27 @@ class Cache:
         if self.l2 is not None and rate > 0 and random.random() < rate:
             # over the read path's lane, without a task: a fraction of the CPU of an L1 hit
             sent = self.l2.count_hot_nowait(entry)
-            if sent is None:
-                self._spawn(self._count_hot(entry))
-            else:
+            if sent is not None:
                 sent.add_done_callback(self._hot_counted)
+                return
+            # no lane (a cluster): a command through the cluster client, in a task of its
+            # own, cost an L1 hit ~20% of its throughput; counted here, sent a tick later
+            # as one pipeline (the hot set is one key: one node, one round trip)
+            self._hot_pending[entry] = self._hot_pending.get(entry, 0) + 1
+            if len(self._hot_pending) == 1:
+                self._spawn(self._send_hot_counts())
 
     def _hot_counted(self, sent: asyncio.Future[Any]) -> None:
         if not sent.cancelled() and sent.exception() is not None:
             self.metrics.redis_errors.labels("hot_sample").inc()
 
-    async def _count_hot(self, entry: str) -> None:
+    async def _send_hot_counts(self) -> None:
         assert self.l2 is not None
+        await asyncio.sleep(HOT_SEND_EVERY_S)
+        counts, self._hot_pending = self._hot_pending, {}
         try:
-            await self.l2.client.zincrby(self.l2.keyspace.hot, 1, entry)
-        except RedisError:
+            await self.l2.count_hot(counts)
+        except (RedisError, OSError):
             self.metrics.redis_errors.labels("hot_sample").inc()
 
     # --- health -------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +132,14 @@ class RedisCache:
         if self._lane is None:
             return None
         return self._lane.send_nowait("ZINCRBY", self.keyspace.hot, 1, entry)
+
+    async def count_hot(self, counts: Mapping[str, int]) -> None:
+        """ZINCRBY the hot set by each entry's count, all in one pipeline (on a cluster the
+        hot set is one key: one node, one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        for entry, count in counts.items():
+            pipe.zincrby(self.keyspace.hot, count, entry)
+        await pipe.execute()
 
     # --- reads and fills ------------------------------------------------------------------
 

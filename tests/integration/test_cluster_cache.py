@@ -12,13 +12,18 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from pgbust import declaration
+from pgbust.cache import Cache
 from pgbust.cluster_invalidation import INLINE_MEMBER_LIMIT
 from pgbust.keys import ClusterNames, Keyspace
+from pgbust.loaders import Loaders
 from pgbust.protocol import NOT_LIVE, Heartbeat, Hit, Invalidation, Lease, Targets
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import cluster_client
+from pgbust.settings import CacheSettings
 from pgbust.slots import key_slot
 from tests.support.redis_cluster import RedisClusterServers
+from tests.support.servers import RedisServer
 from worker import jobs
 
 # entries as the demo declares them: a product filed under its category, a page filed under
@@ -248,3 +253,41 @@ async def test_on_a_cluster_a_retried_invalidation_applies_and_flushes_past_the_
     assert outcome.epoch_bumped  # whatever Redis held meanwhile is treated as changed
     assert await cache.current_epoch() >= enqueued_ms * 1000
     assert await cache.peek(PRODUCT, tags=PRODUCT_TAGS) is None
+
+
+async def test_on_a_cluster_sampled_reads_reach_the_hot_set_counted_in_one_command(
+    redis_cluster: RedisClusterServers,
+    redis_server: RedisServer,
+    database_url: str,
+    namespace: str,
+) -> None:
+    settings = CacheSettings(
+        database_url=database_url,
+        redis_url=redis_cluster.url,
+        redis_cluster=True,
+        celery_broker_url=redis_server.url,  # Celery has no cluster broker; no task is sent
+        namespace=namespace,
+        hot_sample_rate=1.0,
+    )
+    hot = Keyspace(namespace, cluster=True).hot
+    hot_node = redis_cluster.node(redis_cluster.master_of_slot(redis_cluster.keyslot(hot)).port)
+    calls_before = _zincrby_calls(hot_node)
+    async with Cache(settings, declaration.load(), Loaders()) as runtime:
+        redis = runtime.redis
+        assert redis is not None
+        for entry in ("product:1", "product:2", "product:1", "product:1"):
+            runtime.sample_read(entry)  # in one turn of the loop: before any send
+
+        for _ in range(500):
+            if await redis.zscore(hot, "product:1") == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert await redis.zscore(hot, "product:1") == 3
+        assert await redis.zscore(hot, "product:2") == 1
+    # two members, one ZINCRBY each, in one pipeline: not one command (and task) per read
+    assert _zincrby_calls(hot_node) - calls_before == 2
+
+
+def _zincrby_calls(node: RedisServer) -> int:
+    stats = node.client().info("commandstats")
+    return int(stats.get("cmdstat_zincrby", {}).get("calls", 0))
