@@ -50,12 +50,14 @@ CREATE TRIGGER bench_row_notify AFTER UPDATE ON products
 """
 DROP_ROW_TRIGGER_SQL = "DROP TRIGGER IF EXISTS bench_row_notify ON products"
 # N distinct single-row payloads, notified in one transaction (so delivered as one burst).
+# Key values as the capture sends them, text: a number would be unkeyable, and every batch
+# a flush instead of its keys' invalidation.
 BURST_SQL = """
 SELECT count(pg_notify('pgbust_changes', json_build_object(
     'v', 2, 't', 'public.products', 'op', 'U',
     'ts', (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
     'c', json_build_array('id', 'category_id'),
-    'r', json_build_array(json_build_array(g, 1 + mod(g, 20))))::text))
+    'r', json_build_array(json_build_array(g::text, (1 + mod(g, 20))::text)))::text))
 FROM generate_series(1, %(events)s) g
 """
 
@@ -168,8 +170,10 @@ async def lag_at_rates(
     *,
     capture: Literal["notify", "wal"] = "notify",
     namespace: str | None = None,
+    **settings: Any,
 ) -> list[dict[str, Any]]:
-    """capture="wal": the namespace's slot and publication must be in place."""
+    """capture="wal": the namespace's slot and publication must be in place. `settings`: more
+    invalidator settings (redis_cluster=True, celery_broker_url=...)."""
     trigger_lags_ms: list[float] = []
     daemon_ms: list[float] = []
     deleted: dict[int, list[int]] = {}
@@ -186,15 +190,19 @@ async def lag_at_rates(
                 continue
             deleted.setdefault(int(key.rsplit(":", 1)[1]), []).append(done_us)
 
-    settings = Settings(
-        database_url=url,
-        redis_url=redis_url,
-        namespace=namespace or f"bench{uuid.uuid4().hex[:8]}",
-        lock_id=random.randint(1, 2**40),
-        warm_top=0,
-        capture=capture,
+    daemon = Invalidator(
+        Settings(
+            database_url=url,
+            redis_url=redis_url,
+            namespace=namespace or f"bench{uuid.uuid4().hex[:8]}",
+            lock_id=random.randint(1, 2**40),
+            warm_top=0,
+            capture=capture,
+            **settings,
+        ),
+        on_applied=on_applied,
+        serve_http=False,
     )
-    daemon = Invalidator(settings, on_applied=on_applied, serve_http=False)
     task = asyncio.create_task(daemon.run())
     await asyncio.wait_for(daemon.started.wait(), 20)
     await asyncio.sleep(0.5)
@@ -239,22 +247,29 @@ async def lag_at_rates(
     return results
 
 
-async def end_to_end_throughput(url: str, redis_url: str, events: int) -> dict[str, Any]:
+async def end_to_end_throughput(
+    url: str, redis_url: str, events: int, **settings: Any
+) -> dict[str, Any]:
     """Feed `events` distinct notifications in one transaction (delivered as one burst at
-    COMMIT) and time until the daemon has applied all of them to Redis."""
-    settings = Settings(
-        database_url=url,
-        redis_url=redis_url,
-        namespace=f"bench{uuid.uuid4().hex[:8]}",
-        lock_id=random.randint(1, 2**40),
-        warm_top=0,
+    COMMIT) and time until the daemon has applied all of them to Redis. `settings`: more
+    invalidator settings (redis_cluster=True, celery_broker_url=...)."""
+    daemon = Invalidator(
+        Settings(
+            database_url=url,
+            redis_url=redis_url,
+            namespace=f"bench{uuid.uuid4().hex[:8]}",
+            lock_id=random.randint(1, 2**40),
+            warm_top=0,
+            **settings,
+        ),
+        serve_http=False,
     )
-    daemon = Invalidator(settings, serve_http=False)
     task = asyncio.create_task(daemon.run())
     registry = daemon.metrics.registry
     try:
         await asyncio.wait_for(daemon.started.wait(), 20)
         await asyncio.sleep(0.5)
+        flushes_before = _flushes(daemon)  # its start's flushes are not the burst's
         conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
         async with conn:
             await conn.execute(BURST_SQL, {"events": events})
@@ -267,6 +282,7 @@ async def end_to_end_throughput(url: str, redis_url: str, events: int) -> dict[s
         elapsed = time.perf_counter() - committed
         seen = registry.get_sample_value("pgbust_invalidator_events_total", label) or 0
         batches = _batches(daemon)
+        flushes = _flushes(daemon) - flushes_before
     finally:
         daemon.stop()
         await asyncio.wait_for(task, 20)
@@ -275,11 +291,19 @@ async def end_to_end_throughput(url: str, redis_url: str, events: int) -> dict[s
         "seconds": round(elapsed, 3),
         "events_per_s": round(seen / elapsed),
         "batches": int(batches),
+        # 0 unless something went wide meanwhile (a topology flush, a bad payload): then
+        # the burst timed flushes, not its keys' invalidation
+        "flushes": int(flushes),
     }
 
 
 def _batches(daemon: Invalidator) -> float:
     return daemon.metrics.registry.get_sample_value("pgbust_invalidator_batches_total") or 0.0
+
+
+def _flushes(daemon: Invalidator) -> float:
+    (family,) = daemon.metrics.epoch_bumps.collect()
+    return sum(s.value for s in family.samples if s.name.endswith("_total"))
 
 
 # --- 3. write overhead of the triggers -----------------------------------------------------
