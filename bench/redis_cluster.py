@@ -10,13 +10,15 @@ masters, one replica each) started for the run and deleted after it:
 - read throughput: hits of the lease script (GET_OR_LEASE, the API's L2 read) on filled
   entries, from concurrent readers, on one Redis and on the cluster (per-slot epoch keys).
 
-Not the daemons end to end: the API and the invalidator refuse a cluster until the read
-scripts are single-slot (README, Redis Cluster).
+Then the daemons end to end on the same two backends (bench/redis_cluster_e2e.py): the
+invalidator's burst throughput and commit -> delete lag, and the API's L1 hit, L2 hit and
+MISS under wrk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import time
@@ -27,6 +29,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bench import report
+from bench.redis_cluster_e2e import run_end_to_end
 from pgbust import lua
 from pgbust.cluster_invalidation import ClusterInvalidation
 from pgbust.keys import ClusterNames, Keyspace
@@ -140,11 +143,13 @@ def run(out: Path, quick: bool) -> None:
     folder = Path(tempfile.mkdtemp(prefix="pgbust-bench-redis-cluster-"))
     single = RedisServer(folder / "single")
     cluster = RedisClusterServers(folder / "cluster")
+    server_url = os.environ.get("DATABASE_URL", "postgresql://127.0.0.1:5432/pgbust")
     single.start()
     try:
         cluster.start()
         try:
             results = asyncio.run(_measure(single.url, cluster.url, seconds))
+            daemons, daemons_md = run_end_to_end(server_url, single.url, cluster.url, quick)
         finally:
             cluster.stop()
     finally:
@@ -174,6 +179,13 @@ def run(out: Path, quick: bool) -> None:
         "the client. Untagged entries each have their own home, so a batch of them spreads "
         "over about as many slots: one INVALIDATE_NODE per master touched.\n"
     )
-    data = {"seconds_per_cell": seconds, "batch": BATCH, "readers": READERS, **results}
-    report.write(out, "redis-cluster", data, table + note)
-    print(table + note)
+    data = {
+        "seconds_per_cell": seconds,
+        "batch": BATCH,
+        "readers": READERS,
+        **results,
+        "daemons": daemons,
+    }
+    markdown = f"{table}{note}\n## The daemons end to end\n\n{daemons_md}"
+    report.write(out, "redis-cluster", data, markdown)
+    print(markdown)

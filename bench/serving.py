@@ -80,9 +80,15 @@ class Server:
 
 
 def _pgbust_env(
-    database_url: str, redis_url: str, namespace: str, settings: dict[str, str]
+    database_url: str,
+    redis_url: str,
+    namespace: str,
+    settings: dict[str, str],
+    broker_url: str | None = None,
 ) -> dict[str, str]:
-    return {
+    """`broker_url`: CELERY_BROKER_URL (a process on a Redis Cluster must be given a broker
+    beside it: Celery has no Redis Cluster transport)."""
+    env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
@@ -91,34 +97,51 @@ def _pgbust_env(
         "PGBUST_LOG_LEVEL": "WARNING",
         **{f"PGBUST_{key.upper()}": value for key, value in settings.items()},
     }
+    if broker_url is not None:
+        env["CELERY_BROKER_URL"] = broker_url
+    return env
+
+
+def _on_a_cluster(settings: dict[str, str]) -> bool:
+    return settings.get("redis_cluster", "false").lower() == "true"
 
 
 @contextmanager
 def api_server(
-    database_url: str, redis_url: str, log: Path, namespace: str | None = None, **settings: str
+    database_url: str,
+    redis_url: str,
+    log: Path,
+    namespace: str | None = None,
+    broker_url: str | None = None,
+    **settings: str,
 ) -> Iterator[Server]:
     """One `python -m api` process; instances given the same namespace share L2 and the
     invalidation channel (each keeps its own L1)."""
     port = free_port()
     namespace = namespace or f"bench-http-{uuid.uuid4().hex[:8]}"
-    env = _pgbust_env(database_url, redis_url, namespace, settings)
+    env = _pgbust_env(database_url, redis_url, namespace, settings, broker_url)
     server = Server(["api", "--port", str(port)], env, port, log)
     try:
         server.wait_ready("/healthz")
         yield server
     finally:
         server.stop()
-        drop_namespace(redis_url, namespace)
+        drop_namespace(redis_url, namespace, cluster=_on_a_cluster(settings))
 
 
 @contextmanager
 def invalidator_server(
-    database_url: str, redis_url: str, log: Path, namespace: str, **settings: str
+    database_url: str,
+    redis_url: str,
+    log: Path,
+    namespace: str,
+    broker_url: str | None = None,
+    **settings: str,
 ) -> Iterator[Server]:
     """`python -m invalidator` for a namespace, ready once it is the active one (its advisory
     lock id derives from the namespace, so it never stands by behind another run's)."""
     port = free_port()
-    env = _pgbust_env(database_url, redis_url, namespace, settings)
+    env = _pgbust_env(database_url, redis_url, namespace, settings, broker_url)
     server = Server(["invalidator", "--metrics-port", str(port)], env, port, log)
     try:
         server.wait_ready("/healthz", expect=b'"role":"active"')
@@ -127,10 +150,16 @@ def invalidator_server(
         server.stop()
 
 
-def drop_namespace(redis_url: str, namespace: str) -> None:
-    client = redis.Redis.from_url(redis_url)
+def drop_namespace(redis_url: str, namespace: str, *, cluster: bool = False) -> None:
+    """Every key of the namespace; on a cluster the scan visits every master and the unlinks
+    are split per slot by redis-py (there a key starts with its hash tag, then the
+    namespace)."""
+    client: redis.Redis | redis.RedisCluster = (
+        redis.RedisCluster.from_url(redis_url) if cluster else redis.Redis.from_url(redis_url)
+    )
+    pattern = f"*{namespace}:*" if cluster else f"{namespace}:*"
     try:
-        batch = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+        batch = list(client.scan_iter(match=pattern, count=1000))
         for start in range(0, len(batch), 1000):
             client.unlink(*batch[start : start + 1000])
     finally:
