@@ -2,13 +2,16 @@
 
 Postgres: one connection with default_transaction_read_only = on (a write would fail), plain
 SELECTs only (db/status.sql, the capture_status view, pg_replication_slots). Redis: read
-commands only (INFO, GET, PTTL, TIME, PUBSUB NUMSUB, CLIENT LIST). Each server that cannot be
-read is recorded as an error; the other's facts are still shown.
+commands only (INFO, GET, PTTL, TIME, PUBSUB NUMSUB, CLIENT LIST; on a cluster CLUSTER SLOTS,
+PUBSUB SHARDNUMSUB, SSUBSCRIBE). Each server that cannot be read is recorded as an error; the
+other's facts are still shown.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -19,8 +22,9 @@ from db import capture, wal
 from db import status as status_sql
 from db.settings import DbSettings
 from pgbust import declaration, redis_policy
-from pgbust.keys import Keyspace
+from pgbust.keys import ClusterNames, Keyspace
 from pgbust.protocol import Heartbeat, MessageError, decode_message
+from pgbust.slots import key_slot
 from pgbust.status import Audit, Invalidators, RedisState, Slot, Status, Table
 
 API_SUBSCRIBER_NAME = "pgbust-api-subscriber"  # api/subscriber.py's CLIENT_NAME
@@ -40,15 +44,12 @@ def gather(settings: DbSettings, listen_s: float = 1.5) -> Status:
     alive: tuple[str | None, int | None] = (None, None)
     beat: Heartbeat | None = None
     try:
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=_TIMEOUT_S, socket_connect_timeout=_TIMEOUT_S
-        )
-        with client:
-            keyspace = Keyspace(settings.namespace, cluster=settings.redis_cluster)
-            status.redis = _redis(client, keyspace)  # counts subscribers before listening
+        keyspace = Keyspace(settings.namespace, cluster=settings.redis_cluster)
+        with _redis_clients(settings.redis_url, keyspace) as (client, node):
+            status.redis = _redis(client, node, keyspace)  # counts subscribers before listening
             alive = _alive(client, keyspace)
             status.audit = _audit(client, keyspace)
-            beat = _one_heartbeat(client, keyspace, listen_s) if alive[0] else None
+            beat = _one_heartbeat(node, keyspace, listen_s) if alive[0] else None
     except redis.RedisError as exc:
         status.errors.append(f"redis: {_first_line(exc)}")
     if not any(e.startswith("postgres") for e in status.errors):
@@ -128,14 +129,40 @@ def _qualified(relation: str) -> str:
     return relation if "." in relation else f"public.{relation}"
 
 
-def _redis(client: redis.Redis, keyspace: Keyspace) -> RedisState:
-    server, memory_info = _info(client, "server"), _info(client, "memory")
-    stats = _info(client, "stats")
+@contextmanager
+def _redis_clients(url: str, keyspace: Keyspace) -> Iterator[tuple[Any, redis.Redis]]:
+    """(a client for the namespace's keys, a client of the server of its channel). One Redis:
+    the same client twice. A cluster: redis-py's cluster client, which routes each key to its
+    slot's master, and a plain client of the master serving the channel's slot: its sharded
+    subscribers, its heartbeats, its slot's epoch, and the memory facts of that node."""
+    t = _TIMEOUT_S
+    if not keyspace.cluster:
+        with redis.Redis.from_url(url, socket_timeout=t, socket_connect_timeout=t) as client:
+            yield client, client
+        return
+    with redis.RedisCluster.from_url(url, socket_timeout=t, socket_connect_timeout=t) as cluster:
+        # the node's own client, made by the cluster client with the URL's credentials
+        yield cluster, cluster.get_redis_connection(cluster.get_node_from_key(keyspace.channel))
+
+
+def _epoch_key(keyspace: Keyspace) -> str:
+    """On a cluster each slot has its epoch (a flush bumps them all): the channel slot's."""
+    if not keyspace.cluster:
+        return keyspace.epoch
+    return ClusterNames(keyspace.namespace).epoch(key_slot(keyspace.channel))
+
+
+def _redis(client: Any, node: redis.Redis, keyspace: Keyspace) -> RedisState:
+    server, memory_info = _info(node, "server"), _info(node, "memory")
+    stats = _info(node, "stats")
     memory = redis_policy.from_info(server, memory_info)
-    raw_epoch = client.get(keyspace.epoch)
-    seconds, micros = client.time()
+    raw_epoch = client.get(_epoch_key(keyspace))
+    seconds, micros = node.time()
     epoch = int(raw_epoch) if raw_epoch else None
-    numsub = dict(client.pubsub_numsub(keyspace.channel))
+    if keyspace.cluster:  # sharded pub/sub: subscribers are counted by the channel's shard
+        numsub = dict(node.pubsub_shardnumsub(keyspace.channel))
+    else:
+        numsub = dict(node.pubsub_numsub(keyspace.channel))
     channel = keyspace.channel.encode()
     subscribers = int(numsub.get(channel, numsub.get(keyspace.channel, 0)))
     return RedisState(
@@ -149,11 +176,11 @@ def _redis(client: redis.Redis, keyspace: Keyspace) -> RedisState:
         epoch=epoch,
         epoch_age_s=(seconds + micros / 1e6 - epoch / 1e6) if epoch else None,
         subscribers=subscribers,
-        subscriber_clients=_subscriber_clients(client),
+        subscriber_clients=_subscriber_clients(node),
     )
 
 
-def _alive(client: redis.Redis, keyspace: Keyspace) -> tuple[str | None, int | None]:
+def _alive(client: Any, keyspace: Keyspace) -> tuple[str | None, int | None]:
     sender = client.get(keyspace.capture_alive)
     if sender is None:
         return None, None
@@ -165,11 +192,15 @@ def _alive(client: redis.Redis, keyspace: Keyspace) -> tuple[str | None, int | N
 def _one_heartbeat(client: redis.Redis, keyspace: Keyspace, listen_s: float) -> Heartbeat | None:
     """The first heartbeat heard on the channel within listen_s (SUBSCRIBE: reads only)."""
     deadline = time.monotonic() + listen_s
+    kind = "smessage" if keyspace.cluster else "message"
     with client.pubsub(ignore_subscribe_messages=True) as pubsub:  # type: ignore[no-untyped-call]
-        pubsub.subscribe(keyspace.channel)
+        if keyspace.cluster:  # SSUBSCRIBE on the channel's shard (client is that master's)
+            pubsub.ssubscribe(keyspace.channel)
+        else:
+            pubsub.subscribe(keyspace.channel)
         while (left := deadline - time.monotonic()) > 0:
             message = pubsub.get_message(timeout=left)
-            if message is None or message.get("type") != "message":
+            if message is None or message.get("type") != kind:
                 continue
             try:
                 decoded = decode_message(message["data"])
@@ -180,7 +211,7 @@ def _one_heartbeat(client: redis.Redis, keyspace: Keyspace, listen_s: float) -> 
     return None
 
 
-def _audit(client: redis.Redis, keyspace: Keyspace) -> Audit | None:
+def _audit(client: Any, keyspace: Keyspace) -> Audit | None:
     raw = client.get(keyspace.worker_audit)
     if not raw:
         return None

@@ -11,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import random
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -42,6 +45,7 @@ from tests.support.servers import RedisServer, wait_until
 from worker import audit
 
 PRODUCTS, CATEGORIES = 40, 3
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +233,34 @@ def test_without_a_live_invalidator_no_instance_serves_from_the_cluster(
             stack.invalidator.signal(signal.SIGCONT)
     finally:
         client.close()
+
+
+def test_pgbust_status_on_a_cluster_reads_the_namespace_slot_and_its_shards_subscribers(
+    stack: Stack,
+) -> None:
+    def status() -> dict[str, Any]:
+        done = subprocess.run(
+            [sys.executable, "-m", "pgbust", "status", "--json", "--expect-subscribers", "2"],
+            env=stack.processes.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode in (0, 1), done.stderr
+        report: dict[str, Any] = json.loads(done.stdout)
+        return report
+
+    # both instances SSUBSCRIBE on the channel's shard shortly after /healthz answers
+    assert wait_until(lambda: status()["redis"]["subscribers"] == 2, timeout=10), status()
+    report = status()
+    assert report["errors"] == []
+    assert report["redis"]["epoch"] > 0  # the channel slot's epoch: bumped by the start flush
+    inv = report["invalidators"]
+    assert inv["alive_sender"] and inv["alive_ttl_ms"] > 0
+    assert inv["proof_age_ms"] is not None  # a heartbeat heard on the sharded channel
+    findings = {f["what"] for f in report["findings"]}
+    assert "api_unsubscribed" not in findings and "no_active_invalidator" not in findings
 
 
 def test_the_audit_on_a_cluster_finds_a_stale_entry_and_invalidates_it_everywhere(
