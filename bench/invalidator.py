@@ -389,8 +389,8 @@ def _table(data: dict[str, Any]) -> str:
     e2e = data["end_to_end"]
     md += "\n### End-to-end throughput (a burst of notifications -> applied to Redis)\n\n"
     md += report.markdown_table(
-        ["events", "seconds", "events/s", "batches"],
-        [[e2e["events"], e2e["seconds"], e2e["events_per_s"], e2e["batches"]]],
+        ["events", "seconds", "events/s", "batches", "flushes meanwhile"],
+        [[e2e["events"], e2e["seconds"], e2e["events_per_s"], e2e["batches"], e2e["flushes"]]],
     )
     md += "\n### Write overhead: pgbench single-row UPDATE TPS\n\n"
     md += report.markdown_table(
