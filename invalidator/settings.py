@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
-from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 
-from pgbust.settings import (
-    CaptureSettings,
-    ReadReplicaSettings,
-    TaskQueueSettings,
-    refuse_redis_cluster_with_read_replicas,
-)
+from pgbust.settings import CaptureSettings, ReadReplicaSettings, TaskQueueSettings
 
 
 def default_lock_id(namespace: str) -> int:
@@ -24,11 +19,6 @@ def default_lock_id(namespace: str) -> int:
 class Settings(TaskQueueSettings, CaptureSettings, ReadReplicaSettings):
     """PGBUST_* environment variables (and CELERY_BROKER_URL / PGBUST_QUEUE, where the worker
     tasks go); the command's flags override them."""
-
-    @model_validator(mode="after")
-    def _no_read_replicas_on_a_cluster_yet(self) -> Settings:
-        refuse_redis_cluster_with_read_replicas(self, "invalidator")
-        return self
 
     # Postgres NOTIFY channel; must match pgbust.capture.channel (db/triggers/).
     channel: str = Field(default="pgbust_changes", pattern=r"^[a-z_][a-z0-9_]{0,62}$")

@@ -19,12 +19,18 @@ outside the scripts, in an order that keeps the one-Redis guarantees:
   the entries filed under it are refused (they read the database, as a miss does);
 - the capture liveness key (the namespace's slot) is read with a GET *before* the script:
   what the script then reads is at least as fresh as what the one-Redis gated script would
-  have read at the moment of the GET, which is when the gate held (DESIGN invariant 8).
+  have read at the moment of the GET, which is when the gate held (DESIGN invariant 8);
+- with read replicas, the LSN marker (its own slot) is read with a GET *after* a lease was
+  granted. The invalidator raises it before it runs an invalidation's scripts
+  (RedisCache.invalidate), so a lease granted after the entry's invalidation was applied
+  reads a marker at or past that change's commit, as the one-Redis GET_OR_LEASE returns it
+  atomically with the grant; a lease granted before it is deleted by it (the fill is refused).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -32,8 +38,9 @@ from redis.commands.core import AsyncScript
 
 from pgbust import lua
 from pgbust.keys import ClusterNames, Keyspace
-from pgbust.protocol import NOT_LIVE, Hit, LeaseResult, parse_get_or_lease, strip_stamp
+from pgbust.protocol import NOT_LIVE, Hit, Lease, LeaseResult, parse_get_or_lease, strip_stamp
 from pgbust.redis_connect import cluster_faults_as_redis_errors
+from pgbust.replica import parse_marker
 
 # How far the clocks of two cluster nodes may drift apart and the time guard still hold
 # (NTP keeps hosts of one network within a few milliseconds).
@@ -44,13 +51,19 @@ class ClusterReads:
     """GET_OR_LEASE / FILL / RELEASE_LEASE / PEEK of one namespace on a cluster client."""
 
     def __init__(
-        self, client: aioredis.Redis, keyspace: Keyspace, *, require_live_capture: bool
+        self,
+        client: aioredis.Redis,
+        keyspace: Keyspace,
+        *,
+        require_live_capture: bool,
+        lsn_marker: bool = False,
     ) -> None:
         assert keyspace.cluster, "a cluster keyspace"
         self.client = client
         self.keyspace = keyspace
         self.names = ClusterNames(keyspace.namespace)
         self.require_live_capture = require_live_capture
+        self.lsn_marker = lsn_marker  # leases carry the read replicas' marker (Lease.marker)
         self._get_or_lease: AsyncScript = client.register_script(lua.GET_OR_LEASE_CLUSTER)
         self._fill: AsyncScript = client.register_script(lua.FILL_CLUSTER)
         self._peek: AsyncScript = client.register_script(lua.PEEK_CLUSTER)
@@ -108,13 +121,20 @@ class ClusterReads:
         reply = await self._get_or_lease(keys=keys, args=[token, lease_ms, "0"])
         result = parse_get_or_lease(reply, token)
         if not (isinstance(result, Hit) and result.rows):
-            return result
+            return await self._with_marker(result)
         since = int(_text(reply[1]).split("\n")[1])
         if await self._rows_verdict(list(result.rows), since) == 1:
             return Hit(result.payload, tuple(self.tag_of_generation(k) for k in result.rows))
         # dead by a tag of another slot: read as a miss (ignore the value, lease if free)
         reply = await self._get_or_lease(keys=keys, args=[token, lease_ms, "1"])
-        return parse_get_or_lease(reply, token)
+        return await self._with_marker(parse_get_or_lease(reply, token))
+
+    async def _with_marker(self, result: LeaseResult) -> LeaseResult:
+        """A granted lease with the LSN marker read after the grant (the module doc)."""
+        if not (self.lsn_marker and isinstance(result, Lease)):
+            return result
+        marker = parse_marker(await self.client.get(self.keyspace.lsn_marker))
+        return dataclasses.replace(result, marker=marker)
 
     @cluster_faults_as_redis_errors
     async def fill(

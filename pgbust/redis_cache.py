@@ -62,7 +62,8 @@ class RedisCache:
     outside), invalidations and flushes to pgbust.cluster_invalidation, which needs
     home_of(entry) (Declaration.home_of) to find where an entry lives. The lane is not used
     there (one connection cannot reach every node): plain cluster client calls. The LSN
-    marker is not supported there (settings refuse read replicas beside a cluster)."""
+    marker there is raised *before* an invalidation's per-slot scripts and read after the
+    lease (pgbust/replica.py)."""
 
     def __init__(
         self,
@@ -108,9 +109,8 @@ class RedisCache:
         self._cluster_reads: ClusterReads | None = None
         self._cluster: ClusterInvalidation | None = None
         if keyspace.cluster:
-            assert not lsn_marker, "no LSN marker on a cluster (settings refuse it)"
             self._cluster_reads = ClusterReads(
-                client, keyspace, require_live_capture=require_live_capture
+                client, keyspace, require_live_capture=require_live_capture, lsn_marker=lsn_marker
             )
             self._cluster = ClusterInvalidation(client, keyspace, home_of or _no_home)
         elif pipelined:
@@ -246,6 +246,8 @@ class RedisCache:
             await self.bump_epoch(message.reason or "flush", origin=message.origin, lsn=lsn)
             return InvalidateResult(receivers=0, garbage=[])
         if self._cluster is not None:
+            if lsn is not None:  # first: the marker is never behind an applied part
+                await self.raise_lsn(lsn)
             applied = await self._cluster.invalidate(targets, message)
             return InvalidateResult(receivers=applied.receivers, garbage=applied.garbage)
         ks = self.keyspace
@@ -280,7 +282,9 @@ class RedisCache:
     async def bump_epoch(self, reason: str, origin: str, *, lsn: int | None = None) -> int:
         """Kill every entry of the namespace at once and tell every API instance to flush
         (lsn: raise the LSN marker in the same call, as in `invalidate`)."""
-        if self._cluster is not None:  # every slot's epoch (lsn: none on a cluster)
+        if self._cluster is not None:  # every slot's epoch, the marker raised first
+            if lsn is not None:
+                await self.raise_lsn(lsn)
             await self._cluster.flush(reason, origin)
             return await self.current_epoch()
         message = flush_message(reason, origin).encode()
@@ -300,6 +304,7 @@ class RedisCache:
             return self._cluster_reads.value_key(entry, tags)
         return self.keyspace.value(entry)
 
+    @cluster_faults_as_redis_errors  # a cluster client's own faults: RedisError
     async def raise_lsn(self, lsn: int) -> None:
         """Raise the LSN marker to lsn (never lowers it; UNKNOWN_LSN deletes it)."""
         await self._raise_lsn(keys=[self.keyspace.lsn_marker], args=[_marker_arg(lsn)])

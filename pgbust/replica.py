@@ -9,9 +9,11 @@ lease and stamp guards cannot see (DESIGN invariant 3). The LSN marker closes it
   script as the invalidation (pgbust.lua.raising_lsn), so the marker is never behind an
   applied invalidation. WAL capture knows each transaction's end LSN (pgoutput); NOTIFY
   capture does not, so it reads pg_current_wal_insert_lsn() on the primary after receiving
-  the batch (past every received commit: conservative, and correct);
+  the batch (past every received commit: conservative, and correct). On a Redis Cluster,
+  where an invalidation is several scripts on other slots, it is raised before them;
 - the reader's GET_OR_LEASE returns the marker with the lease, atomically
-  (pgbust.lua.with_lsn_marker), so it covers every invalidation applied before the lease;
+  (pgbust.lua.with_lsn_marker), so it covers every invalidation applied before the lease
+  (on a cluster the reader GETs it right after the grant: pgbust/cluster_reads.py);
 - the load runs on the replica only if the replica's pg_last_wal_replay_lsn(), read as the
   first statement on the very connection the loader then uses, is at or past the marker
   (replay only moves forward, so the loader's statements see at least that much); else it

@@ -19,7 +19,6 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -89,19 +88,6 @@ class CommonSettings(BaseSettings):
         return "postgresql+psycopg://" + self.database_url.removeprefix("postgresql://")
 
 
-def refuse_redis_cluster_with_read_replicas(settings: ReadReplicaSettings, component: str) -> None:
-    """Raise ConfigError naming PGBUST_REDIS_CLUSTER when it is on together with
-    PGBUST_READ_DATABASE_URL: the LSN marker is raised in the same script as each
-    invalidation, and on a cluster an invalidation runs as several scripts on several slots
-    (pgbust/cluster_invalidation.py), none of them in the marker's slot. Not built yet, so a
-    replica would be read without the guarantee: refused (README, Redis Cluster)."""
-    if settings.redis_cluster and settings.read_database_url:
-        raise ConfigError(
-            f"invalid setting PGBUST_REDIS_CLUSTER: the {component} cannot use read replicas "
-            "(PGBUST_READ_DATABASE_URL) on a Redis Cluster yet: unset one of the two"
-        )
-
-
 CacheMode = Literal["cdc", "ttl", "off"]
 DEFAULT_TTL_MODE_S = 30.0
 
@@ -138,11 +124,6 @@ class CacheSettings(ReadReplicaSettings):
     # Once started, exclude the start-up heap from garbage collections (pgbust/gc_pauses.py):
     # full collections walking it stalled the event loop for 54-80 ms under load.
     gc_freeze: bool = True
-
-    @model_validator(mode="after")
-    def _no_read_replicas_on_a_cluster_yet(self) -> CacheSettings:
-        refuse_redis_cluster_with_read_replicas(self, "API cache")
-        return self
 
     @field_validator("cache_ttl_s")
     @classmethod

@@ -20,6 +20,7 @@ from pgbust.loaders import Loaders
 from pgbust.protocol import NOT_LIVE, Heartbeat, Hit, Invalidation, Lease, Targets
 from pgbust.redis_cache import RedisCache
 from pgbust.redis_connect import cluster_client
+from pgbust.replica import UNKNOWN_LSN
 from pgbust.settings import CacheSettings
 from pgbust.slots import key_slot
 from tests.support.redis_cluster import RedisClusterServers
@@ -291,3 +292,46 @@ async def test_on_a_cluster_sampled_reads_reach_the_hot_set_counted_in_one_comma
 def _zincrby_calls(node: RedisServer) -> int:
     stats = node.client().info("commandstats")
     return int(stats.get("cmdstat_zincrby", {}).get("calls", 0))
+
+
+async def test_on_a_cluster_a_lease_carries_the_lsn_marker_the_invalidation_raised(
+    client: aioredis.Redis, namespace: str
+) -> None:
+    # read replicas beside a cluster: the marker (a slot of its own) is raised before the
+    # invalidation's scripts and read after the lease, so the lease of a refill sees it
+    cache = RedisCache(client, Keyspace(namespace, cluster=True), home_of=home_of, lsn_marker=True)
+    await cache.heartbeat(Heartbeat(500, sender="test"), valid_ms=60_000)
+    try:
+        assert (await _lease(cache, PRODUCT, PRODUCT_TAGS)).marker is None  # none raised yet
+        await _invalidate_at(cache, PRODUCT, lsn=0x16_B374D848)
+        assert (await _lease(cache, PRODUCT, PRODUCT_TAGS)).marker == 0x16_B374D848
+        await _invalidate_at(cache, PRODUCT, lsn=0x10_00000000)  # never lowered
+        assert (await _lease(cache, PRODUCT, PRODUCT_TAGS)).marker == 0x16_B374D848
+        # no LSN known (a worker's retry): the marker is dropped, leased loads use the primary
+        await _invalidate_at(cache, PRODUCT, lsn=UNKNOWN_LSN)
+        assert (await _lease(cache, PRODUCT, PRODUCT_TAGS)).marker is None
+    finally:
+        cache.close()
+
+
+async def test_on_a_cluster_an_invalidation_whose_marker_cannot_be_raised_applies_nothing(
+    client: aioredis.Redis, namespace: str
+) -> None:
+    cache = RedisCache(client, Keyspace(namespace, cluster=True), home_of=home_of, lsn_marker=True)
+    await cache.heartbeat(Heartbeat(500, sender="test"), valid_ms=60_000)
+    try:
+        await _fill_eventually(cache, PRODUCT, PRODUCT_TAGS, b"old")
+        # the marker's node refuses its script (the key holds another type): the batch fails
+        # for the caller's retry before any slot's part ran, so no value is gone while the
+        # marker is behind its change (a refill would trust a replica that lacks it)
+        await client.rpush(cache.keyspace.lsn_marker, "not a marker")
+        with pytest.raises(RedisError):
+            await _invalidate_at(cache, PRODUCT, lsn=0x20_00000000)
+        assert await cache.peek(PRODUCT, tags=PRODUCT_TAGS) == b"old"
+    finally:
+        cache.close()
+
+
+async def _invalidate_at(cache: RedisCache, entry: str, lsn: int) -> None:
+    targets = Targets(frozenset({entry}))
+    await cache.invalidate(targets, Invalidation.of(targets, origin="cdc"), lsn=lsn)

@@ -317,26 +317,3 @@ def test_redis_cluster_without_a_broker_refuses_to_start_naming_celery_broker_ur
     assert len(lines) == 1, result.stderr
     assert "CELERY_BROKER_URL" in lines[0]
     assert "RabbitMQ" in lines[0]
-
-
-@pytest.mark.parametrize(
-    "component", [c for c in COMPONENTS if c.name in {"api", "invalidator"}], ids=lambda c: c.name
-)
-def test_api_and_invalidator_refuse_a_redis_cluster_beside_read_replicas(
-    component: Component,
-) -> None:
-    """The LSN marker of read replicas is raised in the invalidation's own script, which a
-    cluster splits per slot: not built, so the pair is refused at start, naming the switch."""
-    env = _clean_env()
-    env.update(
-        PGBUST_REDIS_CLUSTER="true",
-        CELERY_BROKER_URL="amqp://guest:guest@mq:5672//",
-        PGBUST_READ_DATABASE_URL="postgresql://127.0.0.1:5432/replica",
-    )
-    result = subprocess.run(
-        component.command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=20
-    )
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "PGBUST_REDIS_CLUSTER" in lines[0]

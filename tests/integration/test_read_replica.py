@@ -45,6 +45,7 @@ from tests.support.capture_stack import Stack, metric, start_stack
 from tests.support.demo import DEMO
 from tests.support.heartbeat import HeartbeatPlayer
 from tests.support.inprocess_api import start_api
+from tests.support.redis_cluster import RedisClusterServers
 from tests.support.servers import PostgresCluster, RedisServer, StreamingReplica, wait_until
 
 PRODUCTS = 60
@@ -366,9 +367,20 @@ class Running:
 def running(
     request: pytest.FixtureRequest, resumed: Replicated, redis_server: RedisServer, tmp_path: Path
 ) -> Iterator[Running]:
-    """An invalidator and two API instances reading the replica, capturing as the param says."""
+    """An invalidator and two API instances reading the replica, capturing as the param says
+    ("cluster": NOTIFY capture, the caches on the session's Redis Cluster; the private Redis
+    is then only the Celery broker)."""
     db = resumed
     env = {"PGBUST_READ_DATABASE_URL": resumed.replica_url, "PGBUST_HOT_SAMPLE_RATE": "0"}
+    if request.param == "cluster":
+        cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
+        env.update(REDIS_URL=cluster.url, PGBUST_REDIS_CLUSTER="true")
+        stack = start_stack(db.primary_url, redis_server, tmp_path, env=env)
+        try:
+            yield Running(dataclasses.replace(stack, redis_url=cluster.url, cluster=True), db)
+        finally:
+            stack.processes.stop_all()
+        return
     if request.param == "wal":
         db = request.getfixturevalue("wal_database")
         env.update(
@@ -394,6 +406,7 @@ def http_version(base_url: str, product_id: int) -> int:
     return int(response.json()["version"])
 
 
+@pytest.mark.parametrize("running", ["notify", "wal", "cluster"], indirect=True)
 def test_stack_with_replay_paused_serves_an_out_of_band_update_from_the_primary_then_the_replica(
     running: Running,
 ) -> None:
@@ -427,9 +440,13 @@ def test_stack_with_replay_paused_serves_an_out_of_band_update_from_the_primary_
     stack.assert_every_tier_fresh()
     # evicted (or flushed): with nothing written, the invalidator writes it again at its next
     # capture probe, within a few heartbeats
-    client = redis.Redis.from_url(stack.redis_url)
+    client = (
+        redis.RedisCluster.from_url(stack.redis_url)
+        if stack.cluster
+        else redis.Redis.from_url(stack.redis_url)
+    )
     try:
-        marker = Keyspace(stack.namespace).lsn_marker
+        marker = Keyspace(stack.namespace, cluster=stack.cluster).lsn_marker
         assert client.delete(marker) == 1
         assert wait_until(lambda: client.exists(marker) == 1, 10)
     finally:
