@@ -334,7 +334,7 @@ class Cache:
         counts, self._hot_pending = self._hot_pending, {}
         try:
             await self.l2.count_hot(counts)
-        except (RedisError, OSError):
+        except RedisError:
             self.metrics.redis_errors.labels("hot_sample").inc()
 
     # --- health -------------------------------------------------------------------------------

@@ -236,7 +236,7 @@ class TieredCache:
             self._put_l1(ticket, payload, rows=rows)
             return
         try:
-            remaining_ms = int(await l2.client.pttl(l2.value_key(entry, ticket.tags)))
+            remaining_ms = await l2.remaining_ms(entry, ticket.tags)
         except RedisError:
             self.metrics.redis_errors.labels("pttl").inc()
             return

@@ -133,6 +133,12 @@ class RedisCache:
             return None
         return self._lane.send_nowait("ZINCRBY", self.keyspace.hot, 1, entry)
 
+    @cluster_faults_as_redis_errors  # a cluster client's own faults: RedisError
+    async def remaining_ms(self, entry: str, tags: tuple[str, ...]) -> int:
+        """PTTL of the entry's value (-2: none, -1: no TTL)."""
+        return int(await self.client.pttl(self.value_key(entry, tags)))
+
+    @cluster_faults_as_redis_errors
     async def count_hot(self, counts: Mapping[str, int]) -> None:
         """ZINCRBY the hot set by each entry's count, all in one pipeline (on a cluster the
         hot set is one key: one node, one round trip)."""
