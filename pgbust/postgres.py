@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from pgbust import replica
@@ -34,13 +35,17 @@ REPLICA_CONNECT_WAIT_S = 0.5
 def make_pool(
     database_url: str, max_size: int, name: str = "pgbust"
 ) -> AsyncConnectionPool[AsyncConnection[Any]]:
+    kwargs: dict[str, Any] = {"autocommit": True}
+    if "application_name" not in conninfo_to_dict(database_url):
+        # who is who in pg_stat_activity (an application_name in the URL wins)
+        kwargs["application_name"] = name
     return AsyncConnectionPool(
         database_url,
         min_size=1,
         max_size=max_size,
         open=False,
         timeout=5.0,
-        kwargs={"autocommit": True},
+        kwargs=kwargs,
         name=name,
     )
 
