@@ -294,42 +294,41 @@ def _zincrby_calls(node: RedisServer) -> int:
     return int(stats.get("cmdstat_zincrby", {}).get("calls", 0))
 
 
+@pytest.fixture
+async def marked(client: aioredis.Redis, namespace: str) -> AsyncIterator[RedisCache]:
+    """As `cache`, with read replicas: leases carry the LSN marker."""
+    cache = RedisCache(client, Keyspace(namespace, cluster=True), home_of=home_of, lsn_marker=True)
+    await cache.heartbeat(Heartbeat(500, sender="test"), valid_ms=60_000)
+    yield cache
+    cache.close()
+
+
 async def test_on_a_cluster_a_lease_carries_the_lsn_marker_the_invalidation_raised(
-    client: aioredis.Redis, namespace: str
+    marked: RedisCache,
 ) -> None:
     # read replicas beside a cluster: the marker (a slot of its own) is raised before the
     # invalidation's scripts and read after the lease, so the lease of a refill sees it
-    cache = RedisCache(client, Keyspace(namespace, cluster=True), home_of=home_of, lsn_marker=True)
-    await cache.heartbeat(Heartbeat(500, sender="test"), valid_ms=60_000)
-    try:
-        assert (await _lease(cache, PRODUCT, PRODUCT_TAGS)).marker is None  # none raised yet
-        await _invalidate_at(cache, PRODUCT, lsn=0x16_B374D848)
-        assert (await _lease(cache, PRODUCT, PRODUCT_TAGS)).marker == 0x16_B374D848
-        await _invalidate_at(cache, PRODUCT, lsn=0x10_00000000)  # never lowered
-        assert (await _lease(cache, PRODUCT, PRODUCT_TAGS)).marker == 0x16_B374D848
-        # no LSN known (a worker's retry): the marker is dropped, leased loads use the primary
-        await _invalidate_at(cache, PRODUCT, lsn=UNKNOWN_LSN)
-        assert (await _lease(cache, PRODUCT, PRODUCT_TAGS)).marker is None
-    finally:
-        cache.close()
+    assert (await _lease(marked, PRODUCT, PRODUCT_TAGS)).marker is None  # none raised yet
+    await _invalidate_at(marked, PRODUCT, lsn=0x16_B374D848)
+    assert (await _lease(marked, PRODUCT, PRODUCT_TAGS)).marker == 0x16_B374D848
+    await _invalidate_at(marked, PRODUCT, lsn=0x10_00000000)  # never lowered
+    assert (await _lease(marked, PRODUCT, PRODUCT_TAGS)).marker == 0x16_B374D848
+    # no LSN known (a worker's retry): the marker is dropped, leased loads use the primary
+    await _invalidate_at(marked, PRODUCT, lsn=UNKNOWN_LSN)
+    assert (await _lease(marked, PRODUCT, PRODUCT_TAGS)).marker is None
 
 
 async def test_on_a_cluster_an_invalidation_whose_marker_cannot_be_raised_applies_nothing(
-    client: aioredis.Redis, namespace: str
+    marked: RedisCache, client: aioredis.Redis
 ) -> None:
-    cache = RedisCache(client, Keyspace(namespace, cluster=True), home_of=home_of, lsn_marker=True)
-    await cache.heartbeat(Heartbeat(500, sender="test"), valid_ms=60_000)
-    try:
-        await _fill_eventually(cache, PRODUCT, PRODUCT_TAGS, b"old")
-        # the marker's node refuses its script (the key holds another type): the batch fails
-        # for the caller's retry before any slot's part ran, so no value is gone while the
-        # marker is behind its change (a refill would trust a replica that lacks it)
-        await client.rpush(cache.keyspace.lsn_marker, "not a marker")
-        with pytest.raises(RedisError):
-            await _invalidate_at(cache, PRODUCT, lsn=0x20_00000000)
-        assert await cache.peek(PRODUCT, tags=PRODUCT_TAGS) == b"old"
-    finally:
-        cache.close()
+    await _fill_eventually(marked, PRODUCT, PRODUCT_TAGS, b"old")
+    # the marker's node refuses its script (the key holds another type): the batch fails for
+    # the caller's retry before any slot's part ran, so no value is gone while the marker is
+    # behind its change (a refill would trust a replica that lacks it)
+    await client.rpush(marked.keyspace.lsn_marker, "not a marker")
+    with pytest.raises(RedisError):
+        await _invalidate_at(marked, PRODUCT, lsn=0x20_00000000)
+    assert await marked.peek(PRODUCT, tags=PRODUCT_TAGS) == b"old"
 
 
 async def _invalidate_at(cache: RedisCache, entry: str, lsn: int) -> None:
