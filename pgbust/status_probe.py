@@ -24,7 +24,6 @@ from db.settings import DbSettings
 from pgbust import declaration, redis_policy
 from pgbust.keys import ClusterNames, Keyspace
 from pgbust.protocol import Heartbeat, MessageError, decode_message
-from pgbust.slots import key_slot
 from pgbust.status import Audit, Invalidators, RedisState, Slot, Status, Table
 
 API_SUBSCRIBER_NAME = "pgbust-api-subscriber"  # api/subscriber.py's CLIENT_NAME
@@ -149,7 +148,7 @@ def _epoch_key(keyspace: Keyspace) -> str:
     """On a cluster each slot has its epoch (a flush bumps them all): the channel slot's."""
     if not keyspace.cluster:
         return keyspace.epoch
-    return ClusterNames(keyspace.namespace).epoch(key_slot(keyspace.channel))
+    return ClusterNames(keyspace.namespace).epoch_of(keyspace.channel)
 
 
 def _redis(client: Any, node: redis.Redis, keyspace: Keyspace) -> RedisState:
