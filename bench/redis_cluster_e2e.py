@@ -41,16 +41,13 @@ L1_HIT, L2_HIT, MISS = "product, L1 hit", "product, L2 hit", "product, MISS"
 WRITE_RATE = 1_000
 
 
-def backend_settings(backend: str, single_url: str, cluster_url: str) -> dict[str, Any]:
-    """redis_url and the settings a component is given on each backend: on the cluster,
+def backend_settings(backend: str, single_url: str, cluster_url: str) -> tuple[str, dict[str, Any]]:
+    """(REDIS_URL, the other settings) a component is given on each backend: on the cluster,
     PGBUST_REDIS_CLUSTER and a broker beside it (the standalone Redis' database 1)."""
     if backend == ONE:
-        return {"redis_url": single_url}
-    return {
-        "redis_url": cluster_url,
-        "redis_cluster": True,
-        "celery_broker_url": single_url.rsplit("/", 1)[0] + "/1",
-    }
+        return single_url, {}
+    broker = single_url.rsplit("/", 1)[0] + "/1"
+    return cluster_url, {"redis_cluster": True, "celery_broker_url": broker}
 
 
 # --- the invalidator ---------------------------------------------------------------------------
@@ -63,8 +60,7 @@ async def invalidator_rounds(
     samples: dict[str, list[dict[str, Any]]] = {backend: [] for backend in BACKENDS}
     with scratch_database(server_url, PRODUCTS) as url:
         for round_no, backend in interleaved(BACKENDS, rounds):
-            settings = backend_settings(backend, single_url, cluster_url)
-            redis_url = settings.pop("redis_url")
+            redis_url, settings = backend_settings(backend, single_url, cluster_url)
             burst = await end_to_end_throughput(url, redis_url, events, **settings)
             (lag,) = await lag_at_rates(url, redis_url, [WRITE_RATE], seconds, **settings)
             samples[backend].append({"round": round_no, "burst": burst, "lag": lag})
@@ -85,8 +81,7 @@ def api_rounds(
     with ExitStack() as stack:
 
         def start(backend: str) -> dict[str, Server]:
-            settings = backend_settings(backend, single_url, cluster_url)
-            redis_url = settings.pop("redis_url")
+            redis_url, settings = backend_settings(backend, single_url, cluster_url)
             broker = settings.pop("celery_broker_url", None)
             env = {key: str(value).lower() for key, value in settings.items()}
             namespace = f"bench-cl-{uuid.uuid4().hex[:8]}"

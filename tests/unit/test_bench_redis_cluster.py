@@ -41,10 +41,9 @@ def test_the_table_has_the_invalidators_rows_then_two_per_api_scenario() -> None
 
 def test_on_the_cluster_a_component_gets_the_flag_and_a_broker_beside_the_cluster() -> None:
     single, cluster = "redis://127.0.0.1:7000/0", "redis://127.0.0.1:7100/0"
-    assert backend_settings(ONE, single, cluster) == {"redis_url": single}
+    assert backend_settings(ONE, single, cluster) == (single, {})
     on_cluster = backend_settings(CLUSTER, single, cluster)
-    assert on_cluster == {
-        "redis_url": cluster,
-        "redis_cluster": True,
-        "celery_broker_url": "redis://127.0.0.1:7000/1",
-    }
+    assert on_cluster == (
+        cluster,
+        {"redis_cluster": True, "celery_broker_url": "redis://127.0.0.1:7000/1"},
+    )
