@@ -1,4 +1,4 @@
-"""The write path: one transaction, then invalidate what it touched before responding.
+"""The write path: one statement (its own transaction), then invalidate what it touched.
 
 In cdc mode the touched entries and tags (what pgbust.toml says a change of the row
 invalidates) are invalidated in Redis (deleted, tag generations bumped, one message published
@@ -26,10 +26,11 @@ TABLE = "public.products"
 
 
 async def _returning(cache: Cache, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    # One statement on the pool's autocommit connection is its own transaction: no BEGIN and
+    # COMMIT round trips around it (they were ~17% of an API's samples under the load test).
     try:
         async with (
             cache.db.pool.connection() as conn,
-            conn.transaction(),
             conn.cursor(row_factory=dict_row) as cur,
         ):
             await cur.execute(query(name), params)
